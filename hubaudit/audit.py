@@ -1,0 +1,368 @@
+"""The audit: one model (and optionally its original) at full precision and under every spec.
+
+Flow: read the forget set, choose the metrics it supports, then for each model evaluate full
+precision once and each spec once, one quantized copy in memory at a time. Every finished metric is
+written to the results store at once, so an interrupted audit resumes where it stopped and a model
+audited before (the same original behind six unlearned variants) is not evaluated again.
+
+Derived figures (the paper's, arXiv 2410.16454):
+- knowledge regained = metric(spec) - metric(full precision), per forget metric;
+- knowledge retained = metric(unlearned) / metric(original) x 100 at the same precision;
+- utility = KnowMem retain.
+Verdict: ``fragile`` when some spec regains at least ``threshold`` points of VerbMem or KnowMem
+forget, ``robust`` otherwise.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .errors import HubauditError
+from .forget import ForgetSet, load_forget_set
+from .metrics import MetricConfig, evaluate, privleak, resolve_metrics
+from .metrics.base import Metric
+from .modeling import ModelSource
+from .quant import FULL_PRECISION, QuantSpec, get_backend, parse_specs
+from .results import VERDICT_METRICS, LABELS, AuditReport, CellResult, Verdict
+from .store import ResultStore
+
+log = logging.getLogger("hubaudit")
+
+DEFAULT_SPECS = ("cast:bf16", "rtn:8", "rtn:4", "rtn:4:g128")
+DEFAULT_THRESHOLD = 5.0
+ASSUMED_AUC_RETRAIN = 0.5
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource) -> str:
+    """What a stored value depends on besides model, spec and forget set."""
+    return json.dumps(
+        {"v": metric.version, "settings": metric.settings(cfg), "device": source.device.split(":")[0],
+         "dtype": str(source.compute_dtype()).replace("torch.", "")},
+        sort_keys=True,
+    )
+
+
+@dataclass
+class _Plan:
+    role: str
+    source: ModelSource
+    spec: str  # "fp" or a spec string
+    metrics: list[Metric]
+
+
+class Auditor:
+    """Runs the grid of one audit. Use :func:`audit` unless you need the pieces."""
+
+    def __init__(self, fs: ForgetSet, metrics: list[Metric], cfg: MetricConfig, store: ResultStore | None,
+                 fresh: bool = False, batch_size: int | None = None, progress: bool = True,
+                 on_cell: Callable[[CellResult], None] | None = None):
+        self.fs = fs
+        self.fs_hash = fs.content_hash()
+        self.metrics = metrics
+        self.cfg = cfg
+        self.store = store
+        self.fresh = fresh
+        self.batch_size = batch_size
+        self.progress = progress
+        self.on_cell = on_cell
+
+    def run_cell(self, plan: _Plan) -> CellResult:
+        src, spec = plan.source, plan.spec
+        cell = CellResult(role=plan.role, spec=spec)
+        keys = {m.name: metric_key(m, self.cfg, src) for m in plan.metrics}
+        found: dict[str, dict] = {}
+        if self.store is not None and not self.fresh:
+            for m in plan.metrics:
+                rec = self.store.get(src.identity, spec, self.fs_hash, m.name, keys[m.name])
+                if rec is not None:
+                    found[m.name] = rec
+            info = self.store.get(src.identity, spec, self.fs_hash, "_cell", "")
+            if info:
+                cell.backend = info.get("backend", {})
+        missing = [m for m in plan.metrics if m.name not in found]
+        if missing:
+            self._compute(plan, cell, missing, keys, found)
+        for m in plan.metrics:
+            if m.name in found:
+                rec = found[m.name]
+                cell.metrics[m.name] = rec["value"]
+                cell.n_items[m.name] = rec["n"]
+                cell.items[m.name] = rec.get("items", [])
+                cell.tokens += rec.get("tokens", 0)
+        cell.reused = not missing
+        if cell.reused:
+            info = self.store.get(src.identity, spec, self.fs_hash, "_cell", "") if self.store else None
+            if info:
+                cell.seconds = info.get("seconds", 0.0)
+                cell.quantize_seconds = info.get("quantize_seconds", 0.0)
+                cell.peak_rss_bytes = info.get("peak_rss_bytes")
+                cell.peak_cuda_bytes = info.get("peak_cuda_bytes")
+        return cell
+
+    def _compute(self, plan: _Plan, cell: CellResult, missing: list[Metric], keys: dict, found: dict) -> None:
+        from .memory import PeakMemory
+
+        src, spec = plan.source, plan.spec
+        backend = None
+        if spec != FULL_PRECISION:
+            backend, qspec = get_backend(spec)
+            reason = backend.unavailable_reason()
+            if reason:
+                cell.status, cell.reason = "skipped", reason
+                return
+        t0 = time.perf_counter()
+        model = None
+        with PeakMemory() as pm:
+            try:
+                if backend is None:
+                    model = src.model
+                    cell.backend = {"dtype": str(src.compute_dtype()).replace("torch.", ""), "device": src.device}
+                else:
+                    model, settings = backend.quantize(src, qspec)
+                    cell.backend = {"backend": backend.name, "settings": settings, "versions": backend.versions()}
+                cell.quantize_seconds = time.perf_counter() - t0
+                for m in missing:
+                    res = evaluate(model, src.tokenizer, self.fs, [m], self.cfg, batch_size=self.batch_size,
+                                   progress=self.progress, desc=f"{plan.role} {spec}")[m.name]
+                    rec = {"value": res.value, "n": res.n, "items": res.items, "seconds": res.seconds, "tokens": res.tokens}
+                    found[m.name] = rec
+                    if self.store is not None:
+                        self.store.put(src.identity, spec, self.fs_hash, m.name, keys[m.name], rec)
+            except HubauditError as e:
+                cell.status, cell.reason = "error", str(e)
+            except Exception as e:  # noqa: BLE001 - one failing backend must not end the audit
+                log.debug("cell %s %s failed", plan.role, spec, exc_info=True)
+                cell.status, cell.reason = "error", f"{type(e).__name__}: {e}"
+            finally:
+                if model is not None and backend is not None:
+                    del model
+                    gc.collect()
+        cell.seconds = time.perf_counter() - t0
+        cell.peak_rss_bytes, cell.peak_cuda_bytes = pm.peak_rss, pm.peak_cuda
+        if self.store is not None and cell.status == "ok":
+            self.store.put(src.identity, spec, self.fs_hash, "_cell", "", {
+                "backend": cell.backend, "seconds": cell.seconds, "quantize_seconds": cell.quantize_seconds,
+                "peak_rss_bytes": cell.peak_rss_bytes, "peak_cuda_bytes": cell.peak_cuda_bytes,
+            })
+
+    def run(self, plans: list[_Plan]) -> list[CellResult]:
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(plans), desc="audit", unit="cell")
+        cells = []
+        try:
+            for i, plan in enumerate(plans):
+                if bar:
+                    bar.set_postfix_str(f"{plan.role} {plan.spec}")
+                cell = self.run_cell(plan)
+                cells.append(cell)
+                if self.on_cell:
+                    self.on_cell(cell)
+                if bar:
+                    bar.update(1)
+                nxt = plans[i + 1].source if i + 1 < len(plans) else None
+                if nxt is not plan.source:
+                    plan.source.release()
+                    gc.collect()
+        finally:
+            if bar:
+                bar.close()
+        return cells
+
+
+def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retrain: float) -> tuple[dict, Verdict]:
+    """Regained, retained, utility, PrivLeak and the verdict, from finished cells."""
+    by = {(c.role, c.spec): c for c in cells}
+    for c in cells:
+        if "mia_auc" in c.metrics:
+            c.metrics["privleak"] = privleak(c.metrics["mia_auc"], auc_retrain)
+    base = by.get(("model", FULL_PRECISION))
+    regained: dict[str, dict[str, float]] = {}
+    retained: dict[str, dict[str, float]] = {}
+    for spec in [FULL_PRECISION, *specs]:
+        cell, ref = by.get(("model", spec)), by.get(("reference", spec))
+        if cell is None or cell.status != "ok":
+            continue
+        if spec != FULL_PRECISION and base is not None and base.status == "ok":
+            regained[spec] = {m: cell.metrics[m] - base.metrics[m] for m in cell.metrics if m in base.metrics and m != "mia_auc"}
+        if ref is not None and ref.status == "ok":
+            retained[spec] = {
+                m: cell.metrics[m] / ref.metrics[m] * 100 for m in ("verbmem_f", "knowmem_f", "knowmem_r")
+                if m in cell.metrics and ref.metrics.get(m)
+            }
+    utility = {s: by[("model", s)].metrics["knowmem_r"] for s in [FULL_PRECISION, *specs]
+               if ("model", s) in by and "knowmem_r" in by[("model", s)].metrics}
+    worst = None
+    for spec, deltas in regained.items():
+        for m in VERDICT_METRICS:
+            if m in deltas and (worst is None or deltas[m] > worst[2]):
+                worst = (spec, m, deltas[m])
+    if worst is None:
+        verdict = Verdict("incomplete", threshold, summary="no quantized cell could be evaluated, so no verdict")
+    elif worst[2] >= threshold:
+        verdict = Verdict("fragile", threshold, worst[0], worst[1], worst[2],
+                          f"fragile: {worst[0]} brings back {worst[2]:.1f} points of {LABELS[worst[1]]} "
+                          f"(threshold {threshold:g}); the unlearning does not survive quantization")
+    else:
+        verdict = Verdict("robust", threshold, worst[0], worst[1], worst[2],
+                          f"robust: no spec brings back {threshold:g} points of a forget metric "
+                          f"(largest: {worst[0]}, {worst[2]:+.1f} {LABELS[worst[1]]})")
+    derived = {"regained": regained, "retained": retained, "utility": utility}
+    return derived, verdict
+
+
+def _as_source(model, **kw) -> ModelSource:
+    return model if isinstance(model, ModelSource) else ModelSource(model, **kw)
+
+
+def audit(
+    model,
+    *,
+    reference=None,
+    forget: str | Path | ForgetSet | None = None,
+    specs: Iterable[str] | str = DEFAULT_SPECS,
+    threshold: float = DEFAULT_THRESHOLD,
+    metrics: Iterable[str] | str | None = None,
+    retrain=None,
+    auc_retrain: float | None = None,
+    out: str | Path | None = None,
+    store: str | Path | ResultStore | None | bool = None,
+    fresh: bool = False,
+    device: str = "auto",
+    batch_size: int | None = None,
+    metric_config: MetricConfig | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+    on_cell: Callable[[CellResult], None] | None = None,
+) -> AuditReport:
+    """Audit an unlearned model: does quantization bring the forgotten knowledge back?
+
+    Args:
+        model: a model folder (or a :class:`~hubaudit.modeling.ModelSource`).
+        reference: the original, pre-unlearning model; enables "knowledge retained".
+        forget: the forget set: a built-in name (default ``"synthetic"``), a MUSE-layout folder, or a
+            :class:`~hubaudit.forget.ForgetSet`.
+        specs: quantization specs (``"rtn:4,rtn:8"`` or a list); full precision is always included.
+        threshold: points of a forget metric a spec must bring back for the verdict ``fragile``.
+        metrics: metric names (``verbmem_f,knowmem_f,knowmem_r,mia_auc``); default: all the set supports.
+        retrain: a model trained without the forget set; its MIA AUC is PrivLeak's baseline.
+        auc_retrain: PrivLeak's baseline given as a number (else the forget set's, else 0.5).
+        out: a folder for ``report.json``, ``report.md`` and ``report.png`` (written only on success;
+            earlier reports there are moved to ``history/``).
+        store: the results store: a path, a :class:`ResultStore`, None for the default file,
+            False for none.
+        fresh: ignore stored results (still store the new ones).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: items per batch (default: from a token budget).
+        metric_config: metric settings (MUSE defaults).
+        allow_pickle / trust_remote_code: off by default, for safety.
+        progress: progress bars on stderr.
+        on_cell: called with each finished :class:`CellResult`.
+
+    Returns:
+        The :class:`~hubaudit.results.AuditReport`.
+
+    Raises:
+        HubauditError: any input problem (bad spec, missing model, bad forget set), before any work.
+
+    Example:
+        >>> report = audit("models/unlearned", reference="models/original", specs="rtn:4")  # doctest: +SKIP
+        >>> report.verdict.label                                                               # doctest: +SKIP
+        'fragile'
+    """
+    t_start = time.perf_counter()
+    # Everything a user can get wrong is checked before any model is loaded.
+    spec_list = [str(s) for s in parse_specs(specs)]
+    if not threshold >= 0:
+        raise HubauditError(f"--threshold must be a number of points >= 0, got {threshold}")
+    if auc_retrain is not None and not 0 < auc_retrain < 1:
+        raise HubauditError(f"--auc-retrain must be between 0 and 1, got {auc_retrain}")
+    fs = load_forget_set(forget)
+    metric_objs = resolve_metrics(metrics, fs)
+    cfg = metric_config or MetricConfig()
+    kw = dict(device=device, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    src = _as_source(model, **kw)
+    ref = _as_source(reference, **kw) if reference is not None else None
+    ret = _as_source(retrain, **kw) if retrain is not None else None
+    if out is not None:
+        from .report import check_out_dir
+
+        check_out_dir(out)
+    if store is False:
+        result_store = None
+    elif isinstance(store, ResultStore):
+        result_store = store
+    else:
+        result_store = ResultStore(store)
+
+    plans = [_Plan("model", src, s, metric_objs) for s in [FULL_PRECISION, *spec_list]]
+    if ref is not None:
+        plans += [_Plan("reference", ref, s, metric_objs) for s in [FULL_PRECISION, *spec_list]]
+    mia = [m for m in metric_objs if m.name == "mia_auc"]
+    if ret is not None and mia:
+        plans.append(_Plan("retrain", ret, FULL_PRECISION, mia))
+
+    auditor = Auditor(fs, metric_objs, cfg, result_store, fresh, batch_size, progress, on_cell)
+    cells = auditor.run(plans)
+
+    retrain_cell = next((c for c in cells if c.role == "retrain" and c.status == "ok"), None)
+    if retrain_cell is not None:
+        auc_ret, auc_src = retrain_cell.metrics["mia_auc"], f"retrained model {ret.name}"
+    elif auc_retrain is not None:
+        auc_ret, auc_src = auc_retrain, "given"
+    elif fs.auc_retrain is not None:
+        auc_ret, auc_src = fs.auc_retrain, f"forget set '{fs.name}' metadata"
+    else:
+        auc_ret, auc_src = ASSUMED_AUC_RETRAIN, "assumed 0.5 (no retrained model or metadata)"
+    derived, verdict = derive(cells, spec_list, threshold, auc_ret)
+    derived["auc_retrain"], derived["auc_retrain_source"] = auc_ret, auc_src
+    if ref is None:
+        derived["retained_note"] = "no reference (original) model given, so knowledge retained could not be computed"
+
+    def model_info(s: ModelSource | None):
+        if s is None:
+            return None
+        return {"name": s.name, "path": str(s.path), "identity": s.identity, "revision": s.revision}
+
+    inputs = {
+        "model": model_info(src),
+        "reference": model_info(ref),
+        "retrain": model_info(ret),
+        "forget": {"name": fs.name, "source": fs.source, "hash": fs.content_hash(), "sizes": fs.sizes()},
+        "specs": spec_list,
+        "metrics": [m.name for m in metric_objs],
+        "metric_settings": {m.name: m.settings(cfg) for m in metric_objs},
+        "threshold": threshold,
+        "device": src.device,
+        "dtype": str(src.compute_dtype()).replace("torch.", ""),
+        "store": None if result_store is None else str(result_store.path),
+        "fresh": fresh,
+    }
+    report = AuditReport(
+        inputs=inputs, cells=cells, derived=derived, verdict=verdict, hubaudit_version=_version(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        timings={"total_seconds": time.perf_counter() - t_start,
+                 "computed_cells": sum(1 for c in cells if not c.reused and c.status == "ok"),
+                 "reused_cells": sum(1 for c in cells if c.reused)},
+    )
+    if out is not None:
+        from .report import write_report
+
+        write_report(report, out)
+    return report

@@ -1,0 +1,151 @@
+"""The ``hubaudit`` command: a thin shell over the Python API.
+
+Exit codes: 0 done; 1 the model is fragile and ``--fail-on-fragile`` was given; 2 a user error (one
+line on stderr saying what to do; ``HUBAUDIT_DEBUG=1`` shows the traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import HubauditError
+
+EXIT_OK, EXIT_FRAGILE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hubaudit",
+        description="Check whether an unlearned language model really forgot: quantize it, measure how much of "
+                    "the forget set comes back, report.",
+    )
+    p.add_argument("--version", action="version", version=f"hubaudit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    a = sub.add_parser("audit", help="audit a model folder", description="Audit an unlearned model under quantization.")
+    a.add_argument("model", help="the unlearned model: a local Hugging Face model folder")
+    a.add_argument("--reference", metavar="REF", help="the original (pre-unlearning) model folder")
+    a.add_argument("--forget", metavar="SOURCE", default=None,
+                   help="forget set: a MUSE-layout folder or a built-in name (default: synthetic)")
+    a.add_argument("--backends", metavar="SPEC,...", default=None,
+                   help="quantization specs, comma-separated (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128); "
+                        "see `hubaudit backends`")
+    a.add_argument("--threshold", type=float, default=None, metavar="X",
+                   help="points of a forget metric a spec must bring back to call the model fragile (default 5)")
+    a.add_argument("--metrics", metavar="NAME,...", default=None,
+                   help="verbmem_f,knowmem_f,knowmem_r,mia_auc (default: all the forget set supports)")
+    a.add_argument("--out", metavar="DIR", default=None,
+                   help="folder for report.json/.md/.png (default: hubaudit-out/<model name>)")
+    a.add_argument("--fail-on-fragile", action="store_true", help="exit with code 1 when the verdict is fragile")
+    a.add_argument("--retrain", metavar="MODEL", help="a model trained without the forget set (PrivLeak baseline)")
+    a.add_argument("--auc-retrain", type=float, metavar="AUC", help="PrivLeak baseline AUC, when no --retrain model")
+    a.add_argument("--store", metavar="FILE", help="results store (default: ~/.cache/hubaudit/results.sqlite)")
+    a.add_argument("--no-store", action="store_true", help="do not read or write the results store")
+    a.add_argument("--fresh", action="store_true", help="ignore stored results and recompute every cell")
+    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
+    a.add_argument("--batch-size", type=int, metavar="N", help="items per batch (default: from a token budget)")
+    a.add_argument("--allow-pickle", action="store_true", help="accept pickle (*.bin) weights, which can run code")
+    a.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    d = sub.add_parser("demo", help="build a tiny offline world and audit it (no network, about 10 minutes on 2 cores)",
+                       description="Train a tiny tokenizer and Llama-style model on a synthetic forget set, unlearn "
+                                   "it, and audit the unlearned model under quantization. Everything offline.")
+    d.add_argument("--out", metavar="DIR", default="hubaudit-demo", help="where the world and reports go (default hubaudit-demo)")
+    d.add_argument("--size", choices=["demo", "tiny"], default="demo", help="demo (default) or tiny (about a minute, weaker)")
+    d.add_argument("--fresh", action="store_true", help="ignore stored results (the trained world is still reused)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub.add_parser("backends", help="list quantization backends and whether they run here")
+    return p
+
+
+def _default_out(model: str) -> Path:
+    name = Path(model.rstrip("/")).name or "model"
+    return Path("hubaudit-out") / name
+
+
+def cmd_audit(args) -> int:
+    from .audit import DEFAULT_SPECS, DEFAULT_THRESHOLD, audit
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise HubauditError(f"--batch-size must be at least 1, got {args.batch_size}")
+    out = Path(args.out) if args.out else _default_out(args.model)
+    report = audit(
+        args.model,
+        reference=args.reference,
+        forget=args.forget,
+        specs=args.backends if args.backends is not None else DEFAULT_SPECS,
+        threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD,
+        metrics=args.metrics,
+        retrain=args.retrain,
+        auc_retrain=args.auc_retrain,
+        out=out,
+        store=False if args.no_store else args.store,
+        fresh=args.fresh,
+        device=args.device,
+        batch_size=args.batch_size,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+        progress=not args.quiet,
+    )
+    _print_report(report, out)
+    if args.fail_on_fragile and report.verdict.label == "fragile":
+        return EXIT_FRAGILE
+    return EXIT_OK
+
+
+def _print_report(report, out: Path) -> None:
+    from .report import render_markdown
+
+    print(render_markdown(report))
+    print(f"Report: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}")
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), size=args.size, fresh=args.fresh, progress=not args.quiet)
+    return EXIT_OK
+
+
+def cmd_backends(args) -> int:
+    from .quant import all_backends
+
+    rows = []
+    for b in all_backends():
+        reason = b.unavailable_reason()
+        rows.append((b.name, "yes" if reason is None else "no", ", ".join(b.examples), b.summary if reason is None else reason))
+    widths = [max(len(r[i]) for r in rows + [("backend", "here", "specs", "")]) for i in range(3)]
+    print(f"{'backend':<{widths[0]}}  {'here':<{widths[1]}}  {'specs':<{widths[2]}}  notes")
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    handler = {"audit": cmd_audit, "demo": cmd_demo, "backends": cmd_backends}[args.command]
+    try:
+        return handler(args)
+    except HubauditError as e:
+        if os.environ.get("HUBAUDIT_DEBUG"):
+            raise
+        print(f"hubaudit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("hubaudit: interrupted; finished cells are in the results store, run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

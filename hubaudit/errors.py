@@ -1,0 +1,49 @@
+"""Every error a user can cause, in one place.
+
+Each one is a :class:`HubauditError` whose message says what to do; the CLI prints it on one line and
+exits with code 2. Each also inherits the matching built-in, so ``except FileNotFoundError`` works too.
+"""
+
+from __future__ import annotations
+
+
+class HubauditError(Exception):
+    """Base class of the errors a user can cause (bad input, missing extra, impossible request)."""
+
+    exit_code = 2
+
+
+class SpecError(HubauditError, ValueError):
+    """Raised when a quantization spec string (``rtn:4:g128``) is malformed or names no backend."""
+
+
+class BackendUnavailable(HubauditError, RuntimeError):
+    """Raised when a backend cannot run on this machine (missing package, no GPU); ``reason`` says why."""
+
+    def __init__(self, message: str, *, extra: str | None = None):
+        super().__init__(message)
+        self.extra = extra
+
+
+class ForgetSetError(HubauditError, ValueError):
+    """Raised when a forget set cannot be read: unknown source, bad file, missing field, empty part."""
+
+
+class ForgetSetNotFound(ForgetSetError, FileNotFoundError):
+    """Raised when a forget-set path or name does not exist."""
+
+
+class ModelLoadError(HubauditError, OSError):
+    """Raised when a model folder cannot be loaded as a causal language model."""
+
+
+class ModelNotFound(ModelLoadError, FileNotFoundError):
+    """Raised when a model path does not exist."""
+
+
+class OutputDirError(HubauditError, OSError):
+    """Raised when the output folder cannot be used (it is a file, or not writable)."""
+
+
+class MetricError(HubauditError, ValueError):
+    """Raised when a metric name is unknown or its settings are invalid."""

@@ -1,0 +1,233 @@
+"""Forget-set formats, one registry entry each.
+
+Built in:
+
+- ``muse``: a folder in the MUSE benchmark's layout (``verbmem/forget``, ``knowmem/forget_qa`` ...,
+  ``privleak/forget|retain|holdout``, optional ``mcq/forget``), each file ``.json`` (as MUSE ships it),
+  ``.jsonl``, ``.csv`` or ``.parquet`` with the same fields (MIA texts as a ``text`` column or, in
+  ``.json``, plain strings). A missing part is simply absent. An optional ``meta.json`` may give
+  ``name``, ``auc_retrain`` and anything else.
+- ``builtin``: a set shipped inside the package (``synthetic``), read with the ``muse`` reader.
+
+To add a format, register a :class:`Format` subclass with ``@register_format``: ``detect(source)``
+says whether it reads that source, ``read(source)`` returns a :class:`ForgetSet`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from importlib import resources
+from pathlib import Path
+
+from ..errors import ForgetSetError, ForgetSetNotFound
+from ..registry import Registry
+from .types import PARTS, QA, Choice, ForgetSet, Passage
+
+EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
+BUILTIN_SETS = ("synthetic",)
+DEFAULT_SET = "synthetic"
+
+
+class Format:
+    name = ""
+    summary = ""
+
+    def detect(self, source: str) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def read(self, source: str) -> ForgetSet:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+FORMATS: Registry[type[Format]] = Registry("forget-set format", ForgetSetError)
+register_format = FORMATS.decorator()
+
+
+def _read_rows(path: Path) -> list:
+    """Rows of one file: dicts (or plain strings for a .json array of strings)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if isinstance(data, dict):  # {"data": [...]} or one column dict
+                data = data.get("data", data.get("rows"))
+            if not isinstance(data, list):
+                raise ForgetSetError(f"{path}: expected a JSON array of items")
+            return data
+        if suffix == ".jsonl":
+            rows = []
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as e:
+                            raise ForgetSetError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+            return rows
+        if suffix == ".csv":
+            with open(path, encoding="utf-8", newline="") as f:
+                return list(csv.DictReader(f))
+        if suffix == ".parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise ForgetSetError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
+            return pq.read_table(path).to_pylist()
+    except json.JSONDecodeError as e:
+        raise ForgetSetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise ForgetSetError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise ForgetSetError(f"{path}: cannot read ({e.strerror or e})") from None
+    except ForgetSetError:
+        raise
+    except Exception as e:  # pyarrow errors and the like
+        raise ForgetSetError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    raise ForgetSetError(f"{path}: unsupported file type '{suffix}' (use {', '.join(EXTENSIONS)})")
+
+
+def _field(path: Path, n: int, row, name: str) -> str:
+    if not isinstance(row, dict):
+        raise ForgetSetError(f"{path}: item {n} is not an object with a '{name}' field")
+    if name not in row or row[name] is None:
+        raise ForgetSetError(f"{path}: item {n} has no '{name}' field (it has: {', '.join(map(str, row)) or 'nothing'})")
+    value = row[name]
+    if not isinstance(value, str):
+        raise ForgetSetError(f"{path}: item {n}, field '{name}' must be text, got {type(value).__name__}")
+    return value
+
+
+def _parse_items(part: str, path: Path, rows: list) -> list:
+    kind = PARTS[part][0]
+    items: list = []
+    for n, row in enumerate(rows, 1):
+        if kind is None:  # MIA texts: plain strings or a 'text' field
+            items.append(row if isinstance(row, str) else _field(path, n, row, "text"))
+        elif kind is QA:
+            items.append(QA(_field(path, n, row, "question"), _field(path, n, row, "answer")))
+        elif kind is Passage:
+            items.append(Passage(_field(path, n, row, "prompt"), _field(path, n, row, "gt")))
+        else:
+            question = _field(path, n, row, "question")
+            choices = row.get("choices")
+            if isinstance(choices, str):
+                try:
+                    choices = json.loads(choices)
+                except json.JSONDecodeError:
+                    choices = None
+            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+                raise ForgetSetError(f"{path}: item {n} needs 'choices', a list of at least two texts")
+            try:
+                answer = int(row.get("answer"))
+            except (TypeError, ValueError):
+                raise ForgetSetError(f"{path}: item {n} needs 'answer', the index of the right choice") from None
+            if not 0 <= answer < len(choices):
+                raise ForgetSetError(f"{path}: item {n}: answer {answer} is not an index into its {len(choices)} choices")
+            items.append(Choice(question, tuple(choices), answer))
+    return items
+
+
+def _find_part_file(root: Path, rel: str) -> Path | None:
+    found = [root / (rel + ext) for ext in EXTENSIONS if (root / (rel + ext)).is_file()]
+    if len(found) > 1:
+        raise ForgetSetError(f"{root}: {rel} is given twice ({', '.join(p.name for p in found)}); keep one")
+    return found[0] if found else None
+
+
+def read_muse_dir(root: Path, name: str | None = None, source: str | None = None) -> ForgetSet:
+    """Read a folder in the MUSE layout (see the module docstring)."""
+    root = Path(root)
+    meta: dict = {}
+    meta_file = root / "meta.json"
+    if meta_file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ForgetSetError(f"{meta_file}: not valid JSON ({e.msg})") from None
+        if not isinstance(meta, dict):
+            raise ForgetSetError(f"{meta_file}: expected a JSON object")
+    fs = ForgetSet(name=name or meta.get("name") or root.name, source=source or str(root), meta=meta)
+    auc = meta.get("auc_retrain")
+    if auc is not None:
+        if not isinstance(auc, (int, float)) or not 0 < auc < 1:
+            raise ForgetSetError(f"{meta_file}: auc_retrain must be a number between 0 and 1, got {auc!r}")
+        fs.auc_retrain = float(auc)
+    for part, (_, rel) in PARTS.items():
+        path = _find_part_file(root, rel)
+        if path is None:
+            continue
+        setattr(fs, part, _parse_items(part, path, _read_rows(path)))
+        fs.files[part] = str(path)
+    if not fs.sizes():
+        raise ForgetSetError(
+            f"{root}: no forget-set files found; expected the MUSE layout, e.g. knowmem/forget_qa.json, "
+            f"verbmem/forget.json, privleak/forget.json (.json, .jsonl, .csv or .parquet)"
+        )
+    return fs
+
+
+@register_format
+class MuseDirFormat(Format):
+    name = "muse"
+    summary = "a folder in the MUSE layout (verbmem/, knowmem/, privleak/; .json .jsonl .csv .parquet)"
+
+    def detect(self, source: str) -> bool:
+        return Path(source).is_dir()
+
+    def read(self, source: str) -> ForgetSet:
+        return read_muse_dir(Path(source))
+
+
+def builtin_path(name: str) -> Path:
+    """The package folder of a built-in set."""
+    return Path(str(resources.files("hubaudit.forget").joinpath("data", name)))
+
+
+@register_format
+class BuiltinFormat(Format):
+    name = "builtin"
+    summary = f"a set shipped with hubaudit: {', '.join(BUILTIN_SETS)} (offline)"
+
+    def detect(self, source: str) -> bool:
+        return source in BUILTIN_SETS
+
+    def read(self, source: str) -> ForgetSet:
+        return read_muse_dir(builtin_path(source), name=source, source=f"builtin:{source}")
+
+
+def load_forget_set(source: str | Path | ForgetSet | None = None) -> ForgetSet:
+    """Read a forget set.
+
+    Args:
+        source: a built-in name (``"synthetic"``, the default), a folder in the MUSE layout, or a
+            :class:`ForgetSet` (returned as is).
+
+    Returns:
+        The :class:`ForgetSet`.
+
+    Raises:
+        ForgetSetNotFound: the source is neither a known name nor an existing folder.
+        ForgetSetError: a file is malformed or an item lacks a field (the message names both).
+
+    Example:
+        >>> fs = load_forget_set("synthetic")
+        >>> len(fs.forget_qa) >= 100
+        True
+    """
+    if isinstance(source, ForgetSet):
+        return source
+    source = DEFAULT_SET if source is None else str(source)
+    for _, fmt_cls in FORMATS.items():
+        fmt = fmt_cls()
+        if fmt.detect(source):
+            return fmt.read(source)
+    if Path(source).is_file():
+        raise ForgetSetError(
+            f"{source} is a file; --forget takes a folder in the MUSE layout (put it at e.g. "
+            f"knowmem/forget_qa{Path(source).suffix} inside a folder) or a built-in name ({', '.join(BUILTIN_SETS)})"
+        )
+    raise ForgetSetNotFound(
+        f"forget set '{source}' not found: give a folder in the MUSE layout or a built-in name ({', '.join(BUILTIN_SETS)})"
+    )

@@ -1,0 +1,117 @@
+"""The one in-memory type every forget-set reader produces."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from ..errors import ForgetSetError
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A verbatim-memorization item: the model sees ``prompt`` and should (not) continue with ``gt``."""
+
+    prompt: str
+    gt: str
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A multiple-choice item (WMDP-style): ``answer`` is the index of the right entry of ``choices``."""
+
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+
+
+# part name -> (item type, the metric(s) that need it, where it lives in the MUSE layout)
+PARTS: dict[str, tuple[type | None, str]] = {
+    "verbmem": (Passage, "verbmem/forget"),
+    "forget_qa": (QA, "knowmem/forget_qa"),
+    "forget_qa_icl": (QA, "knowmem/forget_qa_icl"),
+    "retain_qa": (QA, "knowmem/retain_qa"),
+    "retain_qa_icl": (QA, "knowmem/retain_qa_icl"),
+    "mia_forget": (None, "privleak/forget"),  # plain strings
+    "mia_retain": (None, "privleak/retain"),
+    "mia_holdout": (None, "privleak/holdout"),
+    "mcq": (Choice, "mcq/forget"),
+}
+
+
+@dataclass
+class ForgetSet:
+    """The parts an audit needs. A part that is ``None`` is absent (its metrics are switched off by
+    default); a part that is an empty list was given but holds nothing (an error if a metric needs it).
+
+    Attributes:
+        name: a short name for reports ("synthetic", "muse-news", a folder name).
+        source: where it was read from (a path or a Hub id), for the report.
+        auc_retrain: the MIA AUC of a model retrained without the forget set, if the set's metadata
+            knows it (MUSE News 0.4772, Books 0.5393); PrivLeak is relative to it.
+        files: part name -> the file it was read from, for messages.
+    """
+
+    name: str
+    source: str
+    verbmem: list[Passage] | None = None
+    forget_qa: list[QA] | None = None
+    forget_qa_icl: list[QA] | None = None
+    retain_qa: list[QA] | None = None
+    retain_qa_icl: list[QA] | None = None
+    mia_forget: list[str] | None = None
+    mia_retain: list[str] | None = None
+    mia_holdout: list[str] | None = None
+    mcq: list[Choice] | None = None
+    auc_retrain: float | None = None
+    meta: dict = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def sizes(self) -> dict[str, int]:
+        """Number of items of each present part."""
+        return {p: len(getattr(self, p)) for p in PARTS if getattr(self, p) is not None}
+
+    def has(self, part: str) -> bool:
+        return getattr(self, part) is not None
+
+    def require(self, part: str, metric: str) -> list:
+        """The items of ``part``, or a :class:`ForgetSetError` naming the metric to switch off."""
+        items = getattr(self, part)
+        where = self.files.get(part, PARTS[part][1])
+        if items is None:
+            raise ForgetSetError(
+                f"forget set '{self.name}' has no {part} part ({where}), which {metric} needs; "
+                f"add it or leave {metric} out of --metrics"
+            )
+        if not items:
+            raise ForgetSetError(
+                f"forget set '{self.name}': {where} is empty, and {metric} needs it; "
+                f"fill it or leave {metric} out of --metrics"
+            )
+        return items
+
+    def to_json(self) -> dict:
+        out = {"name": self.name, "source": self.source, "auc_retrain": self.auc_retrain, "meta": self.meta}
+        for p in PARTS:
+            items = getattr(self, p)
+            out[p] = None if items is None else [x if isinstance(x, str) else asdict(x) for x in items]
+        return out
+
+    def content_hash(self) -> str:
+        """sha256 of the parts' content (not of names or paths): the store's key for this set."""
+        parts = {}
+        for p in PARTS:
+            items = getattr(self, p)
+            parts[p] = None if items is None else [x if isinstance(x, str) else asdict(x) for x in items]
+        blob = json.dumps({"parts": parts, "auc_retrain": self.auc_retrain}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+assert {f.name for f in fields(ForgetSet)} >= set(PARTS)

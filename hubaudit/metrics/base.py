@@ -1,0 +1,81 @@
+"""What a metric is: a name, a direction, the forget-set parts it needs, a version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MetricError
+from ..registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..forget import ForgetSet
+    from .runner import LMRunner
+
+
+@dataclass
+class MetricResult:
+    """One metric on one model.
+
+    Attributes:
+        value: the aggregate (ROUGE-L F1 x 100 for the memorization metrics, MIA AUC for ``mia``).
+        n: number of items scored.
+        items: per-item records (score, and the model's output where there is one).
+        seconds: wall time of this metric.
+        tokens: tokens processed (prompt tokens once, generated tokens once).
+    """
+
+    value: float
+    n: int
+    items: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+class Metric:
+    """Base class. Subclasses set the attributes and implement :meth:`compute`.
+
+    Attributes:
+        name: registry key and report column ("knowmem_f").
+        label: human name ("KnowMem forget").
+        needs: forget-set parts that must be present and non-empty.
+        uses: parts used when present (in-context examples, MIA retain texts).
+        higher_means_more_knowledge: direction; True for ROUGE-based memorization.
+        forget: True if it measures forget-set knowledge (counts toward the verdict).
+        version: bump when the definition changes; part of the results-store key.
+    """
+
+    name = ""
+    label = ""
+    needs: tuple[str, ...] = ()
+    uses: tuple[str, ...] = ()
+    higher_means_more_knowledge = True
+    forget = True
+    version = "1"
+
+    def settings(self, cfg: "MetricConfig") -> dict:
+        """The settings this metric's value depends on (for the store key and the report)."""
+        return {}
+
+    def compute(self, runner: "LMRunner", fs: "ForgetSet", cfg: "MetricConfig", progress=None) -> MetricResult:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """Settings shared by the metrics (MUSE defaults)."""
+
+    verbmem_max_new_tokens: int = 128
+    knowmem_max_new_tokens: int = 32
+    mink_k: float = 0.4
+    stop_strings: tuple[str, ...] = ("\n\n", "\nQuestion", "Question:")
+
+    def __post_init__(self):
+        if not 0 < self.mink_k <= 1:
+            raise MetricError(f"Min-K% needs 0 < k <= 1, got {self.mink_k}")
+        if self.verbmem_max_new_tokens < 1 or self.knowmem_max_new_tokens < 1:
+            raise MetricError("max_new_tokens must be at least 1")
+
+
+METRICS: Registry[type[Metric]] = Registry("metric", MetricError)
+register_metric = METRICS.decorator()

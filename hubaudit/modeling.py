@@ -1,0 +1,161 @@
+"""Loading a causal LM from a local folder, safely, and knowing which weights it is.
+
+Safe by default: safetensors only (pickle weights need ``allow_pickle=True``), never
+``trust_remote_code`` unless asked.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+from .errors import ModelLoadError, ModelNotFound
+
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+WEIGHT_PATTERNS = ("*.safetensors", *PICKLE_PATTERNS)
+IDENTITY_FILES = ("config.json", "*.safetensors", *PICKLE_PATTERNS)
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    if device in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def content_hash(folder: Path) -> str:
+    """sha256 over the config and weight files of a model folder (names and bytes, sorted)."""
+    h = hashlib.sha256()
+    files = sorted({p for pat in IDENTITY_FILES for p in Path(folder).glob(pat) if p.is_file()})
+    for p in files:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+class ModelSource:
+    """A model folder, its tokenizer, and (once loaded) its full-precision model.
+
+    Args:
+        path: a local folder with ``config.json``, tokenizer files and weights.
+        device: ``"auto"`` (CUDA when there is one), ``"cpu"`` or ``"cuda"``.
+        dtype: the compute dtype; ``None`` chooses float32 on CPU (bf16 weights upcast exactly) and the
+            stored dtype on a GPU.
+        allow_pickle: accept ``*.bin``/``*.pt`` weights (they can run code when loaded).
+        trust_remote_code: let the folder's own Python code define the model.
+        revision: a Hub commit sha when the folder is a snapshot; it is the model's identity then.
+
+    Raises:
+        ModelNotFound: the folder does not exist.
+        ModelLoadError: no config, pickle-only weights without ``allow_pickle``, no weights.
+    """
+
+    def __init__(self, path, *, device: str | None = "auto", dtype=None, allow_pickle: bool = False,
+                 trust_remote_code: bool = False, revision: str | None = None, name: str | None = None):
+        self.path = Path(path).expanduser()
+        self.name = name or str(path)
+        if not self.path.exists():
+            raise ModelNotFound(f"model '{path}' not found: give a folder with config.json and weights")
+        if not self.path.is_dir():
+            raise ModelLoadError(f"model '{path}' is a file; give the folder that holds config.json and the weights")
+        if not (self.path / "config.json").is_file():
+            raise ModelLoadError(f"model folder '{path}' has no config.json; is it a Hugging Face model folder?")
+        safetensors = list(self.path.glob("*.safetensors"))
+        pickles = [p for pat in PICKLE_PATTERNS for p in self.path.glob(pat)]
+        if not safetensors and pickles and not allow_pickle:
+            raise ModelLoadError(
+                f"model '{path}' has only pickle weights ({pickles[0].name}), which can run code when loaded; "
+                f"pass --allow-pickle if you trust it"
+            )
+        if not safetensors and not pickles:
+            raise ModelLoadError(f"model folder '{path}' has no weights (*.safetensors)")
+        self.allow_pickle = allow_pickle
+        self.trust_remote_code = trust_remote_code
+        self.device = resolve_device(device)
+        self._dtype = dtype
+        self.revision = revision
+        self._identity: str | None = None
+        self._model = None
+        self._tokenizer = None
+
+    # -- identity -------------------------------------------------------------------------------
+    @property
+    def identity(self) -> str:
+        """``sha:<commit>`` for a Hub snapshot, else ``content:<sha256 of config and weights>``."""
+        if self._identity is None:
+            self._identity = f"sha:{self.revision}" if self.revision else f"content:{content_hash(self.path)}"
+        return self._identity
+
+    def config(self) -> dict:
+        try:
+            return json.loads((self.path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{self.path / 'config.json'}: cannot read ({e})") from None
+
+    def stored_dtype(self) -> str | None:
+        cfg = self.config()
+        return cfg.get("dtype") or cfg.get("torch_dtype")
+
+    def compute_dtype(self):
+        import torch
+
+        if self._dtype is not None:
+            return getattr(torch, self._dtype) if isinstance(self._dtype, str) else self._dtype
+        if self.device == "cpu":
+            return torch.float32
+        stored = self.stored_dtype()
+        return getattr(torch, stored) if stored in ("float16", "bfloat16", "float32") else torch.bfloat16
+
+    # -- loading --------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+            except Exception as e:  # noqa: BLE001 - any tokenizer failure is the folder's
+                raise ModelLoadError(f"model '{self.name}': cannot load its tokenizer ({type(e).__name__}: {e})") from None
+        return self._tokenizer
+
+    def load(self, **kwargs):
+        """A new model instance from disk, in eval mode on the device (extra kwargs go to from_pretrained)."""
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own bars say what is happening
+        kwargs.setdefault("dtype", self.compute_dtype())
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                self.path, trust_remote_code=self.trust_remote_code, use_safetensors=None if self.allow_pickle else True,
+                **kwargs,
+            )
+        except ValueError as e:
+            if "Unrecognized configuration class" in str(e) or "does not recognize this architecture" in str(e):
+                raise ModelLoadError(f"model '{self.name}' is not a causal language model ({str(e).splitlines()[0]})") from None
+            raise ModelLoadError(f"model '{self.name}': cannot load ({str(e).splitlines()[0]})") from None
+        except OSError as e:
+            raise ModelLoadError(f"model '{self.name}': cannot load ({str(e).splitlines()[0]})") from None
+        if "device_map" not in kwargs and "quantization_config" not in kwargs:
+            model = model.to(self.device)
+        model.eval()
+        return model
+
+    @property
+    def model(self):
+        """The full-precision model, loaded once."""
+        if self._model is None:
+            self._model = self.load()
+        return self._model
+
+    def fresh_copy(self):
+        """A deep copy of the full-precision model, for a backend to quantize in place."""
+        return copy.deepcopy(self.model)
+
+    def release(self) -> None:
+        self._model = None

@@ -1,0 +1,188 @@
+"""Writing an audit: ``report.json`` (everything), ``report.md`` (a table to read in ten seconds),
+``report.png`` (forget metrics by spec, full precision and the original marked).
+
+Files are written only when the audit finished; an earlier run's reports in the same folder are
+moved to ``history/<time>/`` first, never overwritten; nothing else in the folder is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import OutputDirError
+from .quant import FULL_PRECISION
+from .results import LABELS, AuditReport
+
+REPORT_FILES = ("report.json", "report.md", "report.png")
+TABLE_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
+
+
+def check_out_dir(out) -> Path:
+    """Create ``out`` if needed and make sure files can be written there."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"--out {out} is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".hubaudit-check-"):
+            pass
+    except OSError as e:
+        raise OutputDirError(f"cannot write to --out {out} ({e.strerror or e}); choose another folder") from None
+    return out
+
+
+def _fmt(x, signed=False, digits=1) -> str:
+    if x is None:
+        return "–"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def spec_label(spec: str) -> str:
+    return "full precision" if spec == FULL_PRECISION else spec
+
+
+def render_markdown(report: AuditReport) -> str:
+    """The report as Markdown: verdict, one table for the model, one for the original."""
+    inp, d, v = report.inputs, report.derived, report.verdict
+    specs = [FULL_PRECISION, *report.specs]
+    metrics = [m for m in TABLE_METRICS if any(m in c.metrics for c in report.cells)]
+    lines = [f"# hubaudit: {inp['model']['name']}", ""]
+    lines.append(f"**Verdict: {v.label.upper()}**: {v.summary}.")
+    lines.append("")
+    ref = inp.get("reference")
+    lines.append(
+        f"Forget set `{inp['forget']['name']}` ({', '.join(f'{k} {n}' for k, n in inp['forget']['sizes'].items())}); "
+        f"reference (original): {'`' + ref['name'] + '`' if ref else 'none'}; threshold {v.threshold:g} points; "
+        f"{inp['device']} {inp['dtype']}."
+    )
+    lines.append("")
+    head = ["precision", *(LABELS[m] for m in metrics), "regained (max forget)"]
+    if ref:
+        head.append("retained vs original (KnowMem f / VerbMem)")
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for spec in specs:
+        c = report.cell("model", spec)
+        if c is None:
+            continue
+        if c.status != "ok":
+            lines.append(f"| {spec_label(spec)} | {c.status}: {c.reason} |" + " |" * (len(head) - 2))
+            continue
+        row = [spec_label(spec), *(_fmt(c.metrics.get(m)) for m in metrics)]
+        reg = d["regained"].get(spec, {})
+        forget_reg = [reg[m] for m in ("verbmem_f", "knowmem_f") if m in reg]
+        row.append(_fmt(max(forget_reg), signed=True) if forget_reg else "–")
+        if ref:
+            ret = d["retained"].get(spec, {})
+            row.append(" / ".join(f"{ret[m]:.0f}%" if m in ret else "–" for m in ("knowmem_f", "verbmem_f")))
+        lines.append("| " + " | ".join(row) + " |")
+    if ref:
+        lines += ["", f"Original model `{ref['name']}`:", ""]
+        lines.append("| precision | " + " | ".join(LABELS[m] for m in metrics) + " |")
+        lines.append("|" + "---|" * (len(metrics) + 1))
+        for spec in specs:
+            c = report.cell("reference", spec)
+            if c is None:
+                continue
+            if c.status != "ok":
+                lines.append(f"| {spec_label(spec)} | {c.status}: {c.reason} |" + " |" * (len(metrics) - 1))
+                continue
+            lines.append("| " + " | ".join([spec_label(spec), *(_fmt(c.metrics.get(m)) for m in metrics)]) + " |")
+    lines += [
+        "",
+        "Scores are ROUGE-L F1 x 100 (MUSE's definitions); PrivLeak is (AUC - AUC_retrain) / AUC_retrain x 100 "
+        f"with AUC_retrain = {d.get('auc_retrain', 0):.4f} ({d.get('auc_retrain_source', '')}); near 0 is good, "
+        "near -100 means the forget texts look like training data. Regained = score under the spec minus full "
+        "precision; retained = unlearned / original at the same precision.",
+    ]
+    if d.get("retained_note"):
+        lines += ["", d["retained_note"].capitalize() + "."]
+    skipped = [c for c in report.cells if c.status != "ok"]
+    if skipped:
+        lines += ["", "Cells not evaluated: " + "; ".join(f"{c.role} {c.spec}: {c.status} ({c.reason})" for c in skipped)]
+    lines += ["", f"hubaudit {report.hubaudit_version}, {report.created}, {report.timings.get('total_seconds', 0):.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(report: AuditReport, path: Path) -> None:
+    """Forget metrics by spec: the audited model solid, the original dashed, full precision marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    specs = [FULL_PRECISION, *report.specs]
+    names = [m for m in ("verbmem_f", "knowmem_f", "knowmem_r") if any(m in c.metrics for c in report.cells)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(specs)), 4.2), dpi=110)
+    colors = {"verbmem_f": "tab:red", "knowmem_f": "tab:blue", "knowmem_r": "tab:green"}
+    x = list(range(len(specs)))
+    for m in names:
+        for role, style in (("model", "-o"), ("reference", "--s")):
+            ys = []
+            for s in specs:
+                c = report.cell(role, s)
+                ys.append(c.metrics.get(m) if c and c.status == "ok" else float("nan"))
+            if all(y != y for y in ys):
+                continue
+            label = f"{LABELS[m]} ({'audited' if role == 'model' else 'original'})"
+            ax.plot(x, ys, style, color=colors[m], label=label, alpha=1.0 if role == "model" else 0.55)
+        base = report.cell("model", FULL_PRECISION)
+        if base and m in base.metrics and m != "knowmem_r":
+            ax.axhline(base.metrics[m], color=colors[m], lw=0.8, ls=":", alpha=0.8)
+    ax.axvspan(-0.4, 0.4, color="0.9", zorder=0)
+    ax.set_xticks(x, [spec_label(s) for s in specs], rotation=20)
+    ax.set_ylabel("ROUGE-L F1 x 100")
+    ax.set_ylim(0, 105)
+    v = report.verdict
+    ax.set_title(f"{report.inputs['model']['name']}: {v.label.upper()}", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def write_report(report: AuditReport, out) -> dict[str, Path]:
+    """Write the three report files into ``out``; earlier ones go to ``out/history/<time>/``."""
+    out = check_out_dir(out)
+    staged: dict[str, Path] = {}
+    try:
+        for name in REPORT_FILES:
+            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+            os.close(fd)
+            staged[name] = Path(tmp)
+        staged["report.json"].write_text(json.dumps(report.to_json(), indent=1, ensure_ascii=False) + "\n")
+        staged["report.md"].write_text(render_markdown(report))
+        render_plot(report, staged["report.png"])
+        earlier = [out / n for n in REPORT_FILES if (out / n).exists()]
+        if earlier:
+            stamp = _earlier_stamp(out / "report.json")
+            hist = out / "history" / stamp
+            n = 1
+            while hist.exists():
+                n += 1
+                hist = out / "history" / f"{stamp}-{n}"
+            hist.mkdir(parents=True)
+            for p in earlier:
+                shutil.move(str(p), hist / p.name)
+        final = {}
+        for name, tmp in staged.items():
+            os.replace(tmp, out / name)
+            final[name] = out / name
+        return final
+    finally:
+        for tmp in staged.values():
+            if tmp.exists():
+                tmp.unlink()
+
+
+def _earlier_stamp(path: Path) -> str:
+    try:
+        created = json.loads(path.read_text()).get("created", "")
+    except (OSError, ValueError):
+        created = ""
+    stamp = "".join(ch if ch.isalnum() else "-" for ch in created) or "earlier"
+    return stamp

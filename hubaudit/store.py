@@ -1,0 +1,73 @@
+"""The results store: every finished metric of every cell, in SQLite, written the moment it is done.
+
+Key: (model identity, spec, forget-set hash, metric name, metric key) where the metric key holds the
+metric's version and settings and the compute setup (device type, dtype). A rerun, or another audit
+that shares a model (six unlearned variants of one original), reuses what is there; a crash loses at
+most the metric that was running. SQLite commits are atomic, so a killed process leaves no half row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    model TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    forget TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    metric_key TEXT NOT NULL,
+    created REAL NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (model, spec, forget, metric, metric_key)
+)
+"""
+
+
+def default_store_path() -> Path:
+    """``$HUBAUDIT_STORE``, else ``$HUBAUDIT_CACHE/results.sqlite``, else ``~/.cache/hubaudit/results.sqlite``."""
+    if os.environ.get("HUBAUDIT_STORE"):
+        return Path(os.environ["HUBAUDIT_STORE"]).expanduser()
+    cache = os.environ.get("HUBAUDIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "hubaudit")
+    return Path(cache).expanduser() / "results.sqlite"
+
+
+class ResultStore:
+    """Finished metric results, keyed as the module docstring says.
+
+    Args:
+        path: the SQLite file (created with its folder); ``None`` for the default location,
+            ``":memory:"`` for a store that lives as long as the object.
+    """
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = default_store_path() if path is None else path
+        if str(self.path) != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=30)
+        self._db.execute(SCHEMA)
+        self._db.commit()
+
+    def get(self, model: str, spec: str, forget: str, metric: str, metric_key: str) -> dict | None:
+        row = self._db.execute(
+            "SELECT record FROM results WHERE model=? AND spec=? AND forget=? AND metric=? AND metric_key=?",
+            (model, spec, forget, metric, metric_key),
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, model: str, spec: str, forget: str, metric: str, metric_key: str, record: dict) -> None:
+        with self._db:  # one transaction, committed at once
+            self._db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (model, spec, forget, metric, metric_key, time.time(), json.dumps(record)),
+            )
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
