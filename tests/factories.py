@@ -77,7 +77,7 @@ def write_rows(path: Path, rows: list) -> None:
 
         rows = [r if isinstance(r, dict) else {"text": r} for r in rows]
         with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
             w.writeheader()
             w.writerows(rows)
     elif path.suffix == ".parquet":

@@ -96,6 +96,8 @@ def _field(path: Path, n: int, row, name: str) -> str:
     value = row[name]
     if not isinstance(value, str):
         raise ForgetSetError(f"{path}: item {n}, field '{name}' must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise ForgetSetError(f"{path}: item {n} has an empty '{name}' field")
     return value
 
 
@@ -104,6 +106,8 @@ def _parse_items(part: str, path: Path, rows: list) -> list:
     items: list = []
     for n, row in enumerate(rows, 1):
         if kind is None:  # MIA texts: plain strings or a 'text' field
+            if isinstance(row, str) and not row.strip():
+                raise ForgetSetError(f"{path}: item {n} is an empty text")
             items.append(row if isinstance(row, str) else _field(path, n, row, "text"))
         elif kind is QA:
             items.append(QA(_field(path, n, row, "question"), _field(path, n, row, "answer")))

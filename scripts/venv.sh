@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create or reuse .venv in the repository root and install hubaudit into it (editable).
+# Sourced by run.sh and test.sh. Installs torch first from TORCH_SPEC (default torch==2.13.0, a CPU
+# wheel here) so that no other package pulls a different torch; reinstalls only when pyproject.toml
+# or the requested extras change.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+EXTRAS="${1:-}"
+PY="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "hubaudit: creating $VENV" >&2
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.hubaudit-installed"
+want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16) extras=[$EXTRAS]"
+if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
+  echo "hubaudit: installing into $VENV (first time: a few minutes)" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+  fi
+  target="$ROOT"
+  [ -n "$EXTRAS" ] && target="$ROOT[$EXTRAS]"
+  "$VENV/bin/python" -m pip install -q -e "$target"
+  echo "$want" > "$stamp"
+fi
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"

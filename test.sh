@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up .venv with the test extras and run the whole test suite (slow tests included).
+#   bash test.sh            # everything
+#   bash test.sh -m "not slow" -x   # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/venv.sh "test"
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from hubaudit.errors import SpecError
+from hubaudit.quant import QuantSpec, get_backend, parse_specs
+from hubaudit.quant.rtn import rtn_quantize
+
+
+def test_rtn_is_the_papers_formula_per_tensor():
+    w = torch.tensor([[0.8, -0.1, 0.26], [0.06, -0.8, 0.4]])
+    d = 0.8 / 8  # D = max|w| / 2^(N-1), N = 4
+    expected = d * torch.round(w / d)
+    assert torch.equal(rtn_quantize(w, 4), expected)
+    assert torch.allclose(rtn_quantize(w, 4), torch.tensor([[0.8, -0.1, 0.3], [0.1, -0.8, 0.4]]))
+
+
+def test_rtn_groups_and_channels_use_their_own_maximum():
+    w = torch.tensor([[1.0, 0.3, 0.01, 0.02], [0.1, 0.05, 4.0, 0.0]])
+    per_row = rtn_quantize(w, 2, per_channel=True)  # D = row max / 2
+    assert torch.allclose(per_row[0], torch.tensor([1.0, 0.5, 0.0, 0.0]))
+    assert torch.allclose(per_row[1], torch.tensor([0.0, 0.0, 4.0, 0.0]))
+    grouped = rtn_quantize(w, 2, group_size=2)  # D per pair of columns
+    assert torch.allclose(grouped[0], torch.tensor([1.0, 0.5, 0.01, 0.02]))  # small group, small step
+    assert torch.equal(rtn_quantize(torch.zeros(2, 4), 4), torch.zeros(2, 4))
+
+
+def test_more_bits_never_worse_on_random_weights():
+    torch.manual_seed(0)
+    w = torch.randn(64, 128)
+    errs = [(rtn_quantize(w, b) - w).pow(2).mean().item() for b in (2, 3, 4, 8)]
+    assert errs == sorted(errs, reverse=True) and errs[-1] < 1e-4
+
+
+def test_rtn_backend_quantizes_linears_and_keeps_lm_head(random_world):
+    from hubaudit.modeling import ModelSource
+
+    src = ModelSource(random_world["model"], device="cpu")
+    backend, spec = get_backend("rtn:4")
+    q, info = backend.quantize(src, spec)
+    layer = q.model.layers[0].mlp.down_proj.weight
+    orig = src.model.model.layers[0].mlp.down_proj.weight
+    assert torch.equal(layer, rtn_quantize(orig, 4)) and not torch.equal(layer, orig)
+    assert torch.equal(q.lm_head.weight, src.model.lm_head.weight)
+    assert torch.equal(q.model.embed_tokens.weight, src.model.model.embed_tokens.weight)
+    assert info["linear_layers_quantized"] == 2 * 7 and info["granularity"] == "per tensor"
+    # the full-precision model the source holds is untouched
+    assert torch.equal(src.model.model.layers[0].mlp.down_proj.weight, orig)
+    qh, info = get_backend("rtn:4:head")[0].quantize(src, QuantSpec.parse("rtn:4:head"))
+    assert torch.equal(qh.lm_head.weight, rtn_quantize(src.model.lm_head.weight, 4))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("rtn", "needs a bit width"),
+    ("rtn:9", "from 2 to 8"),
+    ("rtn:four", "whole number"),
+    ("rtn:4:g0", "unknown option"),
+    ("rtn:4:g64:ch", "not both"),
+    ("rnt:4", "did you mean 'rtn'"),
+    ("cast:int8", "cast:fp32, cast:fp16 or cast:bf16"),
+    ("rtn::4", "empty part"),
+    ("fp", "always audited"),
+])
+def test_bad_specs_say_what_to_do(spec, message):
+    with pytest.raises(SpecError, match=message):
+        parse_specs(spec)
+
+
+def test_specs_parse_in_order_without_duplicates():
+    assert [str(s) for s in parse_specs("rtn:4, cast:bf16,rtn:4,RTN:8:g128")] == ["rtn:4", "cast:bf16", "rtn:8:g128"]
