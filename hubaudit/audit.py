@@ -142,6 +142,8 @@ class Auditor:
                     if self.store is not None:
                         self.store.put(src.identity, spec, self.fs_hash, m.name, keys[m.name], rec)
             except HubauditError as e:
+                if backend is None:  # the model itself cannot be loaded or read: nothing to audit
+                    raise
                 cell.status, cell.reason = "error", str(e)
             except Exception as e:  # noqa: BLE001 - one failing backend must not end the audit
                 log.debug("cell %s %s failed", plan.role, spec, exc_info=True)

@@ -1,0 +1,100 @@
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from factories import make_forget_dir, write_rows
+from hubaudit.cli import main
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_is_instant_and_imports_no_torch():
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "hubaudit", "--help"], capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    assert r.returncode == 0 and "audit" in r.stdout and "demo" in r.stdout
+    assert elapsed < 3, elapsed  # about 0.2 s here; generous for a loaded CI machine
+    r = subprocess.run([sys.executable, "-c", "import sys, hubaudit.cli; print('torch' in sys.modules)"],
+                       capture_output=True, text=True)
+    assert r.stdout.strip() == "False"
+
+
+def test_backends_lists_what_runs_here(capsys):
+    code, out, _ = run_cli(capsys, "backends")
+    assert code == 0
+    assert any(line.startswith("rtn") and " yes " in line for line in out.splitlines())
+    assert "cast:bf16" in out
+
+
+def _bad_model_dirs(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "noconfig").mkdir()
+    pickle_only = tmp_path / "pickle_only"
+    pickle_only.mkdir()
+    (pickle_only / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (pickle_only / "pytorch_model.bin").write_bytes(b"\x80\x02")
+    return {"missing": tmp_path / "missing", "file": tmp_path / "afile", "noconfig": tmp_path / "noconfig",
+            "pickle": pickle_only}
+
+
+@pytest.mark.parametrize("case, extra, message", [
+    ("missing", [], "not found"),
+    ("file", [], "is a file"),
+    ("noconfig", [], "no config.json"),
+    ("pickle", [], "--allow-pickle"),
+    ("good", ["--backends", "rtn:4,gptqq:4"], "unknown quantization backend 'gptqq'"),
+    ("good", ["--backends", "rtn:12"], "from 2 to 8"),
+    ("good", ["--forget", "nowhere"], "forget set 'nowhere' not found"),
+    ("good", ["--forget", "BADFIELD"], "item 1 has no 'gt' field"),
+    ("good", ["--metrics", "verbmem,bleu"], "unknown metric 'bleu'"),
+    ("good", ["--threshold", "-1"], "--threshold"),
+    ("good", ["--auc-retrain", "2"], "--auc-retrain"),
+    ("good", ["--batch-size", "0"], "--batch-size"),
+    ("good", ["--out", "OUTFILE"], "is a file"),
+    ("good", ["--reference", "MISSING"], "not found"),
+])
+def test_user_errors_exit_2_with_one_line(capsys, tmp_path, random_world, case, extra, message):
+    dirs = _bad_model_dirs(tmp_path)
+    model = random_world["model"] if case == "good" else dirs[case]
+    bad_forget = make_forget_dir(tmp_path / "badforget")
+    write_rows(bad_forget / "verbmem" / "forget.json", [{"prompt": "p"}])
+    (tmp_path / "outfile").write_text("mine")
+    subst = {"BADFIELD": bad_forget, "OUTFILE": tmp_path / "outfile", "MISSING": tmp_path / "missing"}
+    extra = [subst.get(x, x) for x in extra]
+    if "--forget" not in extra:
+        extra += ["--forget", random_world["forget"]]
+    code, out, err = run_cli(capsys, "audit", model, "--no-store", "--quiet", "--out", tmp_path / "o", *extra)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hubaudit: error: ") and message in lines[0], err
+    assert (tmp_path / "outfile").read_text() == "mine"
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["audit"])
+    assert e.value.code == 2
+    assert main([]) == 2
+
+
+def test_audit_writes_reports_and_exit_codes(capsys, tmp_path, random_world):
+    out = tmp_path / "out"
+    args = ["audit", random_world["model"], "--reference", random_world["reference"], "--forget", random_world["forget"],
+            "--backends", "rtn:8,rtn:2", "--store", tmp_path / "s.sqlite", "--out", out, "--quiet"]
+    code, stdout, _ = run_cli(capsys, *args)
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["verdict"]["label"] in ("fragile", "robust")
+    assert "| rtn:2 |" in stdout and (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a threshold of 0 makes any regained point fragile: --fail-on-fragile turns that into exit 1
+    code, _, _ = run_cli(capsys, *args, "--threshold", "0", "--fail-on-fragile")
+    regained = [v for d in report["derived"]["regained"].values() for k, v in d.items() if k in ("verbmem_f", "knowmem_f")]
+    assert code == (1 if max(regained) >= 0 else 0)
+    assert (out / "history").is_dir()  # the first run's reports were kept
