@@ -107,7 +107,7 @@ def _print_report(report, out: Path) -> None:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo.run import run_demo
 
     run_demo(Path(args.out), size=args.size, fresh=args.fresh, progress=not args.quiet)
     return EXIT_OK
