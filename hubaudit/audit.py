@@ -134,6 +134,18 @@ class Auditor:
                     model, settings = backend.quantize(src, qspec)
                     cell.backend = {"backend": backend.name, "settings": settings, "versions": backend.versions()}
                 cell.quantize_seconds = time.perf_counter() - t0
+                if cell.backend.get("settings", {}).get("identical_to_full_precision"):
+                    model = None  # the source's own model: nothing to free, nothing to evaluate twice
+                    same = self.run_cell(_Plan(plan.role, src, FULL_PRECISION, missing))
+                    if same.status != "ok":
+                        raise HubauditError(f"the full-precision cell failed: {same.reason}")
+                    for m in missing:
+                        rec = {"value": same.metrics[m.name], "n": same.n_items[m.name], "items": same.items[m.name],
+                               "seconds": 0.0, "tokens": 0}
+                        found[m.name] = rec
+                        if self.store is not None:
+                            self.store.put(src.identity, spec, self.fs_hash, m.name, keys[m.name], rec)
+                    missing = []
                 for m in missing:
                     res = evaluate(model, src.tokenizer, self.fs, [m], self.cfg, batch_size=self.batch_size,
                                    progress=self.progress, desc=f"{plan.role} {spec}")[m.name]

@@ -67,3 +67,14 @@ def test_bad_specs_say_what_to_do(spec, message):
 
 def test_specs_parse_in_order_without_duplicates():
     assert [str(s) for s in parse_specs("rtn:4, cast:bf16,rtn:4,RTN:8:g128")] == ["rtn:4", "cast:bf16", "rtn:8:g128"]
+
+
+def test_cast_to_the_compute_type_reuses_the_full_precision_cell(random_world):
+    import hubaudit
+
+    report = hubaudit.audit(random_world["model"], forget=random_world["forget"], specs="cast:fp32,cast:bf16",
+                            metrics="knowmem_f", store=False, progress=False, device="cpu")
+    fp, same, bf16 = (report.cell("model", s) for s in ("fp", "cast:fp32", "cast:bf16"))
+    assert same.backend["settings"]["identical_to_full_precision"] is True
+    assert same.metrics == fp.metrics and same.items == fp.items
+    assert bf16.backend["settings"] == {"dtype": "bfloat16"} and bf16.status == "ok"

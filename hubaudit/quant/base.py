@@ -101,7 +101,10 @@ class Backend:
     def quantize(self, source: "ModelSource", spec: QuantSpec) -> tuple[Any, dict]:
         """Return a quantized model built from ``source`` and the exact settings used.
 
-        The default copies the full-precision model held by ``source`` and calls :meth:`apply`.
+        The default copies the full-precision model held by ``source`` and calls :meth:`apply`. A backend
+        that finds nothing to change returns ``source.model`` itself with
+        ``identical_to_full_precision: True`` in the settings; the audit then reuses the full-precision
+        results for that cell instead of evaluating the same weights again.
         """
         return self.apply(source.fresh_copy(), spec)
 

@@ -23,3 +23,12 @@ class CastBackend(Backend):
 
         dtype = getattr(torch, DTYPES[spec.args[0].lower()])
         return model.to(dtype), {"dtype": str(dtype).replace("torch.", "")}
+
+    def quantize(self, source, spec: QuantSpec):
+        import torch
+
+        dtype = getattr(torch, DTYPES[spec.args[0].lower()])
+        if all(p.dtype == dtype for p in source.model.parameters()):
+            # Already computed in this type (fp32 on CPU): the cell is the full-precision cell.
+            return source.model, {"dtype": str(dtype).replace("torch.", ""), "identical_to_full_precision": True}
+        return self.apply(source.fresh_copy(), spec)
