@@ -80,21 +80,28 @@ class Auditor:
         self.on_cell = on_cell
 
     def run_cell(self, plan: _Plan) -> CellResult:
+        """One cell: stored metrics are reused, missing ones computed (and stored at once)."""
         src, spec = plan.source, plan.spec
         cell = CellResult(role=plan.role, spec=spec)
         keys = {m.name: metric_key(m, self.cfg, src) for m in plan.metrics}
         found: dict[str, dict] = {}
+        info = None
         if self.store is not None and not self.fresh:
             for m in plan.metrics:
                 rec = self.store.get(src.identity, spec, self.fs_hash, m.name, keys[m.name])
                 if rec is not None:
                     found[m.name] = rec
             info = self.store.get(src.identity, spec, self.fs_hash, "_cell", "")
-            if info:
-                cell.backend = info.get("backend", {})
         missing = [m for m in plan.metrics if m.name not in found]
         if missing:
             self._compute(plan, cell, missing, keys, found)
+        elif info:  # everything reused: report how the cell was computed back then
+            cell.backend = info.get("backend", {})
+            cell.seconds = info.get("seconds", 0.0)
+            cell.quantize_seconds = info.get("quantize_seconds", 0.0)
+            cell.peak_rss_bytes = info.get("peak_rss_bytes")
+            cell.peak_cuda_bytes = info.get("peak_cuda_bytes")
+        cell.reused = not missing
         for m in plan.metrics:
             if m.name in found:
                 rec = found[m.name]
@@ -102,14 +109,6 @@ class Auditor:
                 cell.n_items[m.name] = rec["n"]
                 cell.items[m.name] = rec.get("items", [])
                 cell.tokens += rec.get("tokens", 0)
-        cell.reused = not missing
-        if cell.reused:
-            info = self.store.get(src.identity, spec, self.fs_hash, "_cell", "") if self.store else None
-            if info:
-                cell.seconds = info.get("seconds", 0.0)
-                cell.quantize_seconds = info.get("quantize_seconds", 0.0)
-                cell.peak_rss_bytes = info.get("peak_rss_bytes")
-                cell.peak_cuda_bytes = info.get("peak_cuda_bytes")
         return cell
 
     def _compute(self, plan: _Plan, cell: CellResult, missing: list[Metric], keys: dict, found: dict) -> None:
