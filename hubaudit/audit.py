@@ -239,8 +239,23 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
     return derived, verdict
 
 
-def _as_source(model, **kw) -> ModelSource:
-    return model if isinstance(model, ModelSource) else ModelSource(model, **kw)
+def open_model(model, *, token: str | None = None, **kw) -> tuple[ModelSource, dict]:
+    """A :class:`ModelSource` for a local folder or a Hub id (fetched and pinned), and its card metadata."""
+    from .source import _card_data, fetch_model, parse_model_ref
+
+    if isinstance(model, ModelSource):
+        return model, _card_data(model.path)
+    ref = parse_model_ref(model)
+    if not ref.is_hub:
+        from .source import check_causal_lm
+
+        src = ModelSource(ref.path, name=str(model), **kw)
+        check_causal_lm(src.path, src.name)
+        return src, _card_data(ref.path)
+    snap = fetch_model(ref, token=token, allow_pickle=kw.get("allow_pickle", False))
+    src = ModelSource(snap.path, name=ref.repo_id, revision=snap.sha, repo_id=ref.repo_id, **kw)
+    src.snapshot = snap
+    return src, snap.card_data
 
 
 def audit(
@@ -261,14 +276,18 @@ def audit(
     metric_config: MetricConfig | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    token: str | None = None,
+    memory_check: bool = True,
     progress: bool = True,
     on_cell: Callable[[CellResult], None] | None = None,
 ) -> AuditReport:
     """Audit an unlearned model: does quantization bring the forgotten knowledge back?
 
     Args:
-        model: a model folder (or a :class:`~hubaudit.modeling.ModelSource`).
-        reference: the original, pre-unlearning model; enables "knowledge retained".
+        model: a model folder, a Hub id ``org/name[@revision]`` (fetched and pinned to its commit), or a
+            :class:`~hubaudit.modeling.ModelSource`.
+        reference: the original, pre-unlearning model (folder or Hub id); enables "knowledge
+            retained". Default: the model card's ``base_model`` when it names one; ``False`` for none.
         forget: the forget set: a built-in name (default ``"synthetic"``), a MUSE-layout folder, or a
             :class:`~hubaudit.forget.ForgetSet`.
         specs: quantization specs (``"rtn:4,rtn:8"`` or a list); full precision is always included.
@@ -285,6 +304,8 @@ def audit(
         batch_size: items per batch (default: from a token budget).
         metric_config: metric settings (MUSE defaults).
         allow_pickle / trust_remote_code: off by default, for safety.
+        token: a Hub token (default: ``HF_TOKEN`` or the saved login); never printed or stored.
+        memory_check: refuse before loading a model that cannot fit (full precision + one copy).
         progress: progress bars on stderr.
         on_cell: called with each finished :class:`CellResult`.
 
@@ -310,9 +331,25 @@ def audit(
     metric_objs = resolve_metrics(metrics, fs)
     cfg = metric_config or MetricConfig()
     kw = dict(device=device, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    src = _as_source(model, **kw)
-    ref = _as_source(reference, **kw) if reference is not None else None
-    ret = _as_source(retrain, **kw) if retrain is not None else None
+    src, card = open_model(model, token=token, **kw)
+    reference_note = None
+    if reference is None:
+        from .source import base_model_of
+
+        base = base_model_of(card)
+        if base:
+            try:
+                reference = open_model(base, token=token, **kw)[0]
+                reference_note = f"reference taken from the model card's base_model: {base}"
+            except HubauditError as e:
+                reference_note = f"the card's base_model '{base}' could not be used ({e})"
+                log.warning(reference_note)
+    ref = open_model(reference, token=token, **kw)[0] if reference not in (None, False) else None
+    ret = open_model(retrain, token=token, **kw)[0] if retrain is not None else None
+    if memory_check:
+        for s in (src, ref, ret):
+            if s is not None:
+                s.check_memory(copies=2 if spec_list and s is not ret else 1)
     if out is not None:
         from .report import check_out_dir
 
@@ -347,11 +384,18 @@ def audit(
     derived["auc_retrain"], derived["auc_retrain_source"] = auc_ret, auc_src
     if ref is None:
         derived["retained_note"] = "no reference (original) model given, so knowledge retained could not be computed"
+    if reference_note:
+        derived["reference_note"] = reference_note
 
     def model_info(s: ModelSource | None):
         if s is None:
             return None
-        return {"name": s.name, "path": str(s.path), "identity": s.identity, "revision": s.revision}
+        info = {"name": s.name, "path": str(s.path), "identity": s.identity, "repo_id": s.repo_id, "sha": s.revision}
+        snap = getattr(s, "snapshot", None)
+        if snap is not None:
+            info.update(requested_revision=snap.requested_revision, fetched_bytes=snap.fetched_bytes,
+                        repo_bytes=snap.repo_bytes)
+        return info
 
     inputs = {
         "model": model_info(src),

@@ -27,10 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     a = sub.add_parser("audit", help="audit a model folder", description="Audit an unlearned model under quantization.")
-    a.add_argument("model", help="the unlearned model: a local Hugging Face model folder")
-    a.add_argument("--reference", metavar="REF", help="the original (pre-unlearning) model folder")
+    a.add_argument("model", help="the unlearned model: a Hub id org/name[@revision] or a local model folder")
+    a.add_argument("--reference", metavar="REF",
+                   help="the original (pre-unlearning) model, Hub id or folder (default: the card's base_model)")
+    a.add_argument("--no-reference", action="store_true", help="do not use the card's base_model as reference")
     a.add_argument("--forget", metavar="SOURCE", default=None,
-                   help="forget set: a MUSE-layout folder or a built-in name (default: synthetic)")
+                   help="forget set: muse-news, muse-books, a Hub dataset org/name, a MUSE-layout folder, "
+                        "or synthetic (built in, the default)")
     a.add_argument("--backends", metavar="SPEC,...", default=None,
                    help="quantization specs, comma-separated (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128); "
                         "see `hubaudit backends`")
@@ -48,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--fresh", action="store_true", help="ignore stored results and recompute every cell")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     a.add_argument("--batch-size", type=int, metavar="N", help="items per batch (default: from a token budget)")
+    a.add_argument("--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or the saved login); never printed")
+    a.add_argument("--no-memory-check", action="store_true", help="load even when the estimate says it will not fit")
     a.add_argument("--allow-pickle", action="store_true", help="accept pickle (*.bin) weights, which can run code")
     a.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -65,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _default_out(model: str) -> Path:
-    name = Path(model.rstrip("/")).name or "model"
+    name = Path(model.rstrip("/").partition("@")[0]).name or "model"
     return Path("hubaudit-out") / name
 
 
@@ -77,7 +82,7 @@ def cmd_audit(args) -> int:
     out = Path(args.out) if args.out else _default_out(args.model)
     report = audit(
         args.model,
-        reference=args.reference,
+        reference=False if args.no_reference else args.reference,
         forget=args.forget,
         specs=args.backends if args.backends is not None else DEFAULT_SPECS,
         threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD,
@@ -91,6 +96,8 @@ def cmd_audit(args) -> int:
         batch_size=args.batch_size,
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
+        token=args.token,
+        memory_check=not args.no_memory_check,
         progress=not args.quiet,
     )
     _print_report(report, out)

@@ -47,3 +47,19 @@ class OutputDirError(HubauditError, OSError):
 
 class MetricError(HubauditError, ValueError):
     """Raised when a metric name is unknown or its settings are invalid."""
+
+
+class HubError(HubauditError, OSError):
+    """Raised when the Hub refuses or cannot serve a request (gated, private, offline with an empty cache)."""
+
+
+class HubNotFound(HubError, FileNotFoundError):
+    """Raised when a Hub repository, revision or file does not exist."""
+
+
+class InsufficientMemory(HubauditError, MemoryError):
+    """Raised before loading when the model and one quantized copy cannot fit in the memory available."""
+
+
+class CardError(HubauditError, ValueError):
+    """Raised when a model card cannot be updated (unreadable metadata, a report that does not match)."""

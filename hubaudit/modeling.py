@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .errors import ModelLoadError, ModelNotFound
+from .errors import InsufficientMemory, ModelLoadError, ModelNotFound
 
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 WEIGHT_PATTERNS = ("*.safetensors", *PICKLE_PATTERNS)
@@ -48,7 +48,9 @@ class ModelSource:
             stored dtype on a GPU.
         allow_pickle: accept ``*.bin``/``*.pt`` weights (they can run code when loaded).
         trust_remote_code: let the folder's own Python code define the model.
-        revision: a Hub commit sha when the folder is a snapshot; it is the model's identity then.
+        revision: a Hub commit sha when the folder is a snapshot; with ``repo_id`` it is the model's
+            identity then.
+        repo_id: the Hub repository the snapshot came from.
 
     Raises:
         ModelNotFound: the folder does not exist.
@@ -56,7 +58,8 @@ class ModelSource:
     """
 
     def __init__(self, path, *, device: str | None = "auto", dtype=None, allow_pickle: bool = False,
-                 trust_remote_code: bool = False, revision: str | None = None, name: str | None = None):
+                 trust_remote_code: bool = False, revision: str | None = None, name: str | None = None,
+                 repo_id: str | None = None):
         self.path = Path(path).expanduser()
         self.name = name or str(path)
         if not self.path.exists():
@@ -79,16 +82,21 @@ class ModelSource:
         self.device = resolve_device(device)
         self._dtype = dtype
         self.revision = revision
+        self.repo_id = repo_id
         self._identity: str | None = None
         self._model = None
         self._tokenizer = None
+        self.snapshot = None  # the Hub snapshot this folder came from, if any
 
     # -- identity -------------------------------------------------------------------------------
     @property
     def identity(self) -> str:
-        """``sha:<commit>`` for a Hub snapshot, else ``content:<sha256 of config and weights>``."""
+        """``hub:<repo>@<commit>`` for a Hub snapshot, else ``content:<sha256 of config and weights>``."""
         if self._identity is None:
-            self._identity = f"sha:{self.revision}" if self.revision else f"content:{content_hash(self.path)}"
+            if self.revision and self.repo_id:
+                self._identity = f"hub:{self.repo_id}@{self.revision}"
+            else:
+                self._identity = f"content:{content_hash(self.path)}"
         return self._identity
 
     def config(self) -> dict:
@@ -159,3 +167,44 @@ class ModelSource:
 
     def release(self) -> None:
         self._model = None
+
+    # -- memory ---------------------------------------------------------------------------------
+    def weight_bytes(self) -> int:
+        pats = ("*.safetensors", *PICKLE_PATTERNS) if self.allow_pickle else ("*.safetensors",)
+        return sum(p.stat().st_size for pat in pats for p in self.path.glob(pat) if p.is_file())
+
+    def estimate_memory(self, copies: int = 2) -> int:
+        """Bytes needed for the full-precision model plus ``copies - 1`` quantized copies, at the
+        compute dtype (a bf16 checkpoint doubles in float32 on CPU), plus 10% and 256 MiB of slack."""
+        stored = {"float32": 4, "float16": 2, "bfloat16": 2}.get(self.stored_dtype() or "", 2)
+        compute = self.compute_dtype().itemsize
+        params = self.weight_bytes() / stored
+        return int(params * compute * copies * 1.1) + (256 << 20)
+
+    def check_memory(self, copies: int = 2) -> None:
+        """Refuse before loading when the model cannot fit (instead of meeting the OOM killer)."""
+        need, free = self.estimate_memory(copies), available_memory(self.device)
+        if free is not None and need > free:
+            where = "GPU memory" if self.device.startswith("cuda") else "memory"
+            raise InsufficientMemory(
+                f"model '{self.name}' needs about {need / 2**30:.1f} GiB of {where} (full precision"
+                f"{' plus one quantized copy' if copies > 1 else ''}, {str(self.compute_dtype()).replace('torch.', '')}), "
+                f"and {free / 2**30:.1f} GiB is available; use a larger machine or GPU, fewer specs, or "
+                f"--no-memory-check to try anyway"
+            )
+
+
+def available_memory(device: str) -> int | None:
+    """Free bytes where the model will live: MemAvailable on CPU, free GPU memory on CUDA."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

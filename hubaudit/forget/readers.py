@@ -133,11 +133,21 @@ def _parse_items(part: str, path: Path, rows: list) -> list:
     return items
 
 
-def _find_part_file(root: Path, rel: str) -> Path | None:
-    found = [root / (rel + ext) for ext in EXTENSIONS if (root / (rel + ext)).is_file()]
-    if len(found) > 1:
-        raise ForgetSetError(f"{root}: {rel} is given twice ({', '.join(p.name for p in found)}); keep one")
-    return found[0] if found else None
+def _find_part_files(root: Path, rel: str) -> list[Path]:
+    """The file(s) of one part: ``rel.EXT``, or shards as the Hub stores them (``rel-00000-of-00001.parquet``,
+    or the parquet converter's ``rel/0000.parquet``)."""
+    single = [root / (rel + ext) for ext in EXTENSIONS if (root / (rel + ext)).is_file()]
+    if len(single) > 1:
+        raise ForgetSetError(f"{root}: {rel} is given twice ({', '.join(p.name for p in single)}); keep one")
+    if single:
+        return single
+    parent, name = (root / rel).parent, (root / rel).name
+    if not parent.is_dir():
+        return []
+    shards = sorted(p for ext in EXTENSIONS for p in parent.glob(f"{name}-*{ext}") if p.is_file())
+    if not shards and (root / rel).is_dir():
+        shards = sorted(p for ext in EXTENSIONS for p in (root / rel).glob(f"*{ext}") if p.is_file())
+    return shards
 
 
 def read_muse_dir(root: Path, name: str | None = None, source: str | None = None) -> ForgetSet:
@@ -159,11 +169,14 @@ def read_muse_dir(root: Path, name: str | None = None, source: str | None = None
             raise ForgetSetError(f"{meta_file}: auc_retrain must be a number between 0 and 1, got {auc!r}")
         fs.auc_retrain = float(auc)
     for part, (_, rel) in PARTS.items():
-        path = _find_part_file(root, rel)
-        if path is None:
+        paths = _find_part_files(root, rel)
+        if not paths:
             continue
-        setattr(fs, part, _parse_items(part, path, _read_rows(path)))
-        fs.files[part] = str(path)
+        items = []
+        for path in paths:
+            items += _parse_items(part, path, _read_rows(path))
+        setattr(fs, part, items)
+        fs.files[part] = str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}/{Path(rel).name}-*"
     if not fs.sizes():
         raise ForgetSetError(
             f"{root}: no forget-set files found; expected the MUSE layout, e.g. knowmem/forget_qa.json, "
@@ -201,12 +214,41 @@ class BuiltinFormat(Format):
         return read_muse_dir(builtin_path(source), name=source, source=f"builtin:{source}")
 
 
+@register_format
+class HubDatasetFormat(Format):
+    name = "hub"
+    summary = "a Hub dataset in the MUSE layout: muse-news, muse-books, or org/name[@revision]"
+
+    def detect(self, source: str) -> bool:
+        from ..source import HUB_FORGET_SETS, HUB_ID
+
+        if source in HUB_FORGET_SETS:
+            return True
+        repo = source.partition("@")[0]
+        return "/" in repo and not Path(source).exists() and not source.startswith((".", "/", "~")) and bool(HUB_ID.match(repo))
+
+    def read(self, source: str) -> ForgetSet:
+        from ..source import HUB_FORGET_SETS, fetch_dataset
+
+        repo, _, rev = source.partition("@")
+        meta: dict = {}
+        if source in HUB_FORGET_SETS:
+            repo, meta = HUB_FORGET_SETS[source]
+            rev = ""
+        snap = fetch_dataset(repo, rev or None)
+        fs = read_muse_dir(snap.path, name=meta.get("name") or repo, source=f"hub:{repo}@{snap.sha}")
+        if fs.auc_retrain is None and meta.get("auc_retrain"):
+            fs.auc_retrain = meta["auc_retrain"]
+        fs.meta.setdefault("hub", {"repo_id": repo, "sha": snap.sha})
+        return fs
+
+
 def load_forget_set(source: str | Path | ForgetSet | None = None) -> ForgetSet:
     """Read a forget set.
 
     Args:
-        source: a built-in name (``"synthetic"``, the default), a folder in the MUSE layout, or a
-            :class:`ForgetSet` (returned as is).
+        source: a built-in name (``"synthetic"``, the default), a folder in the MUSE layout, a Hub
+            dataset (``muse-news``, ``muse-books``, ``org/name[@revision]``), or a :class:`ForgetSet`.
 
     Returns:
         The :class:`ForgetSet`.
@@ -233,5 +275,6 @@ def load_forget_set(source: str | Path | ForgetSet | None = None) -> ForgetSet:
             f"knowmem/forget_qa{Path(source).suffix} inside a folder) or a built-in name ({', '.join(BUILTIN_SETS)})"
         )
     raise ForgetSetNotFound(
-        f"forget set '{source}' not found: give a folder in the MUSE layout or a built-in name ({', '.join(BUILTIN_SETS)})"
+        f"forget set '{source}' not found: give a folder in the MUSE layout, a Hub dataset (org/name, muse-news, "
+        f"muse-books) or a built-in name ({', '.join(BUILTIN_SETS)})"
     )

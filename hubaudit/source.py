@@ -1,0 +1,226 @@
+"""Where a model or a forget set comes from: a local folder, or a pinned snapshot of a Hub repository.
+
+``MODEL`` is a local folder, ``org/name`` or ``org/name@revision`` (branch, tag or commit). A Hub model
+is fetched with ``huggingface_hub.snapshot_download`` restricted to what a causal LM needs, at the
+commit sha the revision resolves to; the sha is the model's identity in the report and the results
+store. Safe by default: pickle-only repositories are refused unless ``allow_pickle``; the token comes
+from the caller, ``HF_TOKEN`` or the saved Hub login, and is never printed or stored.
+
+Errors become one-line :class:`~hubaudit.errors.HubauditError` messages that say what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import HubError, HubNotFound, ModelLoadError
+
+log = logging.getLogger("hubaudit")
+
+HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.\-]{0,95}/)?[A-Za-z0-9][\w.\-]{0,95}$")
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+# What a causal LM needs (and the card, for base_model); weights are added by kind.
+BASE_PATTERNS = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model",
+    "chat_template.jinja", "chat_template.json", "README.md",
+)
+SAFETENSORS_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+PICKLE_WEIGHT_PATTERNS = (*PICKLE_PATTERNS, "pytorch_model.bin.index.json")
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+# Shorthands for Hub forget sets: name -> (repo id, metadata the set lacks)
+HUB_FORGET_SETS = {
+    "muse-news": ("muse-bench/MUSE-News", {"name": "muse-news", "auc_retrain": 0.4772}),
+    "muse-books": ("muse-bench/MUSE-Books", {"name": "muse-books", "auc_retrain": 0.5393}),
+}
+DATASET_PATTERNS = ("verbmem/*", "knowmem/*", "privleak/*", "mcq/*", "*/*/*.parquet", "meta.json", "README.md")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed ``MODEL`` argument: a local ``path``, or a Hub ``repo_id`` with an optional ``revision``."""
+
+    text: str
+    repo_id: str | None = None
+    revision: str | None = None
+    path: Path | None = None
+
+    @property
+    def is_hub(self) -> bool:
+        return self.repo_id is not None
+
+
+def parse_model_ref(text: str | os.PathLike) -> ModelRef:
+    """Local folder if it exists (or looks like a path), else a Hub id ``org/name[@revision]``."""
+    s = str(text)
+    p = Path(s).expanduser()
+    if p.exists() or s.startswith((".", "/", "~")) or os.sep in s.replace("/", "", 1) or s.endswith("/"):
+        return ModelRef(s, path=p)
+    repo, _, rev = s.partition("@")
+    if HUB_ID.match(repo) and (rev or "@" not in s):
+        return ModelRef(s, repo_id=repo, revision=rev or None)
+    return ModelRef(s, path=p)  # neither: ModelSource says "not found"
+
+
+@dataclass
+class Snapshot:
+    """A Hub repository pinned to a commit and fetched into the local cache."""
+
+    repo_id: str
+    repo_type: str
+    sha: str
+    path: Path
+    requested_revision: str | None
+    card_data: dict
+    fetched_bytes: int
+    repo_bytes: int | None
+    files: list[str]
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, revision: str | None = None, repo_type: str = "model"):
+    """Turn huggingface_hub's errors into one-line hubaudit errors (never echoing a token)."""
+    from huggingface_hub import errors as he
+
+    what = "dataset" if repo_type == "dataset" else "model"
+    try:
+        yield
+    except he.GatedRepoError:
+        raise HubError(
+            f"{what} '{repo_id}' is gated: accept its conditions on the Hub page, then pass a token with --token "
+            f"or the HF_TOKEN environment variable (or run `hf auth login`)"
+        ) from None
+    except he.RepositoryNotFoundError:
+        raise HubNotFound(
+            f"{what} '{repo_id}' not found on the Hub (if it is private, pass a token with --token or HF_TOKEN)"
+        ) from None
+    except he.RevisionNotFoundError:
+        raise HubNotFound(f"revision '{revision}' not found in {what} '{repo_id}'; check the branch, tag or commit") from None
+    except he.RemoteEntryNotFoundError as e:
+        raise HubNotFound(f"{what} '{repo_id}': a file is missing on the Hub ({_first_line(e)})") from None
+    except he.LocalEntryNotFoundError:
+        raise HubError(
+            f"{what} '{repo_id}' is not in the local cache and the Hub cannot be reached; connect, or set "
+            f"HF_HUB_OFFLINE=1 only after it has been downloaded once"
+        ) from None
+    except he.HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise HubError(f"no access to {what} '{repo_id}' (HTTP {status}): pass a token with --token or HF_TOKEN") from None
+        raise HubError(f"the Hub answered an error for {what} '{repo_id}': {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _is_offline_error(e: BaseException) -> bool:
+    from huggingface_hub import errors as he
+
+    if isinstance(e, (he.OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+        return True
+    name = type(e).__name__
+    return name in ("ConnectError", "ConnectTimeout", "ReadTimeout", "NetworkError", "TimeoutException")
+
+
+def _card_data(folder: Path) -> dict:
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return {}
+    try:
+        from huggingface_hub.repocard import metadata_load
+
+        return metadata_load(readme) or {}
+    except Exception:  # noqa: BLE001 - a broken card must not stop an audit
+        return {}
+
+
+def _snapshot(repo_id: str, revision: str | None, repo_type: str, patterns, token) -> Snapshot:
+    """Resolve ``revision`` to a sha (online), fetch the files matching ``patterns`` (a callable taking
+    the repo's file list, or a list of globs). Offline, or with ``HF_HUB_OFFLINE=1``, use the cache."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    api = HfApi(token=token)
+    with hub_errors(repo_id, revision, repo_type):
+        try:
+            info = api.repo_info(repo_id, repo_type=repo_type, revision=revision, files_metadata=True)
+        except Exception as e:  # noqa: BLE001
+            if not _is_offline_error(e):
+                raise
+            info = None
+        if info is None:  # offline: the cache is all there is
+            log.info("hub unreachable or offline mode: using the local cache for %s", repo_id)
+            path = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True,
+                                          token=token))
+            files = [str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()]
+            return Snapshot(repo_id, repo_type, path.name, path, revision, _card_data(path), 0, None, files)
+        files = {s.rfilename: (s.size or 0) for s in (info.siblings or [])}
+        allow = patterns(list(files)) if callable(patterns) else list(patterns)
+        wanted = [f for f in files if any(fnmatch.fnmatch(f, p) for p in allow)]
+        path = Path(snapshot_download(repo_id, repo_type=repo_type, revision=info.sha, allow_patterns=allow,
+                                      token=token))
+    card = getattr(info, "card_data", None) or getattr(info, "cardData", None)
+    card = card.to_dict() if hasattr(card, "to_dict") else dict(card or {})
+    return Snapshot(repo_id, repo_type, info.sha, path, revision, card or _card_data(path),
+                    sum(files[f] for f in wanted), sum(files.values()), sorted(files))
+
+
+def fetch_model(ref: ModelRef, *, token: str | None = None, allow_pickle: bool = False) -> Snapshot:
+    """Fetch a Hub model's snapshot (only what a causal LM needs).
+
+    Raises:
+        HubNotFound: no such repository or revision.
+        HubError: gated or private without access, or offline with nothing cached.
+        ModelLoadError: pickle-only weights without ``allow_pickle``; no weights; not a causal LM.
+    """
+
+    def choose(files: list[str]) -> list[str]:
+        has_st = any(f.endswith(".safetensors") for f in files)
+        pickles = [f for f in files if any(fnmatch.fnmatch(f, p) for p in PICKLE_PATTERNS)]
+        if not has_st and pickles and not allow_pickle:
+            raise ModelLoadError(
+                f"model '{ref.repo_id}' has only pickle weights ({pickles[0]}), which can run code when loaded; "
+                f"pass --allow-pickle if you trust it"
+            )
+        if not has_st and not pickles:
+            raise ModelLoadError(f"model '{ref.repo_id}' has no weights (*.safetensors) at this revision")
+        if "config.json" not in files:
+            raise ModelLoadError(f"'{ref.repo_id}' has no config.json: it is not a transformers model repository")
+        return [*BASE_PATTERNS, *(SAFETENSORS_PATTERNS if has_st else PICKLE_WEIGHT_PATTERNS)]
+
+    snap = _snapshot(ref.repo_id, ref.revision, "model", choose, token)
+    check_causal_lm(snap.path, ref.repo_id)
+    return snap
+
+
+def check_causal_lm(folder: Path, name: str) -> None:
+    """Refuse a config whose architectures name no causal-LM class (an encoder, a classifier)."""
+    import json
+
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # ModelSource reports a missing or broken config
+    archs = cfg.get("architectures") or []
+    if archs and not any(a.endswith(CAUSAL_LM_SUFFIXES) for a in archs):
+        raise ModelLoadError(f"'{name}' is not a causal language model (architectures: {', '.join(archs)})")
+
+
+def fetch_dataset(repo_id: str, revision: str | None = None, *, token: str | None = None) -> Snapshot:
+    """Fetch a forget-set dataset repository (the MUSE layout, as the benchmark publishes it)."""
+    return _snapshot(repo_id, revision, "dataset", DATASET_PATTERNS, token)
+
+
+def base_model_of(card_data: dict) -> str | None:
+    """The card's ``base_model`` when it names exactly one model."""
+    base = card_data.get("base_model")
+    if isinstance(base, list):
+        base = base[0] if len(base) == 1 else None
+    return base if isinstance(base, str) and base.strip() else None
