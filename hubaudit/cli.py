@@ -55,7 +55,21 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--no-memory-check", action="store_true", help="load even when the estimate says it will not fit")
     a.add_argument("--allow-pickle", action="store_true", help="accept pickle (*.bin) weights, which can run code")
     a.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
+    a.add_argument("--card", choices=["none", "local", "pr"], default="none",
+                   help="after the audit: write the updated model card into --out (local) or open/update a Hub "
+                        "pull request with it (pr)")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    c = sub.add_parser("card", help="write an audit into a model card (locally, or as a Hub pull request)",
+                       description="Add or replace hubaudit's section and model-index entry in a model card; "
+                                   "everything else in the card stays byte for byte.")
+    c.add_argument("model", help="the audited model: a Hub id org/name or a local model folder")
+    c.add_argument("--report", required=True, metavar="REPORT", help="report.json of an audit of that model")
+    c.add_argument("--out", metavar="FILE", help="where to write the updated card (default: README.md beside the report)")
+    c.add_argument("--dry-run", action="store_true", help="print the diff, write and push nothing")
+    c.add_argument("--push", action="store_true", help="publish it as a Hub pull request (our open one is reused)")
+    c.add_argument("--no-pr", action="store_true", help="with --push: commit straight to main instead of a pull request")
+    c.add_argument("--token", metavar="TOKEN", help="Hub token with write access (default: HF_TOKEN or the saved login)")
 
     d = sub.add_parser("demo", help="build a tiny offline world and audit it (no network, about 10 minutes on 2 cores)",
                        description="Train a tiny tokenizer and Llama-style model on a synthetic forget set, unlearn "
@@ -101,6 +115,8 @@ def cmd_audit(args) -> int:
         progress=not args.quiet,
     )
     _print_report(report, out)
+    if args.card != "none":
+        _write_card(report, args.model, out / "README.md", push=args.card == "pr", token=args.token)
     if args.fail_on_fragile and report.verdict.label == "fragile":
         return EXIT_FRAGILE
     return EXIT_OK
@@ -111,6 +127,57 @@ def _print_report(report, out: Path) -> None:
 
     print(render_markdown(report))
     print(f"Report: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}")
+
+
+def _write_card(report, model: str, out: Path, *, push: bool, token: str | None, pr: bool = True,
+                dry_run: bool = False) -> None:
+    from .card import publish_card, update_local_card
+    from .source import parse_model_ref
+
+    ref = parse_model_ref(model)
+    if ref.is_hub:
+        res = publish_card(report, ref.repo_id, token=token, pr=pr, dry_run=dry_run or not push,
+                           out=None if dry_run else out)
+    elif push:
+        raise HubauditError(f"'{model}' is a local folder: --push and --card pr need a Hub model id")
+    else:
+        if dry_run:
+            from .card import card_diff, update_card
+
+            card = Path(model) / "README.md"
+            old = card.read_text(encoding="utf-8") if card.is_file() else ""
+            print(card_diff(old, update_card(old, report)), end="")
+            return
+        res = update_local_card(report, Path(model), out)
+    if dry_run:
+        print(res.diff or "(the card already holds this audit)", end="\n" if not res.diff else "")
+        return
+    if res.path:
+        print(f"Card: {res.path}")
+    if res.pr_url:
+        print(f"Pull request {'updated' if res.reused_pr else 'opened'}: {res.pr_url}")
+    elif res.commit_url:
+        print(f"Committed: {res.commit_url}")
+    elif push:
+        print("The card on the Hub already holds this audit; nothing to push.")
+
+
+def cmd_card(args) -> int:
+    import json
+
+    from .results import AuditReport
+
+    if args.no_pr and not args.push:
+        raise HubauditError("--no-pr goes with --push")
+    try:
+        report = AuditReport.from_json(json.loads(Path(args.report).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise HubauditError(f"report {args.report} not found; give the report.json of an audit") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise HubauditError(f"{args.report} is not a hubaudit report ({str(e).splitlines()[0]})") from None
+    out = Path(args.out) if args.out else Path(args.report).parent / "README.md"
+    _write_card(report, args.model, out, push=args.push, token=args.token, pr=not args.no_pr, dry_run=args.dry_run)
+    return EXIT_OK
 
 
 def cmd_demo(args) -> int:
@@ -140,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handler = {"audit": cmd_audit, "demo": cmd_demo, "backends": cmd_backends}[args.command]
+    handler = {"audit": cmd_audit, "card": cmd_card, "demo": cmd_demo, "backends": cmd_backends}[args.command]
     try:
         return handler(args)
     except HubauditError as e:
