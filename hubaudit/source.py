@@ -143,8 +143,9 @@ def _card_data(folder: Path) -> dict:
 
 
 def _snapshot(repo_id: str, revision: str | None, repo_type: str, patterns, token) -> Snapshot:
-    """Resolve ``revision`` to a sha (online), fetch the files matching ``patterns`` (a callable taking
-    the repo's file list, or a list of globs). Offline, or with ``HF_HUB_OFFLINE=1``, use the cache."""
+    """Resolve ``revision`` to a sha (online), fetch the files matching ``patterns`` (a list of globs, or a
+    callable taking the repo's file list, or None offline, and returning globs). Offline, or with
+    ``HF_HUB_OFFLINE=1``, use the cache with the same globs."""
     from huggingface_hub import HfApi, snapshot_download
 
     api = HfApi(token=token)
@@ -157,18 +158,21 @@ def _snapshot(repo_id: str, revision: str | None, repo_type: str, patterns, toke
             info = None
         if info is None:  # offline: the cache is all there is
             log.info("hub unreachable or offline mode: using the local cache for %s", repo_id)
+            allow = patterns(None) if callable(patterns) else list(patterns)  # what the online call fetched
             path = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True,
-                                          token=token))
+                                          allow_patterns=allow, token=token))
             files = [str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()]
             return Snapshot(repo_id, repo_type, path.name, path, revision, _card_data(path), 0, None, files)
         files = {s.rfilename: (s.size or 0) for s in (info.siblings or [])}
         allow = patterns(list(files)) if callable(patterns) else list(patterns)
         wanted = [f for f in files if any(fnmatch.fnmatch(f, p) for p in allow)]
-        path = Path(snapshot_download(repo_id, repo_type=repo_type, revision=info.sha, allow_patterns=allow,
+        # By the requested revision (not the sha) so the cache records the ref for offline use later;
+        # the snapshot folder is named by the commit it holds.
+        path = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow,
                                       token=token))
     card = getattr(info, "card_data", None) or getattr(info, "cardData", None)
     card = card.to_dict() if hasattr(card, "to_dict") else dict(card or {})
-    return Snapshot(repo_id, repo_type, info.sha, path, revision, card or _card_data(path),
+    return Snapshot(repo_id, repo_type, path.name, path, revision, card or _card_data(path),
                     sum(files[f] for f in wanted), sum(files.values()), sorted(files))
 
 
@@ -181,7 +185,9 @@ def fetch_model(ref: ModelRef, *, token: str | None = None, allow_pickle: bool =
         ModelLoadError: pickle-only weights without ``allow_pickle``; no weights; not a causal LM.
     """
 
-    def choose(files: list[str]) -> list[str]:
+    def choose(files: list[str] | None) -> list[str]:
+        if files is None:  # offline: whatever an online call may have fetched
+            return [*BASE_PATTERNS, *SAFETENSORS_PATTERNS, *(PICKLE_WEIGHT_PATTERNS if allow_pickle else ())]
         has_st = any(f.endswith(".safetensors") for f in files)
         pickles = [f for f in files if any(fnmatch.fnmatch(f, p) for p in PICKLE_PATTERNS)]
         if not has_st and pickles and not allow_pickle:
