@@ -29,7 +29,7 @@ from .forget import ForgetSet, load_forget_set
 from .metrics import MetricConfig, evaluate, privleak, resolve_metrics
 from .metrics.base import Metric
 from .modeling import ModelSource
-from .quant import FULL_PRECISION, QuantSpec, get_backend, parse_specs
+from .quant import FULL_PRECISION, get_backend, parse_specs
 from .results import VERDICT_METRICS, LABELS, AuditReport, CellResult, Verdict
 from .store import ResultStore
 

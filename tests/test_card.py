@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from hubaudit.card import SECTION_END, SECTION_START, split_card, update_card
+from hubaudit.card import SECTION_START, split_card, update_card
 from hubaudit.errors import CardError
 from hubaudit.results import AuditReport, CellResult, Verdict
 

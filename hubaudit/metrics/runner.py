@@ -64,6 +64,19 @@ class LMRunner:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     # -- batching -------------------------------------------------------------------------------
+    def _pad(self, rows: list[list[int]], left: bool):
+        """``input_ids`` and ``attention_mask`` [batch, longest] on the device; padding on the left
+        (generation: every row ends where new tokens start) or on the right (scoring)."""
+        torch = self._torch
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, row in enumerate(rows):
+            cols = slice(width - len(row), width) if left else slice(0, len(row))
+            input_ids[k, cols] = torch.tensor(row)
+            mask[k, cols] = 1
+        return input_ids.to(self.device), mask.to(self.device)
+
     def _batches(self, lengths: list[int], extra: int) -> list[list[int]]:
         """Indices grouped into batches, longest first; a batch holds ``batch_size`` items or as many
         as fit the token budget at the length of its longest (first) item."""
@@ -111,13 +124,8 @@ class LMRunner:
         counted = {"new": 0}
 
         def run(batch: list[int]):
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, i in enumerate(batch):
-                n = len(ids[i])
-                input_ids[r, width - n:] = torch.tensor(ids[i])
-                mask[r, width - n:] = 1
+            input_ids, mask = self._pad([ids[i] for i in batch], left=True)
+            width = input_ids.shape[1]
             kwargs = dict(
                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                 temperature=None, top_p=None, top_k=None,
@@ -126,7 +134,7 @@ class LMRunner:
             if stop_strings:
                 kwargs.update(stop_strings=list(stop_strings), tokenizer=self.tokenizer)
             with torch.inference_mode():
-                gen = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+                gen = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
             new = gen[:, width:].tolist()
             for r, i in enumerate(batch):
                 row = new[r]
@@ -152,14 +160,7 @@ class LMRunner:
         out: list[list[float] | None] = [None] * len(ids)
 
         def run(batch: list[int]):
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, i in enumerate(batch):
-                n = len(ids[i])
-                input_ids[r, :n] = torch.tensor(ids[i])
-                mask[r, :n] = 1
-            input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+            input_ids, mask = self._pad([ids[i] for i in batch], left=False)
             with torch.inference_mode():
                 logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
                 target = input_ids[:, 1:]
