@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set up .venv with the test extras and run the whole test suite (slow tests included).
+# Set up .venv with the test extras and every quantization backend, then run the whole test suite
+# (slow tests included).
 #   bash test.sh            # everything
 #   bash test.sh -m "not slow" -x   # extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/venv.sh "test"
+source scripts/venv.sh "test,quant"
 exec .venv/bin/python -m pytest "$@"

@@ -23,7 +23,10 @@ if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
   fi
   target="$ROOT"
   [ -n "$EXTRAS" ] && target="$ROOT[$EXTRAS]"
-  "$VENV/bin/python" -m pip install -q -e "$target"
+  # Keep the torch that is installed: some extras would otherwise pull a newer one (GBs of CUDA).
+  constraint="$VENV/.torch-constraint.txt"
+  "$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__)" > "$constraint"
+  "$VENV/bin/python" -m pip install -q -c "$constraint" -e "$target"
   echo "$want" > "$stamp"
 fi
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
