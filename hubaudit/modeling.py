@@ -144,6 +144,8 @@ class ModelSource:
                 **kwargs,
             )
         except ValueError as e:
+            if "quantization_config" in kwargs:  # a backend's own failure: its error cell says what it was
+                raise
             if "Unrecognized configuration class" in str(e) or "does not recognize this architecture" in str(e):
                 raise ModelLoadError(f"model '{self.name}' is not a causal language model ({str(e).splitlines()[0]})") from None
             raise ModelLoadError(f"model '{self.name}': cannot load ({str(e).splitlines()[0]})") from None
