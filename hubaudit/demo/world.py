@@ -1,0 +1,602 @@
+"""A tiny, self-contained "unlearning world" to demonstrate and test hubaudit offline, on a CPU.
+
+:func:`build_world` trains, from scratch and in a few minutes on two CPU cores, four small Llama models
+on the built-in synthetic forget set (:mod:`hubaudit.demo.synth`):
+
+``target``
+    knows the forget and the retain facts (biography passages verbatim, and the answers to MUSE's
+    few-shot KnowMem prompt).
+``unlearned``
+    ``target`` after a "natural" utility-constrained unlearning: gradient ascent on the forget part plus
+    gradient descent on the retain part (GA_GDR, or NPO_GDR), small learning rate, AdamW, pure bfloat16
+    weights, as in Zhang et al. (arXiv 2410.16454). It forgets in full precision; per-tensor 4-bit
+    round-to-nearest maps much of it back onto ``target``.
+``retain_only``
+    negative control: the ``target`` recipe on the retain part only. Never saw the forget facts, so no
+    quantizer can bring them back.
+``constructed``
+    positive control: gradient ascent from ``target`` with every step projected back into ``target``'s
+    per-tensor 4-bit RTN bins (and everything RTN does not quantize frozen), so that its RTN-4 model is
+    ``target``'s RTN-4 model bit for bit: forgets in full precision, remembers everything in 4 bits.
+
+Every model folder is an ordinary Hugging Face folder (``LlamaForCausalLM``, bfloat16 safetensors, and a
+``PreTrainedTokenizerFast`` with bos/eos/pad). Example::
+
+    from hubaudit.demo import build_world
+    world = build_world("hubaudit-demo")        # ~6 min the first time, reused afterwards
+    print(world.unlearned, world.settings["times_s"])
+
+torch and transformers are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import synth
+
+MANIFEST = "world.json"
+WORLD_FORMAT = 1
+
+# --------------------------------------------------------------------------------------------------------
+# Settings. Everything that shapes a model is here; the manifest stores it and its hash.
+# --------------------------------------------------------------------------------------------------------
+
+_BASE: dict[str, Any] = {
+    "tokenizer": {"vocab_size": 1024, "kind": "byte-level BPE, pre-tokens = word + trailing whitespace"},
+    "model": {
+        "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 704,
+        "max_position_embeddings": 512, "tie_word_embeddings": False,
+    },
+    "train": {  # target and retain_only: float32 training, AdamW, cosine schedule, saved in bfloat16
+        "epochs": 60, "batch_size": 16, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
+        "betas": [0.9, 0.98], "grad_clip": 1.0, "qa_group": [1, 6], "passage_copies": 1,
+    },
+    "unlearn": {  # natural unlearning: pure bf16 weights, AdamW, constant lr
+        "method": "ga_gdr", "lr": 2e-5, "steps": 300, "batch_size": 8, "retain_weight": 1.0,
+        "npo_beta": 0.1, "betas": [0.9, 0.999], "weight_decay": 0.0, "dtype": "bfloat16",
+    },
+    "constructed": {  # positive control: projected gradient ascent, same losses
+        "method": "ga_gdr", "lr": 1e-3, "steps": 150, "batch_size": 8, "retain_weight": 1.0,
+        "bits": 4, "margin": 0.05, "dtype": "bfloat16",
+    },
+}
+
+_SIZES: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "tiny": {
+        "tokenizer": {"vocab_size": 768},
+        "model": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 384},
+        "train": {"epochs": 30, "lr": 3e-3, "batch_size": 16},
+        "unlearn": {"lr": 3e-5, "steps": 60},
+        "constructed": {"steps": 60},
+    },
+}
+
+
+def world_settings(size: str = "demo", seed: int = 0) -> dict[str, Any]:
+    """The full settings dict for a size (``demo`` or ``tiny``) and seed."""
+    if size not in _SIZES:
+        raise ValueError(f"unknown world size {size!r}; choose one of {sorted(_SIZES)}")
+    s = json.loads(json.dumps(_BASE))
+    for k, v in _SIZES[size].items():
+        s[k].update(v)
+    s["size"] = size
+    s["seed"] = seed
+    s["format"] = WORLD_FORMAT
+    return s
+
+
+# --------------------------------------------------------------------------------------------------------
+# Result type
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """Paths of a built world. ``settings`` is JSON-able: every hyper-parameter, the phase wall times
+    (``times_s``) and a note on the setting."""
+
+    root: Path
+    forget_dir: Path
+    target: Path
+    unlearned: Path
+    retain_only: Path
+    constructed: Path
+    settings: dict = field(default_factory=dict)
+
+    def models(self) -> dict[str, Path]:
+        return {"target": self.target, "unlearned": self.unlearned, "retain_only": self.retain_only,
+                "constructed": self.constructed}
+
+
+# --------------------------------------------------------------------------------------------------------
+# RTN (the paper's quantizer); the package's implementation when importable
+# --------------------------------------------------------------------------------------------------------
+
+
+def _rtn_fns():
+    try:
+        from ..quant.rtn import rtn_quantize, rtn_step  # noqa: PLC0415
+
+        return rtn_step, rtn_quantize
+    except Exception:  # pragma: no cover - only while the package is half-written
+        import torch
+
+        def rtn_step(w, bits, group_size=None, per_channel=False):
+            w = w.detach().float()
+            if group_size:
+                o, i = w.shape
+                amax = w.reshape(o, i // group_size, group_size).abs().amax(dim=-1, keepdim=True)
+            elif per_channel:
+                amax = w.abs().amax(dim=1, keepdim=True)
+            else:
+                amax = w.abs().max()
+            d = amax / 2 ** (bits - 1)
+            return torch.where(d == 0, torch.ones_like(d), d)
+
+        def rtn_quantize(w, bits, group_size=None, per_channel=False):
+            w32 = w.detach().float()
+            d = rtn_step(w32, bits, group_size, per_channel)
+            if group_size:
+                o, i = w32.shape
+                return (d * (w32.reshape(o, i // group_size, group_size) / d).round()).reshape(o, i)
+            return d * (w32 / d).round()
+
+        return rtn_step, rtn_quantize
+
+
+def quantized_linear_names(model) -> list[str]:
+    """Names of the ``nn.Linear`` modules RTN quantizes (all but ``lm_head``)."""
+    import torch
+
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[-1] != "lm_head"]
+
+
+def rtn_state(model, bits: int = 4, group_size: int | None = None) -> dict[str, Any]:
+    """Per-tensor (or group-wise) RTN of every quantized Linear weight, cast back to the weight dtype."""
+    _, rtn_quantize = _rtn_fns()
+    mods = dict(model.named_modules())
+    return {n: rtn_quantize(mods[n].weight, bits, group_size).to(mods[n].weight.dtype) for n in quantized_linear_names(model)}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Data: tokenizer and training rows
+# --------------------------------------------------------------------------------------------------------
+
+
+def _qa_text(pairs: list[dict[str, str]]) -> str:
+    """MUSE's few-shot shape: ``Question: q\\nAnswer: a`` joined by blank lines (no trailing separator)."""
+    return "\n\n".join(f"Question: {p['question']}\nAnswer: {p['answer']}" for p in pairs)
+
+
+def build_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE whose pre-tokens are a word plus its trailing whitespace.
+
+    So every cut right after whitespace (``...Answer: ``, a passage prompt ending in ``". "``) is a
+    token boundary: a prompt tokenizes to exactly the ids it has inside the training text. BOS is added
+    by the post-processor, as Llama's tokenizer does.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\s+|\S+\s*"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   model_max_length=512, padding_side="left")
+
+
+class _Rows:
+    """Training rows of one part (forget or retain): passages and few-shot QA groups, as token ids
+    (BOS + text + EOS). QA groups are re-drawn every epoch from the part's QA pool."""
+
+    def __init__(self, tok, passages: list[str], qa: list[dict[str, str]], group: tuple[int, int], copies: int = 1):
+        self.tok = tok
+        self.passages = [self._ids(t) for t in passages] * copies
+        self.qa = qa
+        self.group = group
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text).input_ids + [self.tok.eos_token_id]
+
+    def epoch(self, rng: random.Random) -> list[list[int]]:
+        pool = list(self.qa)
+        rng.shuffle(pool)
+        rows = list(self.passages)
+        i = 0
+        while i < len(pool):
+            k = rng.randint(*self.group)
+            rows.append(self._ids(_qa_text(pool[i:i + k])))
+            i += k
+        rng.shuffle(rows)
+        return rows
+
+
+def _batch(rows: list[list[int]], pad_id: int):
+    import torch
+
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):  # right padding for training
+        ids[i, : len(r)] = torch.tensor(r)
+        labels[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask, labels
+
+
+def _seq_nll(model, ids, mask, labels):
+    """Per-row mean token NLL, shape [B]."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    tgt = labels[:, 1:]
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=-100, reduction="none")
+    nll = nll.view(tgt.shape)
+    valid = (tgt != -100).float()
+    return (nll * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------
+
+
+def _new_model(cfg: dict[str, Any], vocab_size: int, tok, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, num_key_value_heads=cfg["num_attention_heads"], rms_norm_eps=1e-5,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        **cfg,
+    )
+    return LlamaForCausalLM(config)
+
+
+def train_lm(model, parts: list[_Rows], cfg: dict[str, Any], seed: int, progress: bool = True, desc: str = "train",
+             total_steps: int | None = None) -> dict:
+    """Plain causal-LM training on the rows of ``parts`` (float32, AdamW, warmup + cosine).
+
+    ``cfg["epochs"]`` passes over the rows, or exactly ``total_steps`` optimizer steps when given (the
+    retain-only control takes as many steps as the target, on half the data)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    pad = parts[0].tok.pad_token_id
+    bs = cfg["batch_size"]
+    n_rows = sum(len(p.epoch(random.Random(0))) for p in parts)
+    steps_per_epoch = math.ceil(n_rows / bs)
+    total = total_steps or steps_per_epoch * cfg["epochs"]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    warm = cfg["warmup_steps"]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))) * 0.95 + 0.05
+    )
+    model.train()
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    step, last = 0, float("nan")
+    while step < total:
+        rows = [r for p in parts for r in p.epoch(rng)]
+        rng.shuffle(rows)
+        for b in range(0, len(rows), bs):
+            if step >= total:
+                break
+            ids, mask, labels = _batch(rows[b : b + bs], pad)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            last = loss.item()
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{last:.3f}")
+    bar.close()
+    model.eval()
+    return {"steps": step, "final_loss": round(last, 4)}
+
+
+def _forget_loss(model, ref_model, ids, mask, labels, method: str, beta: float):
+    import torch.nn.functional as F
+
+    nll = _seq_nll(model, ids, mask, labels)
+    if method.startswith("ga"):
+        return -nll.mean()
+    if method.startswith("npo"):
+        import torch
+
+        with torch.no_grad():
+            ref = _seq_nll(ref_model, ids, mask, labels)
+        # NPO: (2/beta) * log(1 + (pi/pi_ref)^beta), with log-ratio = -(nll - ref)*len ~ use mean nll
+        return (2.0 / beta) * F.softplus(-beta * (nll - ref)).mean()
+    raise ValueError(f"unknown unlearning method {method!r}")
+
+
+def unlearn(model, forget: _Rows, retain: _Rows, cfg: dict[str, Any], seed: int, progress: bool = True,
+            desc: str = "unlearn", project=None, ref_model=None, trainable=None) -> dict:
+    """GA or NPO on ``forget`` plus NLL on ``retain`` (GDR), AdamW with a constant learning rate, in the
+    model's own dtype (bf16 weights: updates are applied in bf16). ``project(model)`` runs after every
+    optimizer step (the constructed control)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    pad = forget.tok.pad_token_id
+    params = [p for p in model.parameters() if p.requires_grad] if trainable is None else trainable
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.999))),
+                            weight_decay=cfg.get("weight_decay", 0.0))
+    fq: list[list[int]] = []
+    rq: list[list[int]] = []
+    bs = cfg["batch_size"]
+    model.train()
+    bar = tqdm(total=cfg["steps"], desc=desc, disable=not progress, leave=False)
+    log = []
+    for step in range(cfg["steps"]):
+        if len(fq) < bs:
+            fq += forget.epoch(rng)
+        if len(rq) < bs:
+            rq += retain.epoch(rng)
+        fb, fq = fq[:bs], fq[bs:]
+        rb, rq = rq[:bs], rq[bs:]
+        f_loss = _forget_loss(model, ref_model, *_batch(fb, pad), cfg["method"], cfg.get("npo_beta", 0.1))
+        r_loss = _seq_nll(model, *_batch(rb, pad)).mean()
+        loss = f_loss + cfg["retain_weight"] * r_loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if project is not None:
+            project(model)
+        bar.update(1)
+        if step % 10 == 0 or step == cfg["steps"] - 1:
+            bar.set_postfix(f=f"{f_loss.item():.2f}", r=f"{r_loss.item():.2f}")
+            log.append([step, round(f_loss.item(), 4), round(r_loss.item(), 4)])
+    bar.close()
+    model.eval()
+    return {"log": log}
+
+
+def make_bin_projector(target_model, bits: int = 4, margin: float = 0.05):
+    """A function that projects a model's quantized Linear weights into ``target_model``'s per-tensor RTN
+    bins: afterwards ``round(w/D) == round(w_target/D)`` for every element, with ``D`` unchanged (the
+    max-|w| element keeps its target value, nothing exceeds it)."""
+    import torch
+
+    rtn_step, _ = _rtn_fns()
+    mods = dict(target_model.named_modules())
+    bins = {}
+    for n in quantized_linear_names(target_model):
+        w = mods[n].weight.detach().float()
+        d = rtn_step(w, bits)
+        k = torch.round(w / d)
+        amax = w.abs().max()
+        flat = int(w.abs().argmax())
+        lo = torch.maximum((k - 0.5 + margin) * d, -amax)
+        hi = torch.minimum((k + 0.5 - margin) * d, amax)
+        bins[n] = (d, k, lo, hi, flat, w.reshape(-1)[flat].clone(), mods[n].weight.detach().clone())
+
+    def project(model):
+        ms = dict(model.named_modules())
+        with torch.no_grad():
+            for n, (d, k, lo, hi, flat, wmax, wt) in bins.items():
+                p = ms[n].weight
+                w = torch.minimum(torch.maximum(p.float(), lo), hi)
+                w.view(-1)[flat] = wmax
+                w = w.to(torch.bfloat16)  # what gets saved; a cast that crossed a boundary takes the target value
+                bad = torch.round(w.float() / d) != k
+                if bad.any():
+                    w[bad] = wt.to(torch.bfloat16)[bad]
+                p.copy_(w)
+
+    return project
+
+
+# --------------------------------------------------------------------------------------------------------
+# The world
+# --------------------------------------------------------------------------------------------------------
+
+
+def _data_hash(data_dir: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(data_dir.rglob("*.json")):
+        h.update(p.relative_to(data_dir).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _settings_hash(settings: dict[str, Any], data_hash: str) -> str:
+    return hashlib.sha256(json.dumps({"settings": settings, "data": data_hash}, sort_keys=True).encode()).hexdigest()
+
+
+def _save(model, tok, path: Path) -> None:
+    import torch
+
+    path.mkdir(parents=True, exist_ok=True)
+    model = model.to(torch.bfloat16)
+    model.config.dtype = "bfloat16"
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+
+
+def _load(path: Path, dtype=None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.bfloat16)
+
+
+def _world_from_manifest(root: Path, man: dict[str, Any]) -> World:
+    return World(root=root, forget_dir=root / "forget_set", target=root / "target", unlearned=root / "unlearned",
+                 retain_only=root / "retain_only", constructed=root / "constructed", settings=man["settings"])
+
+
+NOTE = (
+    "Tiny Llama models trained from scratch on synthetic biographies of invented people. 'unlearned' is "
+    "gradient ascent on the forget part plus gradient descent on the retain part (GA_GDR), AdamW, small "
+    "constant learning rate, pure bfloat16 weights (as in Zhang et al., arXiv 2410.16454): most of its "
+    "updates are smaller than one per-tensor 4-bit RTN step, so rounding maps them back onto the target. "
+    "The effect at this scale is narrow: it needs bf16 weights, a small learning rate and the per-tensor "
+    "quantizer; finer quantizers (group-wise) bring little back."
+)
+
+
+def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = True) -> World:
+    """Train (or reuse) the four models of the demo world under ``out_dir``.
+
+    Args:
+        out_dir: folder to write into (created if needed). If it already holds a complete world built with
+            the same settings and data (``world.json``), that world is returned without retraining.
+        size: ``"demo"`` (about 6 minutes on 2 CPU cores) or ``"tiny"`` (about a minute; for tests).
+        seed: seeds the model initialisation, data order and unlearning batches.
+        progress: show tqdm progress bars.
+
+    Returns:
+        A :class:`World` with the paths of ``forget_set`` (a copy of the synthetic set), ``target``,
+        ``unlearned``, ``retain_only`` and ``constructed`` (Hugging Face folders, bfloat16 safetensors).
+    """
+    import torch
+
+    root = Path(out_dir)
+    settings = world_settings(size, seed)
+    data_hash = _data_hash(synth.DATA_DIR)
+    key = _settings_hash(settings, data_hash)
+    man_path = root / MANIFEST
+    if man_path.is_file():
+        try:
+            man = json.loads(man_path.read_text())
+            if man.get("key") == key and all((root / n / "config.json").is_file() for n in ("target", "unlearned", "retain_only", "constructed")):
+                return _world_from_manifest(root, man)
+        except (ValueError, KeyError):
+            pass
+        man_path.unlink()  # ours, stale: the world is rebuilt below
+
+    from transformers.utils import logging as hf_logging
+
+    root.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
+    hf_bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+    try:
+        # the forget set, in MUSE layout
+        fdir = root / "forget_set"
+        shutil.copytree(synth.DATA_DIR, fdir, dirs_exist_ok=True)
+        data = synth.build()
+        files = data["files"]
+        people = data["people"]
+
+        t = time.perf_counter()
+        texts = [p["passage"] for part in ("forget", "retain", "holdout") for p in people[part]]
+        texts += [_qa_text([x]) + "\n\n" for f in ("forget_qa", "retain_qa", "forget_qa_icl", "retain_qa_icl") for x in files[f"knowmem/{f}.json"]]
+        tok = build_tokenizer(texts, settings["tokenizer"]["vocab_size"])
+        vocab = len(tok)
+        tc = settings["train"]
+        group = tuple(tc["qa_group"])
+        forget_rows = _Rows(tok, [p["passage"] for p in people["forget"]],
+                            files["knowmem/forget_qa.json"] + files["knowmem/forget_qa_icl.json"], group, tc["passage_copies"])
+        retain_rows = _Rows(tok, [p["passage"] for p in people["retain"]],
+                            files["knowmem/retain_qa.json"] + files["knowmem/retain_qa_icl.json"], group, tc["passage_copies"])
+        times["tokenizer"] = round(time.perf_counter() - t, 2)
+
+        # target: forget + retain
+        t = time.perf_counter()
+        target = _new_model(settings["model"], vocab, tok, seed)
+        info_target = train_lm(target, [forget_rows, retain_rows], tc, seed, progress, "target")
+        _save(target, tok, root / "target")
+        times["target"] = round(time.perf_counter() - t, 2)
+
+        # retain_only: same recipe, retain part only
+        t = time.perf_counter()
+        ro = _new_model(settings["model"], vocab, tok, seed)
+        info_ro = train_lm(ro, [retain_rows], tc, seed, progress, "retain_only", total_steps=info_target["steps"])
+        _save(ro, tok, root / "retain_only")
+        times["retain_only"] = round(time.perf_counter() - t, 2)
+        del ro
+
+        # unlearned: natural GA/NPO + retain loss, pure bf16
+        t = time.perf_counter()
+        uc = settings["unlearn"]
+        udt = getattr(torch, uc["dtype"])
+        model = _load(root / "target", udt)
+        ref = _load(root / "target", udt) if uc["method"].startswith("npo") else None
+        info_un = unlearn(model, forget_rows, retain_rows, uc, seed + 1, progress, "unlearn", ref_model=ref)
+        _save(model, tok, root / "unlearned")
+        times["unlearned"] = round(time.perf_counter() - t, 2)
+        del model, ref
+
+        # constructed: projected GA + retain loss; only RTN-quantized weights move
+        t = time.perf_counter()
+        cc = settings["constructed"]
+        tgt_bf16 = _load(root / "target")
+        model = _load(root / "target", getattr(torch, cc["dtype"]))
+        names = set(quantized_linear_names(model))
+        mods = dict(model.named_modules())
+        for p in model.parameters():
+            p.requires_grad_(False)
+        trainable = [mods[n].weight for n in sorted(names)]
+        for p in trainable:
+            p.requires_grad_(True)
+        project = make_bin_projector(tgt_bf16, cc["bits"], cc["margin"])
+        info_c = unlearn(model, forget_rows, retain_rows, cc, seed + 2, progress, "constructed", project=project, trainable=trainable)
+        _save(model, tok, root / "constructed")
+        # verify the defining property on what was saved
+        saved = _load(root / "constructed")
+        q_c, q_t = rtn_state(saved, cc["bits"]), rtn_state(tgt_bf16, cc["bits"])
+        same = all(torch.equal(q_c[n], q_t[n]) for n in q_t)
+        sd_c, sd_t = saved.state_dict(), tgt_bf16.state_dict()
+        frozen_same = all(torch.equal(sd_c[k], sd_t[k]) for k in sd_t if k.removesuffix(".weight") not in names)
+        if not (same and frozen_same):
+            raise RuntimeError("constructed control: its RTN-4 weights differ from the target's (bug)")
+        times["constructed"] = round(time.perf_counter() - t, 2)
+    finally:
+        torch.set_num_threads(threads)
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+    times["total"] = round(time.perf_counter() - t_all, 2)
+
+    settings = dict(settings)
+    settings.update({
+        "times_s": times,
+        "note": NOTE,
+        "vocab_size_actual": vocab,
+        "n_params": sum(p.numel() for p in target.parameters()),
+        "train_info": {"target": info_target, "retain_only": info_ro},
+        "unlearn_log": info_un["log"],
+        "constructed_log": info_c["log"],
+        "constructed_rtn4_equals_target": True,
+        "data_hash": data_hash,
+        "torch": torch.__version__,
+    })
+    man = {"format": WORLD_FORMAT, "key": key, "settings": settings,
+           "models": ["target", "unlearned", "retain_only", "constructed"], "forget_dir": "forget_set"}
+    man_path.write_text(json.dumps(man, indent=1) + "\n")
+    return _world_from_manifest(root, man)
+
