@@ -245,8 +245,8 @@ def _batch(rows: list[list[int]], pad_id: int):
     return ids, mask, labels
 
 
-def _seq_nll(model, ids, mask, labels):
-    """Per-row mean token NLL, shape [B]."""
+def _seq_nll(model, ids, mask, labels, reduce: str = "mean"):
+    """Per-row token NLL, shape [B]: the mean over the row's tokens, or the sum (``reduce="sum"``)."""
     import torch.nn.functional as F
 
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
@@ -254,7 +254,8 @@ def _seq_nll(model, ids, mask, labels):
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=-100, reduction="none")
     nll = nll.view(tgt.shape)
     valid = (tgt != -100).float()
-    return (nll * valid).sum(1) / valid.sum(1).clamp(min=1)
+    total = (nll * valid).sum(1)
+    return total if reduce == "sum" else total / valid.sum(1).clamp(min=1)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -323,18 +324,19 @@ def train_lm(model, parts: list[_Rows], cfg: dict[str, Any], seed: int, progress
 
 
 def _forget_loss(model, ref_model, ids, mask, labels, method: str, beta: float):
+    """GA: minus the mean token NLL. NPO (Zhang et al. 2024, as MUSE implements it): with the sequence
+    log-likelihood ratio r = log pi(y) - log pi_ref(y) (sums over the row's tokens), (2/beta) *
+    softplus(beta * r), which stops pushing once the forget rows are ~1/beta nats less likely."""
+    import torch
     import torch.nn.functional as F
 
-    nll = _seq_nll(model, ids, mask, labels)
     if method.startswith("ga"):
-        return -nll.mean()
+        return -_seq_nll(model, ids, mask, labels).mean()
     if method.startswith("npo"):
-        import torch
-
+        nll = _seq_nll(model, ids, mask, labels, "sum")
         with torch.no_grad():
-            ref = _seq_nll(ref_model, ids, mask, labels)
-        # NPO: (2/beta) * log(1 + (pi/pi_ref)^beta), with log-ratio = -(nll - ref)*len ~ use mean nll
-        return (2.0 / beta) * F.softplus(-beta * (nll - ref)).mean()
+            ref = _seq_nll(ref_model, ids, mask, labels, "sum")
+        return (2.0 / beta) * F.softplus(beta * (ref - nll)).mean()
     raise ValueError(f"unknown unlearning method {method!r}")
 
 
