@@ -66,12 +66,11 @@ class _Plan:
 class Auditor:
     """Runs the grid of one audit. Use :func:`audit` unless you need the pieces."""
 
-    def __init__(self, fs: ForgetSet, metrics: list[Metric], cfg: MetricConfig, store: ResultStore | None,
+    def __init__(self, fs: ForgetSet, cfg: MetricConfig, store: ResultStore | None,
                  fresh: bool = False, batch_size: int | None = None, progress: bool = True,
                  on_cell: Callable[[CellResult], None] | None = None):
         self.fs = fs
         self.fs_hash = fs.content_hash()
-        self.metrics = metrics
         self.cfg = cfg
         self.store = store
         self.fresh = fresh
@@ -368,7 +367,7 @@ def audit(
     if ret is not None and mia:
         plans.append(_Plan("retrain", ret, FULL_PRECISION, mia))
 
-    auditor = Auditor(fs, metric_objs, cfg, result_store, fresh, batch_size, progress, on_cell)
+    auditor = Auditor(fs, cfg, result_store, fresh, batch_size, progress, on_cell)
     cells = auditor.run(plans)
 
     retrain_cell = next((c for c in cells if c.role == "retrain" and c.status == "ok"), None)

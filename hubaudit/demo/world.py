@@ -60,8 +60,8 @@ _BASE: dict[str, Any] = {
         "epochs": 60, "batch_size": 16, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
         "betas": [0.9, 0.98], "grad_clip": 1.0, "qa_group": [1, 6], "passage_copies": 1,
     },
-    "unlearn": {  # natural unlearning: pure bf16 weights, AdamW, constant lr
-        "method": "ga_gdr", "lr": 2e-5, "steps": 300, "batch_size": 8, "retain_weight": 1.0,
+    "unlearn": {  # natural unlearning: pure bf16 weights, AdamW, constant lr (see the README's sweep)
+        "method": "ga_gdr", "lr": 3e-5, "steps": 500, "batch_size": 8, "retain_weight": 1.0,
         "npo_beta": 0.1, "betas": [0.9, 0.999], "weight_decay": 0.0, "dtype": "bfloat16",
     },
     "constructed": {  # positive control: projected gradient ascent, same losses
@@ -280,8 +280,7 @@ def train_lm(model, parts: list[_Rows], cfg: dict[str, Any], seed: int, progress
              total_steps: int | None = None) -> dict:
     """Plain causal-LM training on the rows of ``parts`` (float32, AdamW, warmup + cosine).
 
-    ``cfg["epochs"]`` passes over the rows, or exactly ``total_steps`` optimizer steps when given (the
-    retain-only control takes as many steps as the target, on half the data)."""
+    ``cfg["epochs"]`` passes over the rows, or exactly ``total_steps`` optimizer steps when given."""
     import torch
     from tqdm.auto import tqdm
 
@@ -460,11 +459,10 @@ def _world_from_manifest(root: Path, man: dict[str, Any]) -> World:
 
 NOTE = (
     "Tiny Llama models trained from scratch on synthetic biographies of invented people. 'unlearned' is "
-    "gradient ascent on the forget part plus gradient descent on the retain part (GA_GDR), AdamW, small "
-    "constant learning rate, pure bfloat16 weights (as in Zhang et al., arXiv 2410.16454): most of its "
-    "updates are smaller than one per-tensor 4-bit RTN step, so rounding maps them back onto the target. "
-    "The effect at this scale is narrow: it needs bf16 weights, a small learning rate and the per-tensor "
-    "quantizer; finer quantizers (group-wise) bring little back."
+    "gradient ascent on the forget part plus gradient descent on the retain part (GA_GDR), AdamW, constant "
+    "learning rate 3e-5, 500 steps of 8 + 8 rows, pure bfloat16 weights (the paper's recipe, arXiv "
+    "2410.16454). Whether quantization brings its knowledge back is what the audit measures; at this scale "
+    "the sweeps in the README found no setting where it does by more than a few points."
 )
 
 
@@ -538,7 +536,8 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
         # retain_only: same recipe, retain part only
         t = time.perf_counter()
         ro = _new_model(settings["model"], vocab, tok, seed)
-        info_ro = train_lm(ro, [retain_rows], tc, seed, progress, "retain_only", total_steps=info_target["steps"])
+        # as many epochs over the retain rows as the target made: each retain fact seen as often
+        info_ro = train_lm(ro, [retain_rows], tc, seed, progress, "retain_only")
         _save(ro, tok, root / "retain_only")
         times["retain_only"] = round(time.perf_counter() - t, 2)
         del ro
