@@ -119,39 +119,16 @@ class World:
 
 
 # --------------------------------------------------------------------------------------------------------
-# RTN (the paper's quantizer); the package's implementation when importable
+# RTN (the paper's quantizer), from hubaudit.quant.rtn
 # --------------------------------------------------------------------------------------------------------
 
 
 def _rtn_fns():
-    try:
-        from ..quant.rtn import rtn_quantize, rtn_step  # noqa: PLC0415
+    """The audit's own RTN quantizer (``hubaudit.quant.rtn``), so the control is built on the exact bins
+    the audit rounds to."""
+    from ..quant.rtn import rtn_quantize, rtn_step
 
-        return rtn_step, rtn_quantize
-    except Exception:  # pragma: no cover - only while the package is half-written
-        import torch
-
-        def rtn_step(w, bits, group_size=None, per_channel=False):
-            w = w.detach().float()
-            if group_size:
-                o, i = w.shape
-                amax = w.reshape(o, i // group_size, group_size).abs().amax(dim=-1, keepdim=True)
-            elif per_channel:
-                amax = w.abs().amax(dim=1, keepdim=True)
-            else:
-                amax = w.abs().max()
-            d = amax / 2 ** (bits - 1)
-            return torch.where(d == 0, torch.ones_like(d), d)
-
-        def rtn_quantize(w, bits, group_size=None, per_channel=False):
-            w32 = w.detach().float()
-            d = rtn_step(w32, bits, group_size, per_channel)
-            if group_size:
-                o, i = w32.shape
-                return (d * (w32.reshape(o, i // group_size, group_size) / d).round()).reshape(o, i)
-            return d * (w32 / d).round()
-
-        return rtn_step, rtn_quantize
+    return rtn_step, rtn_quantize
 
 
 def quantized_linear_names(model) -> list[str]:
