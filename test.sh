@@ -5,5 +5,5 @@
 #   bash test.sh -m "not slow" -x   # extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/venv.sh "test,quant"
+source scripts/venv.sh "test,quant,space"
 exec .venv/bin/python -m pytest "$@"
