@@ -90,7 +90,8 @@ class _KnowMem(Metric):
         qa = fs.require(self.qa_part, self.label)
         prefix = knowmem_prefix(getattr(fs, self.icl_part))
         prompts = [knowmem_prompt(prefix, x.question) for x in qa]
-        gen = runner.generate(prompts, cfg.knowmem_max_new_tokens, cfg.stop_strings, progress=progress)
+        gen = runner.generate(prompts, cfg.knowmem_max_new_tokens, cfg.stop_strings, progress=progress,
+                              shared_prefix=prefix)
         rows = []
         for x, out in zip(qa, gen.texts):
             out = cut_at_stop(out, cfg.stop_strings)

@@ -29,18 +29,21 @@ class LMRunner:
         tokenizer: its tokenizer.
         batch_size: items per batch, or ``None`` to choose from a token budget (halved on out-of-memory).
         token_budget: tokens per batch when ``batch_size`` is None.
+        fast: ``None`` (default) decodes with hubaudit's own greedy loop (shared-prefix KV cache, finished
+            rows leave the batch) unless the model's generation config needs ``model.generate``;
+            ``False`` always uses batched ``model.generate``.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int | None = None, token_budget: int | None = None):
+    def __init__(self, model, tokenizer, batch_size: int | None = None, token_budget: int | None = None,
+                 fast: bool | None = None):
         import torch
 
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.batch_size = batch_size
-        if token_budget is None:
-            token_budget = DEFAULT_GPU_TOKEN_BUDGET if self.device.type == "cuda" else DEFAULT_CPU_TOKEN_BUDGET
-        self.token_budget = token_budget
+        self.token_budget = token_budget  # None: chosen per pass from free memory (see _budget)
+        self.fast = fast  # None: our greedy loop unless the model needs generate(); False: always generate()
         gen_cfg = getattr(model, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
         if eos is None:
@@ -77,13 +80,46 @@ class LMRunner:
             mask[k, cols] = 1
         return input_ids.to(self.device), mask.to(self.device)
 
+    def bytes_per_token(self, scoring: bool) -> int:
+        """Memory one token of a batch needs beyond the weights: its KV cache in every layer, one layer's
+        activations, and (scoring) its float32 logits, log-softmax included."""
+        c = self.model.config
+        c = c.get_text_config(decoder=True) if hasattr(c, "get_text_config") else c
+        hidden = getattr(c, "hidden_size", 4096)
+        layers = getattr(c, "num_hidden_layers", 32)
+        heads = getattr(c, "num_attention_heads", 32) or 32
+        kv_heads = getattr(c, "num_key_value_heads", None) or heads
+        head_dim = getattr(c, "head_dim", None) or hidden // heads
+        inter = getattr(c, "intermediate_size", None) or 4 * hidden
+        vocab = getattr(c, "vocab_size", 32000)
+        elem = next(self.model.parameters()).element_size()
+        elem = elem if elem in (2, 4) else 2  # quantized weights: activations are 16-bit
+        per = 2 * layers * kv_heads * head_dim * elem + (4 * hidden + 3 * inter) * elem
+        if scoring:
+            per += 3 * vocab * 4
+        return per
+
+    def _budget(self, extra: int) -> int:
+        """Tokens per batch: the caller's ``token_budget``, else as many as half the free memory holds
+        (GPU: free device memory; CPU: MemAvailable), capped at a size past which batching gains nothing."""
+        if self.token_budget is not None:
+            return self.token_budget
+        from ..modeling import available_memory
+
+        cap = DEFAULT_GPU_TOKEN_BUDGET if self.device.type == "cuda" else DEFAULT_CPU_TOKEN_BUDGET
+        free = available_memory("cuda" if self.device.type == "cuda" else "cpu")
+        if not free:
+            return cap
+        return max(256, min(cap, int(0.5 * free / self.bytes_per_token(scoring=extra == 0))))
+
     def _batches(self, lengths: list[int], extra: int) -> list[list[int]]:
         """Indices grouped into batches, longest first; a batch holds ``batch_size`` items or as many
         as fit the token budget at the length of its longest (first) item."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        budget = self._budget(extra) if not self.batch_size else 0
         batches, start = [], 0
         while start < len(order):
-            limit = self.batch_size or max(1, self.token_budget // max(1, lengths[order[start]] + extra))
+            limit = self.batch_size or max(1, budget // max(1, lengths[order[start]] + extra))
             batches.append(order[start:start + limit])
             start += limit
         return batches
@@ -108,18 +144,167 @@ class LMRunner:
                 pending[:0] = [batch[:half], batch[half:]]
 
     # -- generation -----------------------------------------------------------------------------
+    def _fast_ok(self) -> bool:
+        """Our own greedy loop is used unless the model's generation config asks for logits processing
+        that greedy ``model.generate`` would apply (then ``generate`` itself runs, for the same outputs)."""
+        if self.fast is not None:
+            return self.fast
+        cfg = getattr(self.model, "generation_config", None)
+        if cfg is None:
+            return True
+        changed = [
+            (getattr(cfg, "repetition_penalty", None) or 1.0) != 1.0,
+            bool(getattr(cfg, "no_repeat_ngram_size", None)),
+            bool(getattr(cfg, "bad_words_ids", None)),
+            bool(getattr(cfg, "suppress_tokens", None)),
+            bool(getattr(cfg, "begin_suppress_tokens", None)),
+            bool(getattr(cfg, "forced_bos_token_id", None) is not None),
+            bool(getattr(cfg, "forced_eos_token_id", None) is not None),
+            bool(getattr(cfg, "min_new_tokens", None)),
+            (getattr(cfg, "min_length", None) or 0) > 0,
+            bool(getattr(cfg, "sequence_bias", None)),
+            (getattr(cfg, "encoder_repetition_penalty", None) or 1.0) != 1.0,
+        ]
+        import inspect
+
+        fwd = inspect.signature(self.model.forward).parameters
+        return not any(changed) and "past_key_values" in fwd and "position_ids" in fwd
+
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str] = (),
-                 progress=None) -> GenerationOutput:
+                 progress=None, shared_prefix: str | None = None) -> GenerationOutput:
         """Greedy continuations of ``prompts`` (new tokens only, decoded, special tokens skipped).
 
-        A batch stops as soon as every row has produced EOS or one of ``stop_strings``; text after a
-        stop string is left for the caller to cut (MUSE cuts it).
+        A row stops at EOS or as soon as its new text holds one of ``stop_strings``; finished rows leave
+        the batch at once (their KV cache rows are dropped), so every generated token is computed once.
+        Text after a stop string is left for the caller to cut (MUSE cuts it).
+
+        ``shared_prefix``: a text every prompt starts with (KnowMem's few-shot block). Its KV cache is
+        computed once and reused by every batch, for the prompts whose tokens start with the prefix's
+        own tokens (checked per prompt; the others are encoded whole), so the outputs are the same.
         """
-        torch = self._torch
         ids = [self.encode(p) for p in prompts]
         for i, x in enumerate(ids):
             if len(x) + max_new_tokens > self.max_len:
                 ids[i] = x[-(self.max_len - max_new_tokens):]
+        if not self._fast_ok():
+            return self._generate_hf(ids, max_new_tokens, stop_strings, progress)
+        out: list[str | None] = [None] * len(ids)
+        counted = {"new": 0, "prompt": 0}
+        prefix_ids: list[int] = []
+        if shared_prefix:
+            prefix_ids = self.encode(shared_prefix)
+            if len(prefix_ids) < 8:  # not worth a cache
+                prefix_ids = []
+        P = len(prefix_ids)
+        use_prefix = [bool(P) and len(x) > P and x[:P] == prefix_ids for x in ids]
+        prefix_cache = self._prefill_prefix(prefix_ids) if any(use_prefix) else None
+        if prefix_cache is not None:
+            counted["prompt"] += P
+
+        for group in (True, False):
+            members = [i for i in range(len(ids)) if use_prefix[i] == group]
+            if not members:
+                continue
+            rows = [ids[i][P:] if group else ids[i] for i in members]
+
+            def run(batch: list[int], rows=rows, members=members, group=group):
+                texts, n_new = self._greedy_batch([rows[b] for b in batch], max_new_tokens, stop_strings,
+                                                  prefix_cache if group else None, P if group else 0)
+                for b, t in zip(batch, texts):
+                    out[members[b]] = t
+                counted["new"] += n_new
+                counted["prompt"] += sum(len(rows[b]) for b in batch)
+
+            self._run_batches([len(r) + (P if group else 0) for r in rows], max_new_tokens, run, progress)
+        return GenerationOutput([o or "" for o in out], counted["prompt"], counted["new"])
+
+    def _prefill_prefix(self, prefix_ids: list[int]):
+        """The KV cache of the shared prefix, computed once (batch of one)."""
+        torch = self._torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        x = torch.tensor([prefix_ids], device=self.device)
+        with torch.inference_mode():
+            self.model(input_ids=x, attention_mask=torch.ones_like(x), past_key_values=cache, use_cache=True,
+                       **self._keep_last)
+        return cache
+
+    @property
+    def _keep_last(self) -> dict:
+        """``logits_to_keep=1`` where the model takes it: only the last position's logits are needed."""
+        if not hasattr(self, "_keep_kw"):
+            import inspect
+
+            self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+        return self._keep_kw
+
+    def _greedy_batch(self, rows: list[list[int]], max_new_tokens: int, stop_strings: Sequence[str],
+                      prefix_cache, P: int) -> tuple[list[str], int]:
+        """One batch of greedy decoding with a KV cache: prefill (left padded, after the shared prefix's
+        cache when given), then one token per step for the rows still running."""
+        import copy
+
+        torch = self._torch
+        from transformers import DynamicCache
+
+        B = len(rows)
+        input_ids, mask = self._pad(rows, left=True)
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            if B > 1:
+                cache.batch_repeat_interleave(B)
+            mask = torch.cat([torch.ones((B, P), dtype=mask.dtype, device=mask.device), mask], dim=1)
+        else:
+            cache = DynamicCache(config=self.model.config)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        next_pos = pos[:, -1] + 1
+        pos = pos[:, P:]
+        eos = set(self.eos_ids)
+        new: list[list[int]] = [[] for _ in range(B)]
+        alive = list(range(B))
+        n_new = 0
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                                use_cache=True, **self._keep_last).logits[:, -1]
+            for step in range(max_new_tokens):
+                nxt = logits.argmax(-1)
+                toks = nxt.tolist()
+                keep = []
+                for j, r in enumerate(alive):
+                    t = toks[j]
+                    new[r].append(t)
+                    n_new += 1
+                    if t in eos:
+                        continue
+                    if stop_strings and any(s in self.decode(new[r]) for s in stop_strings):
+                        continue
+                    keep.append(j)
+                if not keep or step == max_new_tokens - 1:
+                    break
+                if len(keep) < len(alive):
+                    idx = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(idx)
+                    mask, next_pos, nxt = mask[idx], next_pos[idx], nxt[idx]
+                    alive = [alive[j] for j in keep]
+                mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+                logits = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                                    past_key_values=cache, use_cache=True, **self._keep_last).logits[:, -1]
+                next_pos = next_pos + 1
+        texts = []
+        for row in new:
+            for k, t in enumerate(row):  # drop what follows the first EOS
+                if t in eos:
+                    row = row[: k + 1]
+                    break
+            texts.append(self.decode(row))
+        return texts, n_new
+
+    def _generate_hf(self, ids: list[list[int]], max_new_tokens: int, stop_strings: Sequence[str],
+                     progress=None) -> GenerationOutput:
+        """Batched ``model.generate`` (greedy, left padding): the path for models whose generation
+        config asks for logits processors, or whose forward takes no cache or position ids."""
+        torch = self._torch
         out: list[str | None] = [None] * len(ids)
         counted = {"new": 0}
 

@@ -1,0 +1,90 @@
+"""The fast decoding path (own greedy loop, shared-prefix KV cache, finished rows leaving the batch)
+gives exactly what batched ``model.generate`` gives, and batches fit the memory there is."""
+
+import pytest
+
+from hubaudit.forget import load_forget_set
+from hubaudit.metrics import MetricConfig
+from hubaudit.metrics.muse import knowmem_prefix, knowmem_prompt
+from hubaudit.metrics.rouge import cut_at_stop
+from hubaudit.metrics.runner import LMRunner
+from hubaudit.modeling import ModelSource
+
+STOPS = MetricConfig().stop_strings
+
+
+def _knowmem_prompts(fs, extra_unprefixed=False):
+    prefix = knowmem_prefix(fs.forget_qa_icl)
+    prompts = [knowmem_prompt(prefix, x.question) for x in fs.forget_qa]
+    if extra_unprefixed:  # a prompt that does not start with the prefix: encoded whole, same result
+        prompts.append("Varnholt " + prompts[0])
+    return prefix, prompts
+
+
+def _both(model, tok, prompts, max_new, stops, prefix, batch_size):
+    fast = LMRunner(model, tok, batch_size=batch_size).generate(prompts, max_new, stops, shared_prefix=prefix)
+    slow = LMRunner(model, tok, batch_size=batch_size, fast=False).generate(prompts, max_new, stops)
+    return fast, slow
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_fast_generation_equals_model_generate(random_world, batch_size):
+    src = ModelSource(random_world["model"], device="cpu")
+    fs = load_forget_set(random_world["forget"])
+    prefix, prompts = _knowmem_prompts(fs, extra_unprefixed=True)
+    fast, slow = _both(src.model, src.tokenizer, prompts, 24, STOPS, prefix, batch_size)
+    assert [cut_at_stop(t, STOPS) for t in fast.texts] == [cut_at_stop(t, STOPS) for t in slow.texts]
+    # the prefix was encoded once, not once per prompt
+    full = sum(len(src.tokenizer(p)["input_ids"]) for p in prompts)
+    n_prefix = len(src.tokenizer(prefix)["input_ids"])
+    assert fast.prompt_tokens == full - (len(prompts) - 2) * n_prefix  # one prompt lacks the prefix
+    # without stop strings: the same continuations, token for token
+    fast, slow = _both(src.model, src.tokenizer, [x.prompt for x in fs.verbmem], 40, (), None, batch_size)
+    assert fast.texts == slow.texts and fast.new_tokens == slow.new_tokens
+
+
+def test_generation_config_with_processors_uses_generate(random_world):
+    """A repetition penalty in the model's generation config is applied, as greedy generate applies it."""
+    src = ModelSource(random_world["model"], device="cpu")
+    fs = load_forget_set(random_world["forget"])
+    model = src.model
+    model.generation_config.repetition_penalty = 1.5
+    try:
+        runner = LMRunner(model, src.tokenizer)
+        assert not runner._fast_ok()
+        prompts = [x.prompt for x in fs.verbmem][:4]
+        with_penalty = runner.generate(prompts, 30).texts
+        model.generation_config.repetition_penalty = 1.0
+        plain = LMRunner(model, src.tokenizer).generate(prompts, 30).texts
+        assert with_penalty != plain  # the penalty changed the greedy text, so it was honoured
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+
+
+def test_batches_fit_free_memory(random_world, monkeypatch):
+    src = ModelSource(random_world["model"], device="cpu")
+    runner = LMRunner(src.model, src.tokenizer)
+    assert runner.bytes_per_token(scoring=True) > runner.bytes_per_token(scoring=False) > 0
+    lengths = [50] * 200
+    roomy = runner._batches(lengths, 0)
+    import hubaudit.modeling as modeling
+
+    tight = 40 * 60 * runner.bytes_per_token(scoring=True)  # half of it holds 20 texts of 60 tokens
+    monkeypatch.setattr(modeling, "available_memory", lambda device: tight)
+    small = runner._batches(lengths, 0)
+    assert max(map(len, small)) < max(map(len, roomy))
+    assert max(map(len, small)) * 50 * runner.bytes_per_token(scoring=True) <= tight / 2
+    assert sorted(i for b in small for i in b) == list(range(200))
+
+
+@pytest.mark.slow
+def test_fast_generation_on_a_trained_model(tiny_world):
+    """On a model that answers (rows stop at different steps and leave the batch): the same answers."""
+    src = ModelSource(tiny_world.target, device="cpu")
+    fs = load_forget_set(tiny_world.forget_dir)
+    prefix, prompts = _knowmem_prompts(fs)
+    fast, slow = _both(src.model, src.tokenizer, prompts, 32, STOPS, prefix, None)
+    a = [cut_at_stop(t, STOPS) for t in fast.texts]
+    assert a == [cut_at_stop(t, STOPS) for t in slow.texts]
+    assert sum(bool(x.strip()) for x in a) > len(a) // 2  # real answers, not empty strings
+    assert fast.new_tokens < len(prompts) * 32  # rows stopped early
