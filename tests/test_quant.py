@@ -24,6 +24,18 @@ def test_rtn_groups_and_channels_use_their_own_maximum():
     assert torch.equal(rtn_quantize(torch.zeros(2, 4), 4), torch.zeros(2, 4))
 
 
+def test_rtn_groups_that_do_not_divide_the_width_end_with_a_shorter_group():
+    """704 columns in groups of 128 (the demo model's down_proj): five full groups and one of 64."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 704)
+    q = rtn_quantize(w, 4, group_size=128)
+    assert q.shape == w.shape
+    for start in range(0, 704, 128):
+        part = w[:, start:start + 128]
+        assert torch.equal(q[:, start:start + 128], rtn_quantize(part, 4, per_channel=True))
+    assert w[:, 640:].shape[1] == 64
+
+
 def test_more_bits_never_worse_on_random_weights():
     torch.manual_seed(0)
     w = torch.randn(64, 128)

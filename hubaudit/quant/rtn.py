@@ -33,16 +33,16 @@ if TYPE_CHECKING:  # pragma: no cover
 def rtn_step(w: "torch.Tensor", bits: int, group_size: int | None = None, per_channel: bool = False) -> "torch.Tensor":
     """The step D of the RTN grid, broadcastable against ``w`` (2-D, shape [out, in]).
 
-    Per tensor: a scalar; per channel: [out, 1]; per group: [out, in // g, 1] over the reshaped weight.
-    A zero maximum (an all-zero tensor, row or group) gives D = 1, so zeros stay zeros.
+    Per tensor: a scalar; per channel: [out, 1]; per group: [out, ceil(in / g), 1] over the reshaped
+    weight (when ``g`` does not divide ``in``, the last group of each row is shorter: it holds the
+    remaining columns). A zero maximum (an all-zero tensor, row or group) gives D = 1, so zeros stay zeros.
     """
     import torch
 
     w = w.detach().float()
     levels = 2 ** (bits - 1)
     if group_size:
-        out_f, in_f = w.shape
-        amax = w.reshape(out_f, in_f // group_size, group_size).abs().amax(dim=-1, keepdim=True)
+        amax = _groups(w, group_size).abs().amax(dim=-1, keepdim=True)
     elif per_channel:
         amax = w.abs().amax(dim=1, keepdim=True)
     else:
@@ -51,14 +51,25 @@ def rtn_step(w: "torch.Tensor", bits: int, group_size: int | None = None, per_ch
     return torch.where(d == 0, torch.ones_like(d), d)
 
 
+def _groups(w: "torch.Tensor", group_size: int) -> "torch.Tensor":
+    """[out, in] -> [out, ceil(in / g), g], the last group zero-padded (zeros change no maximum)."""
+    import torch
+
+    out_f, in_f = w.shape
+    pad = -in_f % group_size
+    if pad:
+        w = torch.nn.functional.pad(w, (0, pad))
+    return w.reshape(out_f, (in_f + pad) // group_size, group_size)
+
+
 def rtn_quantize(w: "torch.Tensor", bits: int, group_size: int | None = None, per_channel: bool = False) -> "torch.Tensor":
     """Return ``D * round(w / D)`` in float32 (the caller casts). ``w``: [out, in]."""
     w32 = w.detach().float()
     d = rtn_step(w32, bits, group_size, per_channel)
     if group_size:
         out_f, in_f = w32.shape
-        g = w32.reshape(out_f, in_f // group_size, group_size)
-        return (d * (g / d).round()).reshape(out_f, in_f)
+        g = _groups(w32, group_size)
+        return (d * (g / d).round()).reshape(out_f, -1)[:, :in_f]
     return d * (w32 / d).round()
 
 
@@ -117,7 +128,7 @@ class RTNBackend(Backend):
         import torch
 
         s = parse_rtn(spec)
-        n_layers = 0
+        n_layers, ragged = 0, []
         with torch.no_grad():
             for name, module in model.named_modules():
                 if not isinstance(module, torch.nn.Linear):
@@ -126,10 +137,7 @@ class RTNBackend(Backend):
                     continue
                 w = module.weight
                 if s.group_size and w.shape[1] % s.group_size:
-                    raise SpecError(
-                        f"'{spec}': layer {name} has {w.shape[1]} input columns, not a multiple of the group size "
-                        f"{s.group_size}; choose a group size that divides it"
-                    )
+                    ragged.append(name)
                 w.copy_(rtn_quantize(w, s.bits, s.group_size, s.per_channel).to(w.dtype))
                 n_layers += 1
         return model, {
@@ -138,4 +146,6 @@ class RTNBackend(Backend):
             "lm_head": s.quantize_head,
             "linear_layers_quantized": n_layers,
             "formula": "D*round(w/D), D=max|w|/2^(bits-1), no clamp",
+            **({"ragged_last_group": f"{len(ragged)} layers' input width is not a multiple of {s.group_size}: "
+                                     f"their last group per row holds the remaining columns"} if ragged else {}),
         }
