@@ -30,6 +30,8 @@ from .metrics import MetricConfig, evaluate, privleak, resolve_metrics
 from .metrics.base import Metric
 from .modeling import ModelSource
 from .quant import FULL_PRECISION, get_backend, parse_specs
+from .quant.base import spec_kind
+from .quant.relearn import heldout_regained
 from .results import VERDICT_METRICS, LABELS, AuditReport, CellResult, Verdict
 from .store import ResultStore
 
@@ -67,7 +69,7 @@ class Auditor:
     """Runs the grid of one audit. Use :func:`audit` unless you need the pieces."""
 
     def __init__(self, fs: ForgetSet, cfg: MetricConfig, store: ResultStore | None,
-                 fresh: bool = False, batch_size: int | None = None, progress: bool = True,
+                 fresh: bool = False, batch_size: int | None = None, progress: bool | object = True,
                  on_cell: Callable[[CellResult], None] | None = None):
         self.fs = fs
         self.fs_hash = fs.content_hash()
@@ -121,6 +123,8 @@ class Auditor:
             if reason:
                 cell.status, cell.reason = "skipped", reason
                 return
+            if backend.needs_forget_set:  # a recovery attack (relearn) trains on part of the forget set
+                backend.forget_set = self.fs
         t0 = time.perf_counter()
         model = None
         with PeakMemory() as pm:
@@ -130,7 +134,8 @@ class Auditor:
                     cell.backend = {"dtype": str(src.compute_dtype()).replace("torch.", ""), "device": src.device}
                 else:
                     model, settings = backend.quantize(src, qspec)
-                    cell.backend = {"backend": backend.name, "settings": settings, "versions": backend.versions()}
+                    cell.backend = {"backend": backend.name, "kind": backend.kind, "settings": settings,
+                                    "versions": backend.versions()}
                 cell.quantize_seconds = time.perf_counter() - t0
                 if cell.backend.get("settings", {}).get("identical_to_full_precision"):
                     model = None  # the source's own model: nothing to free, nothing to evaluate twice
@@ -172,7 +177,7 @@ class Auditor:
 
     def run(self, plans: list[_Plan]) -> list[CellResult]:
         bar = None
-        if self.progress:
+        if self.progress is True:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(plans), desc="audit", unit="cell")
@@ -181,6 +186,8 @@ class Auditor:
             for i, plan in enumerate(plans):
                 if bar:
                     bar.set_postfix_str(f"{plan.role} {plan.spec}")
+                elif hasattr(self.progress, "set_description"):  # a caller's tqdm-like object: name the cell
+                    self.progress.set_description(f"{plan.role} {plan.spec}")
                 cell = self.run_cell(plan)
                 cells.append(cell)
                 if self.on_cell:
@@ -212,6 +219,11 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
             continue
         if spec != FULL_PRECISION and base is not None and base.status == "ok":
             regained[spec] = {m: cell.metrics[m] - base.metrics[m] for m in cell.metrics if m in base.metrics and m != "mia_auc"}
+            held = heldout_regained(cell, base)  # relearn on forget items: regain on the other items only
+            if held is not None:
+                regained[spec].update({m: v for m, v in held.items() if v is not None})
+                for m in [m for m, v in held.items() if v is None]:
+                    regained[spec].pop(m, None)
         if ref is not None and ref.status == "ok":
             retained[spec] = {
                 m: cell.metrics[m] / ref.metrics[m] * 100 for m in ("verbmem_f", "knowmem_f", "knowmem_r")
@@ -220,22 +232,51 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
     utility = {s: by[("model", s)].metrics["knowmem_r"] for s in [FULL_PRECISION, *specs]
                if ("model", s) in by and "knowmem_r" in by[("model", s)].metrics}
     worst = None
+    kinds = {s: spec_kind(s) for s in specs}
+    by_kind: dict[str, tuple] = {}  # the largest regain of each kind (quantization, recovery)
     for spec, deltas in regained.items():
         for m in VERDICT_METRICS:
             if m in deltas and (worst is None or deltas[m] > worst[2]):
                 worst = (spec, m, deltas[m])
+            k = kinds.get(spec, "quantization")
+            if m in deltas and (k not in by_kind or deltas[m] > by_kind[k][2]):
+                by_kind[k] = (spec, m, deltas[m])
     if worst is None:
         verdict = Verdict("incomplete", threshold, summary="no quantized cell could be evaluated, so no verdict")
     elif worst[2] >= threshold:
+        kind = kinds.get(worst[0], "quantization")
         verdict = Verdict("fragile", threshold, worst[0], worst[1], worst[2],
                           f"fragile: {worst[0]} brings back {worst[2]:.1f} points of {LABELS[worst[1]]} "
-                          f"(threshold {threshold:g}); the unlearning does not survive quantization")
+                          f"(threshold {threshold:g}); the unlearning does not survive "
+                          + ("quantization" if kind != "recovery" else "a relearning attack (recovery, not quantization)")
+                          + _other_kind_note(by_kind, kind, threshold))
     else:
         verdict = Verdict("robust", threshold, worst[0], worst[1], worst[2],
                           f"robust: no spec brings back {threshold:g} points of a forget metric "
                           f"(largest: {worst[0]}, {worst[2]:+.1f} {LABELS[worst[1]]})")
-    derived = {"regained": regained, "retained": retained, "utility": utility}
+    derived = {"regained": regained, "retained": retained, "utility": utility, "kinds": kinds,
+               "max_regained_by_kind": {k: {"spec": v[0], "metric": v[1], "regained": v[2]} for k, v in by_kind.items()}}
     return derived, verdict
+
+
+def _other_kind_note(by_kind: dict, kind: str, threshold: float) -> str:
+    """When both kinds ran, what the other one did (so a fragile verdict says which kind regained)."""
+    other = "recovery" if kind != "recovery" else "quantization"
+    if other not in by_kind:
+        return ""
+    spec, m, v = by_kind[other]
+    word = "relearning" if other == "recovery" else "quantization"
+    verb = "also regains" if v >= threshold else "regains less"
+    return f"; {word} {verb}: {spec} {v:+.1f} {LABELS[m]}"
+
+
+def _chat_template_used(src: ModelSource, cfg: MetricConfig, metrics: list[Metric]) -> dict | None:
+    """The chat template the prompts went through (TOFU-style metrics only), for the report; None if none."""
+    if not cfg.chat_template or not any(getattr(m, "chat", False) for m in metrics):
+        return None
+    from .metrics.prompts import describe_chat_template
+
+    return describe_chat_template(src.tokenizer)
 
 
 def open_model(model, *, token: str | None = None, **kw) -> tuple[ModelSource, dict]:
@@ -277,7 +318,7 @@ def audit(
     trust_remote_code: bool = False,
     token: str | None = None,
     memory_check: bool = True,
-    progress: bool = True,
+    progress: bool | object = True,
     on_cell: Callable[[CellResult], None] | None = None,
 ) -> AuditReport:
     """Audit an unlearned model: does quantization bring the forgotten knowledge back?
@@ -305,7 +346,9 @@ def audit(
         allow_pickle / trust_remote_code: off by default, for safety.
         token: a Hub token (default: ``HF_TOKEN`` or the saved login); never printed or stored.
         memory_check: refuse before loading a model that cannot fit (full precision + one copy).
-        progress: progress bars on stderr.
+        progress: progress bars on stderr; False for none; or a tqdm-like object (``set_description``
+            with the cell, ``set_postfix_str`` with the metric, ``update`` with items done) for callers
+            that show progress themselves (the Space).
         on_cell: called with each finished :class:`CellResult`.
 
     Returns:
@@ -363,14 +406,14 @@ def audit(
     plans = [_Plan("model", src, s, metric_objs) for s in [FULL_PRECISION, *spec_list]]
     if ref is not None:
         plans += [_Plan("reference", ref, s, metric_objs) for s in [FULL_PRECISION, *spec_list]]
-    mia = [m for m in metric_objs if m.name == "mia_auc"]
+    mia = [m for m in metric_objs if m.name in ("mia_auc", "tofu_tr_f")]  # PrivLeak's and forget quality's baselines
     if ret is not None and mia:
         plans.append(_Plan("retrain", ret, FULL_PRECISION, mia))
 
     auditor = Auditor(fs, cfg, result_store, fresh, batch_size, progress, on_cell)
     cells = auditor.run(plans)
 
-    retrain_cell = next((c for c in cells if c.role == "retrain" and c.status == "ok"), None)
+    retrain_cell = next((c for c in cells if c.role == "retrain" and c.status == "ok" and "mia_auc" in c.metrics), None)
     if retrain_cell is not None:
         auc_ret, auc_src = retrain_cell.metrics["mia_auc"], f"retrained model {ret.name}"
     elif auc_retrain is not None:
@@ -385,6 +428,11 @@ def audit(
         derived["retained_note"] = "no reference (original) model given, so knowledge retained could not be computed"
     if reference_note:
         derived["reference_note"] = reference_note
+    from .metrics.tofu import forget_quality_by_spec
+
+    fq = forget_quality_by_spec(cells)
+    if fq:
+        derived["forget_quality"] = fq  # TOFU: KS-test p-value of truth ratios vs the retrain model
 
     def model_info(s: ModelSource | None):
         if s is None:
@@ -404,6 +452,7 @@ def audit(
         "specs": spec_list,
         "metrics": [m.name for m in metric_objs],
         "metric_settings": {m.name: m.settings(cfg) for m in metric_objs},
+        "chat_template": _chat_template_used(src, cfg, metric_objs),
         "threshold": threshold,
         "device": src.device,
         "dtype": str(src.compute_dtype()).replace("torch.", ""),

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from .errors import CardError
 from .quant import FULL_PRECISION
-from .results import LABELS, AuditReport
+from .results import LABELS, VERDICT_METRICS, AuditReport
 
 SECTION_START, SECTION_END = "<!-- hubaudit:start -->", "<!-- hubaudit:end -->"
 YAML_START, YAML_END = "# hubaudit:start", "# hubaudit:end"
 PR_TITLE_PREFIX = "hubaudit: "
 METHOD_URL = "https://arxiv.org/abs/2410.16454"
-CARD_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r")
+CARD_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "tofu_rouge_f", "tofu_rouge_r", "wmdp_acc", "mmlu_acc")
 
 
 def _fmt(x) -> str:
@@ -61,7 +61,7 @@ def render_section(report: AuditReport) -> str:
             lines.append(f"| {spec} | {c.status} |" + " |" * len(metrics))
             continue
         reg = report.derived.get("regained", {}).get(spec, {})
-        forget = [reg[m] for m in ("verbmem_f", "knowmem_f") if m in reg]
+        forget = [reg[m] for m in VERDICT_METRICS if m in reg]
         lines.append("| " + " | ".join([
             "full precision" if spec == FULL_PRECISION else f"`{spec}`",
             *(_fmt(c.metrics.get(m)) for m in metrics),

@@ -32,8 +32,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the original (pre-unlearning) model, Hub id or folder (default: the card's base_model)")
     a.add_argument("--no-reference", action="store_true", help="do not use the card's base_model as reference")
     a.add_argument("--forget", metavar="SOURCE", default=None,
-                   help="forget set: muse-news, muse-books, a Hub dataset org/name, a MUSE-layout folder, "
-                        "or synthetic (built in, the default)")
+                   help="forget set: muse-news, muse-books, tofu-forget01|05|10, wmdp-bio|cyber|chem, a Hub dataset "
+                        "org/name, a MUSE-layout folder, or synthetic (built in); default: the one the model card "
+                        "points to (confirmed on a terminal, or with --yes), else synthetic")
     a.add_argument("--backends", metavar="SPEC,...", default=None,
                    help="quantization specs, comma-separated (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128); "
                         "see `hubaudit backends`")
@@ -59,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="after the audit: write the updated model card into --out (local) or open/update a Hub "
                         "pull request with it (pr)")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.add_argument("--no-chat-template", action="store_true",
+                   help="build TOFU prompts as plain text even when the tokenizer has a chat template")
+    a.add_argument("--yes", "-y", action="store_true",
+                   help="without --forget: use the forget set proposed from the model card without asking")
 
     c = sub.add_parser("card", help="write an audit into a model card (locally, or as a Hub pull request)",
                        description="Add or replace hubaudit's section and model-index entry in a model card; "
@@ -80,7 +85,80 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("backends", help="list quantization backends and whether they run here")
+    _unlearn_parser(sub)
     return p
+
+
+def _unlearn_parser(sub) -> None:
+    u = sub.add_parser("unlearn", help="unlearn a forget set from a model (GA/NPO, retain controls, SURE)",
+                       description="Unlearn a forget set from the original model with GA or NPO (plus a retain "
+                                   "loss), optionally with SURE, which keeps the unlearning when the model is "
+                                   "quantized. Writes a Hugging Face model folder with a card; resumes when "
+                                   "interrupted.")
+    u.add_argument("model", help="the original model: a Hub id org/name[@revision] or a local model folder")
+    u.add_argument("--forget", metavar="SOURCE", default=None,
+                   help="forget set: muse-news, muse-books, a Hub dataset, a MUSE-layout folder, or synthetic")
+    u.add_argument("--method", default="npo_klr", choices=["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr"],
+                   help="forget loss (GA, NPO) and retain term (GDR: NLL, KLR: KL to the original) (default npo_klr)")
+    u.add_argument("--sure", action="store_true", help="SURE: train only the most salient modules/rows, larger lr")
+    u.add_argument("--threshold", type=float, default=90.0, metavar="P",
+                   help="SURE saliency percentile: keep units above it (90 = top 10%%) (default 90)")
+    u.add_argument("--saliency", choices=["module", "row"], default="module", help="SURE unit (default module)")
+    u.add_argument("--scope", choices=["linear", "all"], default="linear",
+                   help="SURE candidates: the quantized linear layers (default) or every weight matrix")
+    u.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-5, 1e-4 with --sure)")
+    u.add_argument("--steps", type=int, default=300, help="at most this many optimizer steps (default 300)")
+    u.add_argument("--batch-size", type=int, default=8, metavar="N", help="forget rows (and retain rows) per step (default 8)")
+    u.add_argument("--retain-weight", type=float, default=1.0, metavar="W", help="weight of the retain term (default 1)")
+    u.add_argument("--beta", type=float, default=0.1, help="NPO beta (default 0.1)")
+    u.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default="bfloat16",
+                   help="weights' dtype while training (default bfloat16, as the paper)")
+    u.add_argument("--utility-floor", type=float, default=0.9, metavar="F",
+                   help="stop, and go back to the last good state, when KnowMem retain falls below F x the "
+                        "original's (default 0.9; 0 for none)")
+    u.add_argument("--stop-at", type=float, default=None, metavar="PCT",
+                   help="stop once the forget score is at most PCT%% of the original's (default: run all steps)")
+    u.add_argument("--eval-every", type=int, default=25, metavar="N", help="measure forgetting and utility every N steps")
+    u.add_argument("--checkpoint-every", type=int, default=50, metavar="N", help="checkpoint every N steps (default 50)")
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--out", metavar="DIR", default=None,
+                   help="output model folder (default hubaudit-unlearn/<model>-<method>[-sure])")
+    u.add_argument("--fresh", action="store_true", help="discard a checkpoint or finished run in --out and start over")
+    u.add_argument("--audit", action="store_true", help="then audit the result against MODEL; report in OUT/audit/")
+    u.add_argument("--backends", metavar="SPEC,...", default="rtn:4,bnb:nf4,gguf:Q4_0",
+                   help="specs for --audit (default rtn:4,bnb:nf4,gguf:Q4_0)")
+    u.add_argument("--no-store", action="store_true", help="with --audit: do not read or write the results store")
+    u.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
+    u.add_argument("--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or the saved login); never printed")
+    u.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_unlearn(args) -> int:
+    from .unlearn.train import UnlearnConfig, unlearn
+
+    cfg = UnlearnConfig(
+        method=args.method, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+        retain_weight=args.retain_weight, beta=args.beta, dtype=args.dtype, sure=args.sure,
+        threshold=args.threshold, saliency=args.saliency, scope=args.scope, eval_every=args.eval_every,
+        utility_floor=args.utility_floor or None, stop_at=args.stop_at, checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    stop_after = os.environ.get("HUBAUDIT_UNLEARN_STOP_AFTER")  # tests: stop resumably after N steps
+    res = unlearn(args.model, args.forget, args.out, config=cfg, fresh=args.fresh, device=args.device,
+                  token=args.token, progress=not args.quiet, audit=args.audit, audit_specs=args.backends,
+                  audit_store=False if args.no_store else None,
+                  max_steps_this_run=int(stop_after) if stop_after else None)
+    if res.status != "finished":
+        print(f"Stopped after step {res.steps}; run the same command again to resume from {res.out / 'checkpoints'}")
+        return EXIT_OK
+    m = res.manifest
+    scores = ", ".join(f"{k} {res.before[k]:.1f} -> {res.after[k]:.1f}" for k in res.after)
+    print(f"Unlearned ({m['config']['method']}{' + SURE' if m['config']['sure'] else ''}, {m['steps']} steps, "
+          f"{m['train_seconds']:.0f} s; {m['stop_reason'] or 'ran all steps'}): {scores}")
+    print(f"Model: {res.out} (README.md, unlearn.json)")
+    if res.audit is not None:
+        _print_report(res.audit, res.out / "audit")
+    return EXIT_OK
 
 
 def _default_out(model: str) -> Path:
@@ -90,14 +168,16 @@ def _default_out(model: str) -> Path:
 
 def cmd_audit(args) -> int:
     from .audit import DEFAULT_SPECS, DEFAULT_THRESHOLD, audit
+    from .metrics import MetricConfig
 
     if args.batch_size is not None and args.batch_size < 1:
         raise HubauditError(f"--batch-size must be at least 1, got {args.batch_size}")
     out = Path(args.out) if args.out else _default_out(args.model)
+    forget = args.forget if args.forget is not None else _forget_from_card(args)
     report = audit(
         args.model,
         reference=False if args.no_reference else args.reference,
-        forget=args.forget,
+        forget=forget,
         specs=args.backends if args.backends is not None else DEFAULT_SPECS,
         threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD,
         metrics=args.metrics,
@@ -113,6 +193,7 @@ def cmd_audit(args) -> int:
         token=args.token,
         memory_check=not args.no_memory_check,
         progress=not args.quiet,
+        metric_config=MetricConfig(chat_template=not args.no_chat_template),
     )
     _print_report(report, out)
     if args.card != "none":
@@ -120,6 +201,27 @@ def cmd_audit(args) -> int:
     if args.fail_on_fragile and report.verdict.label == "fragile":
         return EXIT_FRAGILE
     return EXIT_OK
+
+
+def _forget_from_card(args) -> str | None:
+    """No --forget: propose the forget set the model card points to, and confirm it (a question on a
+    terminal, --yes otherwise). Without a hint on the card: the built-in default (synthetic)."""
+    from .detect import propose_for_model
+
+    proposal = propose_for_model(args.model, token=args.token)
+    if proposal is None:
+        return None
+    source, reason = proposal
+    if args.yes:
+        print(f"hubaudit: forget set {source} ({reason})", file=sys.stderr)
+        return source
+    if not sys.stdin.isatty():
+        raise HubauditError(f"the model card suggests --forget {source} ({reason}); pass --forget {source} to "
+                            f"use it (or --yes to accept the proposal, or --forget synthetic)")
+    answer = input(f"Use forget set {source} (because {reason})? [Y/n] ").strip().lower()
+    if answer not in ("", "y", "yes"):
+        raise HubauditError("no forget set chosen; pass --forget SOURCE")
+    return source
 
 
 def _print_report(report, out: Path) -> None:
@@ -154,6 +256,11 @@ def _write_card(report, model: str, out: Path, *, push: bool, token: str | None,
         return
     if res.path:
         print(f"Card: {res.path}")
+    if res.pr_url or res.commit_url:  # for scripts (the GitHub Action's pr-url output)
+        import json
+
+        (out.parent / "card.json").write_text(json.dumps(
+            {"pr_url": res.pr_url, "commit_url": res.commit_url, "reused_pr": res.reused_pr}) + "\n", encoding="utf-8")
     if res.pr_url:
         print(f"Pull request {'updated' if res.reused_pr else 'opened'}: {res.pr_url}")
     elif res.commit_url:
@@ -207,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handler = {"audit": cmd_audit, "card": cmd_card, "demo": cmd_demo, "backends": cmd_backends}[args.command]
+    handler = {"audit": cmd_audit, "card": cmd_card, "demo": cmd_demo, "backends": cmd_backends,
+               "unlearn": cmd_unlearn}[args.command]
     try:
         return handler(args)
     except HubauditError as e:

@@ -15,10 +15,12 @@ from pathlib import Path
 
 from .errors import OutputDirError
 from .quant import FULL_PRECISION
-from .results import LABELS, AuditReport
+from .results import LABELS, VERDICT_METRICS, AuditReport
 
 REPORT_FILES = ("report.json", "report.md", "report.png")
-TABLE_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
+TABLE_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak", "tofu_rouge_f", "tofu_prob_f", "tofu_tr_f",
+                 "tofu_rouge_r", "tofu_prob_r", "tofu_tr_r", "wmdp_acc", "mmlu_acc")
+UNIT_SCALE = ("tofu_prob_f", "tofu_tr_f", "tofu_prob_r", "tofu_tr_r")  # 0..1, shown with 3 digits
 
 
 def check_out_dir(out) -> Path:
@@ -54,6 +56,12 @@ def render_markdown(report: AuditReport) -> str:
     lines.append(f"**Verdict: {v.label.upper()}**: {v.summary}.")
     lines.append("")
     ref = inp.get("reference")
+    if v.label == "fragile":
+        from .unlearn import recommend_command
+
+        cmd = recommend_command(ref["name"] if ref else "ORIGINAL_MODEL", inp["forget"].get("source") or inp["forget"]["name"])
+        lines += ["Way out: redo the unlearning from the original with SURE, the paper's fix, and audit the result "
+                  f"(see README, \"Unlearning that survives quantization\"): `{cmd}`", ""]
     lines.append(
         f"Forget set `{inp['forget']['name']}` ({', '.join(f'{k} {n}' for k, n in inp['forget']['sizes'].items())}); "
         f"reference (original): {'`' + ref['name'] + '`' if ref else 'none'}; threshold {v.threshold:g} points; "
@@ -65,16 +73,22 @@ def render_markdown(report: AuditReport) -> str:
         head.append("retained vs original (KnowMem f / VerbMem)")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
-    for spec in specs:
+    recovery = [s for s in specs if d.get("kinds", {}).get(s) == "recovery"]  # relearn: a table of their own
+    for spec in [s for s in specs if s not in recovery] + (["(recovery)"] if recovery else []) + recovery:
+        if spec == "(recovery)":
+            lines += ["", "Recovery attacks (not quantization: fine-tuning on a slice of the forget set; their "
+                      "regained figures count only the forget items they did not train on):", ""]
+            lines += ["| " + " | ".join(["attack", *head[1:]]) + " |", "|" + "---|" * len(head)]
+            continue
         c = report.cell("model", spec)
         if c is None:
             continue
         if c.status != "ok":
             lines.append(f"| {spec_label(spec)} | {c.status}: {c.reason} |" + " |" * (len(head) - 2))
             continue
-        row = [spec_label(spec), *(_fmt(c.metrics.get(m)) for m in metrics)]
+        row = [spec_label(spec), *(_fmt(c.metrics.get(m), digits=3 if m in UNIT_SCALE else 1) for m in metrics)]
         reg = d["regained"].get(spec, {})
-        forget_reg = [reg[m] for m in ("verbmem_f", "knowmem_f") if m in reg]
+        forget_reg = [reg[m] for m in VERDICT_METRICS if m in reg]
         row.append(_fmt(max(forget_reg), signed=True) if forget_reg else "–")
         if ref:
             ret = d["retained"].get(spec, {})
@@ -91,7 +105,8 @@ def render_markdown(report: AuditReport) -> str:
             if c.status != "ok":
                 lines.append(f"| {spec_label(spec)} | {c.status}: {c.reason} |" + " |" * (len(metrics) - 1))
                 continue
-            lines.append("| " + " | ".join([spec_label(spec), *(_fmt(c.metrics.get(m)) for m in metrics)]) + " |")
+            lines.append("| " + " | ".join([spec_label(spec), *(_fmt(c.metrics.get(m), digits=3 if m in UNIT_SCALE else 1)
+                                                             for m in metrics)]) + " |")
     lines += [
         "",
         "Scores are ROUGE-L F1 x 100 (MUSE's definitions); PrivLeak is (AUC - AUC_retrain) / AUC_retrain x 100 "
@@ -101,6 +116,18 @@ def render_markdown(report: AuditReport) -> str:
     ]
     if d.get("retained_note"):
         lines += ["", d["retained_note"].capitalize() + "."]
+    if any(m.startswith(("tofu_", "wmdp_", "mmlu_")) for m in metrics):
+        lines += ["", "TOFU: ROUGE-L recall x 100 of the greedy answer, answer probability P(a|q)^(1/|a|), truth ratio "
+                  "(forget: mean min(R, 1/R), 1 = cannot tell right from wrong; retain: mean max(0, 1 - R)). "
+                  "WMDP/MMLU: accuracy x 100, the answer letter with the highest log-likelihood "
+                  "(lm-evaluation-harness's zero-shot prompt)."]
+    if any(m.startswith("tofu_") for m in metrics):
+        t = inp.get("chat_template")
+        lines += ["", f"TOFU prompts: the model's chat template (sha256 {t['sha256']}), e.g. `{t['example']!r}`."
+                  if t else "TOFU prompts: plain `Question: {q}\\nAnswer: ` (no chat template used)."]
+    if d.get("forget_quality"):
+        lines += ["", "TOFU forget quality (KS-test p-value of forget truth ratios vs the retrain model; high = "
+                  "indistinguishable from never trained): " + ", ".join(f"{spec_label(k)} {p:.3g}" for k, p in d["forget_quality"].items()) + "."]
     skipped = [c for c in report.cells if c.status != "ok"]
     if skipped:
         lines += ["", "Cells not evaluated: " + "; ".join(f"{c.role} {c.spec}: {c.status} ({c.reason})" for c in skipped)]
@@ -116,9 +143,11 @@ def render_plot(report: AuditReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     specs = [FULL_PRECISION, *report.specs]
-    names = [m for m in ("verbmem_f", "knowmem_f", "knowmem_r") if any(m in c.metrics for c in report.cells)]
+    names = [m for m in ("verbmem_f", "knowmem_f", "knowmem_r", "tofu_rouge_f", "tofu_rouge_r", "wmdp_acc", "mmlu_acc")
+             if any(m in c.metrics for c in report.cells)]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(specs)), 4.2), dpi=110)
-    colors = {"verbmem_f": "tab:red", "knowmem_f": "tab:blue", "knowmem_r": "tab:green"}
+    colors = {"verbmem_f": "tab:red", "knowmem_f": "tab:blue", "knowmem_r": "tab:green", "tofu_rouge_f": "tab:purple",
+              "tofu_rouge_r": "tab:olive", "wmdp_acc": "tab:orange", "mmlu_acc": "tab:cyan"}
     x = list(range(len(specs)))
     for m in names:
         for role, style in (("model", "-o"), ("reference", "--s")):
@@ -131,15 +160,16 @@ def render_plot(report: AuditReport, path: Path) -> None:
             label = f"{LABELS[m]} ({'audited' if role == 'model' else 'original'})"
             ax.plot(x, ys, style, color=colors[m], label=label, alpha=1.0 if role == "model" else 0.55)
         base = report.cell("model", FULL_PRECISION)
-        if base and m in base.metrics and m != "knowmem_r":
+        if base and m in base.metrics and m not in ("knowmem_r", "tofu_rouge_r", "mmlu_acc"):
             ax.axhline(base.metrics[m], color=colors[m], lw=0.8, ls=":", alpha=0.8)
     ax.axvspan(-0.4, 0.4, color="0.9", zorder=0)
     ax.set_xticks(x, [spec_label(s) for s in specs], rotation=20)
-    ax.set_ylabel("ROUGE-L F1 x 100")
+    ax.set_ylabel("ROUGE-L F1 x 100" if not any(m.startswith(("tofu_", "wmdp_", "mmlu_")) for m in names) else "score x 100")
     ax.set_ylim(0, 105)
     v = report.verdict
     ax.set_title(f"{report.inputs['model']['name']}: {v.label.upper()}", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:  # nothing plotted (only 0..1 metrics): no empty legend
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)

@@ -8,8 +8,16 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 # Which metrics the verdict counts (memorization of the forget set, ROUGE-L F1 x 100).
-VERDICT_METRICS = ("verbmem_f", "knowmem_f")
+VERDICT_METRICS = ("verbmem_f", "knowmem_f", "tofu_rouge_f", "wmdp_acc")  # all on a 0-100 scale
 LABELS = {
+    "tofu_rouge_f": "TOFU ROUGE-L forget",
+    "tofu_prob_f": "TOFU answer prob. forget",
+    "tofu_tr_f": "TOFU truth ratio forget",
+    "tofu_rouge_r": "TOFU ROUGE-L retain",
+    "tofu_prob_r": "TOFU answer prob. retain",
+    "tofu_tr_r": "TOFU truth ratio retain",
+    "wmdp_acc": "WMDP accuracy",
+    "mmlu_acc": "MMLU accuracy",
     "verbmem_f": "VerbMem forget",
     "knowmem_f": "KnowMem forget",
     "knowmem_r": "KnowMem retain",

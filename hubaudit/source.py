@@ -40,7 +40,7 @@ HUB_FORGET_SETS = {
     "muse-news": ("muse-bench/MUSE-News", {"name": "muse-news", "auc_retrain": 0.4772}),
     "muse-books": ("muse-bench/MUSE-Books", {"name": "muse-books", "auc_retrain": 0.5393}),
 }
-DATASET_PATTERNS = ("verbmem/*", "knowmem/*", "privleak/*", "mcq/*", "*/*/*.parquet", "meta.json", "README.md")
+DATASET_PATTERNS = ("verbmem/*", "knowmem/*", "privleak/*", "mcq/*", "tofu/*", "*/*/*.parquet", "meta.json", "README.md")
 
 
 @dataclass(frozen=True)
@@ -219,9 +219,11 @@ def check_causal_lm(folder: Path, name: str) -> None:
         raise ModelLoadError(f"'{name}' is not a causal language model (architectures: {', '.join(archs)})")
 
 
-def fetch_dataset(repo_id: str, revision: str | None = None, *, token: str | None = None) -> Snapshot:
-    """Fetch a forget-set dataset repository (the MUSE layout, as the benchmark publishes it)."""
-    return _snapshot(repo_id, revision, "dataset", DATASET_PATTERNS, token)
+def fetch_dataset(repo_id: str, revision: str | None = None, *, token: str | None = None,
+                  patterns=DATASET_PATTERNS) -> Snapshot:
+    """Fetch a forget-set dataset repository (by default the MUSE layout, as the benchmark publishes it;
+    ``patterns`` picks other files, e.g. one TOFU or WMDP config)."""
+    return _snapshot(repo_id, revision, "dataset", patterns, token)
 
 
 def base_model_of(card_data: dict) -> str | None:

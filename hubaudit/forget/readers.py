@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import ForgetSetError, ForgetSetNotFound
 from ..registry import Registry
-from .types import PARTS, QA, Choice, ForgetSet, Passage
+from .types import PARTS, QA, Choice, ForgetSet, Passage, TofuQA
 
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
 BUILTIN_SETS = ("synthetic",)
@@ -113,6 +113,10 @@ def _parse_items(part: str, path: Path, rows: list) -> list:
             items.append(QA(_field(path, n, row, "question"), _field(path, n, row, "answer")))
         elif kind is Passage:
             items.append(Passage(_field(path, n, row, "prompt"), _field(path, n, row, "gt")))
+        elif kind is TofuQA:
+            from .tofu import tofu_item
+
+            items.append(tofu_item(path, n, row))
         else:
             question = _field(path, n, row, "question")
             choices = row.get("choices")
@@ -129,7 +133,8 @@ def _parse_items(part: str, path: Path, rows: list) -> list:
                 raise ForgetSetError(f"{path}: item {n} needs 'answer', the index of the right choice") from None
             if not 0 <= answer < len(choices):
                 raise ForgetSetError(f"{path}: item {n}: answer {answer} is not an index into its {len(choices)} choices")
-            items.append(Choice(question, tuple(choices), answer))
+            subject = row.get("subject") if isinstance(row.get("subject"), str) else ""
+            items.append(Choice(question, tuple(choices), answer, subject))
     return items
 
 

@@ -30,6 +30,19 @@ class Choice:
     question: str
     choices: tuple[str, ...]
     answer: int
+    subject: str = ""  # MMLU-style subject ("college_biology"), for the prompt's description line; "" = the set's
+
+
+@dataclass(frozen=True)
+class TofuQA:
+    """A TOFU evaluation item: a question, its answer, and (in TOFU's ``*_perturbed`` splits) a paraphrase
+    of the answer and wrong answers in the same style, which the truth ratio compares."""
+
+    question: str
+    answer: str
+    paraphrased_answer: str = ""
+    perturbed_answers: tuple[str, ...] = ()
+    paraphrased_question: str = ""
 
 
 # part name -> (item type, the metric(s) that need it, where it lives in the MUSE layout)
@@ -43,7 +56,13 @@ PARTS: dict[str, tuple[type | None, str]] = {
     "mia_retain": (None, "privleak/retain"),
     "mia_holdout": (None, "privleak/holdout"),
     "mcq": (Choice, "mcq/forget"),
+    "mcq_retain": (Choice, "mcq/retain"),  # general multiple choice (MMLU subsets): utility beside WMDP
+    "tofu_forget": (TofuQA, "tofu/forget"),  # TOFU-style QA with paraphrased/perturbed answers
+    "tofu_retain": (TofuQA, "tofu/retain"),
 }
+# Parts added after the first release: left out of content_hash while absent, so the hash of a set
+# without them (and the results stored under it) stays what it was.
+_LATER_PARTS = ("mcq_retain", "tofu_forget", "tofu_retain")
 
 
 @dataclass
@@ -70,6 +89,9 @@ class ForgetSet:
     mia_retain: list[str] | None = None
     mia_holdout: list[str] | None = None
     mcq: list[Choice] | None = None
+    mcq_retain: list[Choice] | None = None
+    tofu_forget: list[TofuQA] | None = None
+    tofu_retain: list[TofuQA] | None = None
     auc_retrain: float | None = None
     meta: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
@@ -109,9 +131,18 @@ class ForgetSet:
         parts = {}
         for p in PARTS:
             items = getattr(self, p)
-            parts[p] = None if items is None else [x if isinstance(x, str) else asdict(x) for x in items]
+            if items is None and p in _LATER_PARTS:
+                continue
+            parts[p] = None if items is None else [x if isinstance(x, str) else _hash_item(x) for x in items]
         blob = json.dumps({"parts": parts, "auc_retrain": self.auc_retrain}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _hash_item(x) -> dict:
+    d = asdict(x)
+    if isinstance(x, Choice) and not x.subject:
+        d.pop("subject")  # as before the field existed
+    return d
 
 
 assert {f.name for f in fields(ForgetSet)} >= set(PARTS)

@@ -11,15 +11,17 @@ from __future__ import annotations
 from typing import Iterable
 
 from ..errors import MetricError
-from . import muse  # noqa: F401  (registers the metrics)
+from . import muse, tofu, wmdp  # noqa: F401  (registers the metrics)
 from .base import METRICS, Metric, MetricConfig, MetricResult, register_metric
 from .muse import privleak
 
 __all__ = ["METRICS", "Metric", "MetricConfig", "MetricResult", "register_metric", "evaluate",
            "resolve_metrics", "privleak"]
 
-ORDER = ("verbmem_f", "knowmem_f", "knowmem_r", "mia_auc")
-ALIASES = {"verbmem": "verbmem_f", "knowmem": "knowmem_f", "privleak": "mia_auc", "mia": "mia_auc"}
+ORDER = ("verbmem_f", "knowmem_f", "knowmem_r", "mia_auc",
+         "tofu_rouge_f", "tofu_prob_f", "tofu_tr_f", "tofu_rouge_r", "tofu_prob_r", "tofu_tr_r", "wmdp_acc", "mmlu_acc")
+ALIASES = {"verbmem": "verbmem_f", "knowmem": "knowmem_f", "privleak": "mia_auc", "mia": "mia_auc",
+           "tofu": "tofu_rouge_f", "wmdp": "wmdp_acc", "mmlu": "mmlu_acc"}
 
 
 def resolve_metrics(names: Iterable[str] | str | None, fs) -> list[Metric]:

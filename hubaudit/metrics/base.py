@@ -69,6 +69,9 @@ class MetricConfig:
     knowmem_max_new_tokens: int = 32
     mink_k: float = 0.4
     stop_strings: tuple[str, ...] = ("\n\n", "\nQuestion", "Question:")
+    # TOFU-style metrics build prompts with the tokenizer's chat template when it has one (MUSE's and
+    # the WMDP/MMLU metrics never do, as their benchmarks' own evaluations do not); --no-chat-template
+    chat_template: bool = True
 
     def __post_init__(self):
         if not 0 < self.mink_k <= 1:

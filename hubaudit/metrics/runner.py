@@ -182,7 +182,14 @@ class LMRunner:
         computed once and reused by every batch, for the prompts whose tokens start with the prefix's
         own tokens (checked per prompt; the others are encoded whole), so the outputs are the same.
         """
-        ids = [self.encode(p) for p in prompts]
+        return self.generate_ids([self.encode(p) for p in prompts], max_new_tokens, stop_strings, progress,
+                                 self.encode(shared_prefix) if shared_prefix else None)
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_strings: Sequence[str] = (),
+                     progress=None, prefix_ids: Sequence[int] | None = None) -> GenerationOutput:
+        """:meth:`generate` on prompts given as token ids (a chat template's ids, which must not get a
+        second BOS); ``prefix_ids``: ids every prompt starts with, whose KV cache is shared."""
+        ids = [list(x) for x in prompts]
         for i, x in enumerate(ids):
             if len(x) + max_new_tokens > self.max_len:
                 ids[i] = x[-(self.max_len - max_new_tokens):]
@@ -190,11 +197,9 @@ class LMRunner:
             return self._generate_hf(ids, max_new_tokens, stop_strings, progress)
         out: list[str | None] = [None] * len(ids)
         counted = {"new": 0, "prompt": 0}
-        prefix_ids: list[int] = []
-        if shared_prefix:
-            prefix_ids = self.encode(shared_prefix)
-            if len(prefix_ids) < 8:  # not worth a cache
-                prefix_ids = []
+        prefix_ids = list(prefix_ids or [])
+        if len(prefix_ids) < 8:  # not worth a cache
+            prefix_ids = []
         P = len(prefix_ids)
         use_prefix = [bool(P) and len(x) > P and x[:P] == prefix_ids for x in ids]
         prefix_cache = self._prefill_prefix(prefix_ids) if any(use_prefix) else None
@@ -340,8 +345,13 @@ class LMRunner:
 
         Returns the per-text lists and the number of tokens processed.
         """
-        torch = self._torch
         ids = [self.encode(t)[: self.max_len] for t in texts]
+        return self.token_logprobs_ids(ids, progress), sum(len(x) for x in ids)
+
+    def token_logprobs_ids(self, rows: Sequence[Sequence[int]], progress=None) -> list[list[float]]:
+        """:meth:`token_logprobs` on token ids: one forward pass per batch, log-probs in one gather."""
+        torch = self._torch
+        ids = [list(r)[: self.max_len] for r in rows]
         out: list[list[float] | None] = [None] * len(ids)
 
         def run(batch: list[int]):
@@ -355,4 +365,19 @@ class LMRunner:
                 out[i] = lp[r, : len(ids[i]) - 1].tolist()
 
         self._run_batches([len(x) for x in ids], 0, run, progress)
-        return [o or [] for o in out], sum(len(x) for x in ids)
+        return [o or [] for o in out]
+
+    def continuation_logprobs(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+                              progress=None) -> list[list[float]]:
+        """For each (context ids, continuation ids): log p of every continuation token given what precedes
+        it. A context too long for the model is cut on the left."""
+        rows, starts = [], []
+        for ctx, cont in pairs:
+            ctx, cont = list(ctx), list(cont)
+            if len(ctx) + len(cont) > self.max_len:
+                ctx = ctx[-(self.max_len - len(cont)):]
+            rows.append(ctx + cont)
+            starts.append(len(ctx))
+        lps = self.token_logprobs_ids(rows, progress)
+        # token t of a row is predicted at position t - 1
+        return [lp[s - 1:] for lp, s in zip(lps, starts)]

@@ -65,6 +65,11 @@ class Backend:
     requires: tuple[str, ...] = ()  # importable module names
     extra: str | None = None  # pip extra: pip install 'hubaudit[EXTRA]'
     needs_gpu: bool = False
+    # "quantization", or "recovery" for an attack that changes the weights another way (relearn); the
+    # report keeps the two kinds apart and the verdict says which one brought knowledge back
+    kind: str = "quantization"
+    # True: the audit sets ``self.forget_set`` (the ForgetSet) before calling quantize()
+    needs_forget_set: bool = False
 
     def validate(self, spec: QuantSpec) -> None:
         """Raise :class:`SpecError` if ``spec`` is not a valid spec for this backend."""
@@ -141,6 +146,16 @@ def get_backend(spec: QuantSpec | str) -> tuple[Backend, QuantSpec]:
     backend = BACKENDS.get(spec.backend)()
     backend.validate(spec)
     return backend, spec
+
+
+def spec_kind(spec: str) -> str:
+    """``quantization`` or ``recovery`` (the backend's ``kind``); ``fp`` for full precision."""
+    if spec == FULL_PRECISION:
+        return FULL_PRECISION
+    try:
+        return get_backend(spec)[0].kind
+    except SpecError:
+        return "quantization"
 
 
 def all_backends() -> list[Backend]:
