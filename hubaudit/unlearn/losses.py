@@ -1,0 +1,113 @@
+"""The unlearning losses, written from their definitions.
+
+Every function takes logits (or models) and right-padded ``labels`` in which ``-100`` marks positions
+that are not scored (padding). A row's token ``t`` is predicted from the logits at ``t - 1``.
+
+- GA (gradient ascent): minimise the mean token log-likelihood of the forget rows, ``L = -NLL``.
+- NPO (Zhang, Lin, Bai, Mei 2024, "Negative Preference Optimization"): with the sequence
+  log-likelihood ratio ``r = log pi_theta(y|x) - log pi_ref(y|x)`` (sums over the row's tokens),
+  ``L = (2/beta) * E[log(1 + exp(beta * r))] = -(2/beta) * E[logsigmoid(-beta * r)]``. Its gradient is
+  ``2 * sigmoid(beta * r) * grad r``: as ``beta -> 0`` it tends to the gradient of GA on sequence sums,
+  and it fades once a row is about ``1/beta`` nats less likely than under the reference.
+- GDR: plus the mean token NLL of the retain rows.
+- KLR: plus ``KL(p_ref || p_theta)`` between the two models' next-token distributions on the retain rows,
+  per token, averaged over real tokens. A true KL, from ``log_softmax`` of both (>= 0, 0 for identical
+  models); not a divergence of raw logits.
+"""
+
+from __future__ import annotations
+
+METHODS = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr")
+
+
+def _shift(logits, labels):
+    return logits[:, :-1].float(), labels[:, 1:]
+
+
+def token_nll(logits, labels):
+    """Per-token NLL ``[B, T-1]`` (0 where the label is ``-100``) and the mask of real tokens."""
+    import torch.nn.functional as F
+
+    lg, tgt = _shift(logits, labels)
+    nll = F.cross_entropy(lg.reshape(-1, lg.size(-1)), tgt.reshape(-1), ignore_index=-100, reduction="none")
+    valid = (tgt != -100).float()
+    return nll.view(tgt.shape) * valid, valid
+
+
+def sequence_logprob(logits, labels):
+    """``log pi(y|x)`` per row, ``[B]``: the sum of the row's token log-probabilities."""
+    nll, _ = token_nll(logits, labels)
+    return -nll.sum(1)
+
+
+def mean_token_nll(logits, labels):
+    """Mean token NLL per row, ``[B]``."""
+    nll, valid = token_nll(logits, labels)
+    return nll.sum(1) / valid.sum(1).clamp(min=1)
+
+
+def ga_loss(logits, labels):
+    """Gradient ascent: minus the mean (over rows) of the mean token NLL."""
+    return -mean_token_nll(logits, labels).mean()
+
+
+def npo_loss(logp, logp_ref, beta: float = 0.1):
+    """NPO from sequence log-probabilities ``logp`` (with gradient) and ``logp_ref`` (the reference's):
+    ``-(2/beta) * mean(logsigmoid(-beta * (logp - logp_ref)))``."""
+    import torch.nn.functional as F
+
+    if beta <= 0:
+        raise ValueError(f"NPO needs beta > 0, got {beta}")
+    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - logp_ref.detach())).mean()
+
+
+def kl_loss(logits, logits_ref, labels):
+    """``KL(p_ref || p_theta)`` of the next-token distributions, summed over the vocabulary, averaged over
+    the real (scored) positions of the batch."""
+    import torch.nn.functional as F
+
+    lg, tgt = _shift(logits, labels)
+    lr = logits_ref[:, :-1].float().detach()
+    kl = F.kl_div(F.log_softmax(lg, -1), F.log_softmax(lr, -1), log_target=True, reduction="none").sum(-1)
+    valid = (tgt != -100).float()
+    return (kl * valid).sum() / valid.sum().clamp(min=1)
+
+
+def _logits(model, ids, mask):
+    return model(input_ids=ids, attention_mask=mask).logits
+
+
+def forget_term(method: str, model, ref_model, batch, beta: float = 0.1):
+    """The forget part of ``method``'s loss on one batch ``(ids, mask, labels)``."""
+    import torch
+
+    ids, mask, labels = batch
+    logits = _logits(model, ids, mask)
+    if method.startswith("ga"):
+        return ga_loss(logits, labels)
+    if method.startswith("npo"):
+        with torch.no_grad():
+            ref = sequence_logprob(_logits(ref_model, ids, mask), labels)
+        return npo_loss(sequence_logprob(logits, labels), ref, beta)
+    raise ValueError(f"unknown unlearning method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def retain_term(method: str, model, ref_model, batch):
+    """The retain part of ``method``'s loss (None for plain ``ga``/``npo``): NLL (GDR) or KL to the
+    reference (KLR)."""
+    import torch
+
+    if not (method.endswith("_gdr") or method.endswith("_klr")):
+        return None
+    ids, mask, labels = batch
+    logits = _logits(model, ids, mask)
+    if method.endswith("_gdr"):
+        return mean_token_nll(logits, labels).mean()
+    with torch.no_grad():
+        ref = _logits(ref_model, ids, mask)
+    return kl_loss(logits, ref, labels)
+
+
+def needs_reference(method: str) -> bool:
+    """Whether ``method`` needs a frozen copy of the original model (NPO and KLR do)."""
+    return method.startswith("npo") or method.endswith("_klr")

@@ -1,0 +1,334 @@
+"""hubaudit.unlearn: the losses from their definitions, SURE's mask, the trainer (resume, controls), the CLI."""
+
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from hubaudit.unlearn import losses, recommend_command  # noqa: E402
+from hubaudit.unlearn.sure import MaskedParams, build_mask, candidate_params, forget_gradients, saliency  # noqa: E402
+
+
+def _tiny_llama(seed=0, vocab=40):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg)
+
+
+def _batch(seed=0, vocab=40, pad_last=True):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (3, 7), generator=g)
+    mask = torch.ones_like(ids)
+    labels = ids.clone()
+    if pad_last:
+        mask[1, 5:] = 0
+        labels[1, 5:] = -100
+    return ids, mask, labels
+
+
+# ---------------------------------------------------------------------------------------------------- losses
+
+
+def test_kl_is_a_true_kl_nonnegative_zero_for_identical_and_ignores_padding():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(4, 6, 11, generator=g), torch.randn(4, 6, 11, generator=g)
+    labels = torch.randint(0, 11, (4, 6), generator=g)
+    assert losses.kl_loss(a, b, labels) > 0
+    assert losses.kl_loss(a, a.clone(), labels).item() == pytest.approx(0, abs=1e-7)
+    # a constant shift of the logits is the same distribution: a raw-logit "KL" would not be 0 here
+    assert losses.kl_loss(a + 5.0, a, labels).item() == pytest.approx(0, abs=1e-5)
+    # positions whose label is -100 do not count, whatever the logits there
+    lab2 = labels.clone()
+    lab2[:, 3:] = -100
+    c = a.clone()
+    c[:, 2:] = torch.randn(4, 4, 11, generator=g)  # logits at t predict t+1: positions >= 2 are padding
+    assert losses.kl_loss(c, b, lab2).item() == pytest.approx(losses.kl_loss(a, b, lab2).item(), rel=1e-6)
+
+
+def test_kl_equals_hand_computed_value():
+    # one real prediction: position 0 predicts the label at position 1
+    p_theta, p_ref = [0.5, 0.3, 0.2], [0.2, 0.2, 0.6]
+    logits = torch.log(torch.tensor([[p_theta, [1 / 3] * 3]]))
+    logits_ref = torch.log(torch.tensor([[p_ref, [1 / 3] * 3]]))
+    labels = torch.tensor([[0, 1]])
+    want = sum(r * math.log(r / t) for r, t in zip(p_ref, p_theta))  # KL(p_ref || p_theta)
+    assert losses.kl_loss(logits, logits_ref, labels).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_npo_matches_its_formula_on_a_tiny_case():
+    logp, ref, beta = torch.tensor([-12.0, -3.0]), torch.tensor([-10.0, -4.0]), 0.1
+    want = sum((2 / beta) * math.log(1 + math.exp(beta * (a - b))) for a, b in ((-12, -10), (-3, -4))) / 2
+    assert losses.npo_loss(logp, ref, beta).item() == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError):
+        losses.npo_loss(logp, ref, 0.0)
+
+
+def test_sequence_logprob_and_ga_from_cross_entropy():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 5, 9, generator=g)
+    labels = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, -100, -100]])
+    lp = F.log_softmax(logits[:, :-1], -1)
+    row0 = sum(lp[0, t, labels[0, t + 1]] for t in range(4))
+    row1 = sum(lp[1, t, labels[1, t + 1]] for t in range(2))
+    seq = losses.sequence_logprob(logits, labels)
+    assert seq.tolist() == pytest.approx([row0.item(), row1.item()], rel=1e-5)
+    assert losses.ga_loss(logits, labels).item() == pytest.approx(((row0 / 4 + row1 / 2) / 2).item(), rel=1e-5)
+
+
+def test_npo_gradient_tends_to_ga_on_sequence_sums_as_beta_goes_to_zero():
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 13, (3, 8), generator=g)
+    base = torch.randn(3, 8, 13, generator=g)
+    ref = losses.sequence_logprob(torch.randn(3, 8, 13, generator=g), labels)  # a different reference
+
+    def grad(fn):
+        x = base.clone().requires_grad_(True)
+        fn(x).backward()
+        return x.grad
+
+    ga_sum = grad(lambda x: -(-losses.sequence_logprob(x, labels)).mean())  # GA on sequence NLL sums, as a loss
+    # minimizing NPO pushes the same way as minimizing GA's loss: grad NPO -> grad(mean log p) = -grad(GA loss)
+    small = grad(lambda x: losses.npo_loss(losses.sequence_logprob(x, labels), ref, 1e-6))
+    big = grad(lambda x: losses.npo_loss(losses.sequence_logprob(x, labels), ref, 1.0))
+    assert torch.allclose(small, ga_sum, rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(big, ga_sum, rtol=1e-2, atol=1e-4)
+
+
+def test_method_terms_use_the_right_pieces():
+    model, ref = _tiny_llama(0), _tiny_llama(1)
+    b = _batch()
+    assert losses.retain_term("ga", model, ref, b) is None and losses.retain_term("npo", model, ref, b) is None
+    gdr = losses.retain_term("ga_gdr", model, ref, b)
+    assert gdr.item() == pytest.approx(losses.mean_token_nll(model(input_ids=b[0], attention_mask=b[1]).logits, b[2]).mean().item())
+    assert losses.retain_term("npo_klr", model, ref, b).item() > 0
+    assert losses.retain_term("npo_klr", model, model, b).item() == pytest.approx(0, abs=1e-6)
+    # NPO at theta == reference: (2/beta) log 2
+    assert losses.forget_term("npo", model, model, b, 0.1).item() == pytest.approx(20 * math.log(2), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown"):
+        losses.forget_term("xx", model, ref, b)
+
+
+# ---------------------------------------------------------------------------------------------------- SURE
+
+
+def test_mask_keeps_units_above_the_percentile():
+    sal = {"a": torch.tensor(1.0), "b": torch.tensor(5.0), "c": torch.tensor(3.0), "d": torch.tensor(0.5)}
+    m = build_mask(sal, 50, "module")
+    assert sorted(m.rows) == ["b", "c"] and m.n_selected == 2
+    assert sorted(build_mask(sal, 80, "module").rows) == ["b"]
+    rows = build_mask({"w": torch.tensor([1.0, 9.0, 2.0, 8.0]), "v": torch.tensor([0.0, 7.0])}, 50, "row")
+    assert rows.rows["w"].tolist() == [False, True, False, True] and rows.rows["v"].tolist() == [False, True]
+    with pytest.raises(ValueError):
+        build_mask(sal, 100)
+
+
+def test_saliency_is_the_forget_gradient_norm_and_scope_excludes_unquantized_matrices():
+    model = _tiny_llama(0)
+    lin = candidate_params(model, "linear")
+    assert "lm_head.weight" not in lin and "model.embed_tokens.weight" not in lin
+    assert set(candidate_params(model, "all")) >= set(lin) | {"lm_head.weight", "model.embed_tokens.weight"}
+    b = _batch()
+    grads = forget_gradients(model, None, [b, b], "ga_klr", scope="linear")
+    model.zero_grad()
+    (2 * losses.forget_term("ga", model, None, b)).backward()
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert torch.allclose(grads[name], dict(model.named_parameters())[name].grad, rtol=1e-4, atol=1e-7)
+    s = saliency(grads, "row")
+    assert s[name].shape == (grads[name].shape[0],)
+    assert torch.allclose(s[name], grads[name].norm(dim=1))
+    top = max(saliency(grads, "module").items(), key=lambda kv: kv[1])[0]
+    assert list(build_mask(saliency(grads, "module"), 95, "module").rows) == [top]
+
+
+@pytest.mark.parametrize("level", ["module", "row"])
+def test_masked_training_leaves_everything_outside_the_mask_bit_for_bit(level):
+    model = _tiny_llama(0).to(torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    b = _batch()
+    grads = forget_gradients(model, None, [b], "ga")
+    mask = build_mask(saliency(grads, level), 70, level)
+    mp = MaskedParams(model, mask)
+    # weight decay would move every weight the optimizer holds: the mask must hold anyway
+    opt = torch.optim.AdamW(mp.params, lr=1e-2, weight_decay=0.5)
+    for _ in range(4):
+        losses.forget_term("ga", model, None, b).backward()
+        opt.step()
+        opt.zero_grad()
+        mp.restore()
+    changed_inside = 0
+    for n, p in model.named_parameters():
+        rows = mask.rows.get(n)
+        if rows is None:
+            assert torch.equal(p, before[n]), n
+            continue
+        assert torch.equal(p[~rows], before[n][~rows]), n
+        changed_inside += int((p[rows] != before[n][rows]).sum())
+    assert changed_inside > 0
+    if level == "row":
+        assert any(not bool(r.all()) for r in mask.rows.values())  # some matrix was only partly selected
+
+
+# ---------------------------------------------------------------------------------------------------- API, data, report
+
+
+def test_config_validation_and_recommendation():
+    from hubaudit.errors import HubauditError
+    from hubaudit.unlearn.train import DEFAULT_LR, DEFAULT_SURE_LR, UnlearnConfig
+
+    assert UnlearnConfig().lr == DEFAULT_LR and UnlearnConfig(sure=True).lr == DEFAULT_SURE_LR
+    for bad in ({"method": "dpo"}, {"threshold": 100}, {"steps": 0}, {"utility_floor": 2}, {"saliency": "head"},
+                {"lr": -1.0}, {"stop_at": 150}):
+        with pytest.raises(HubauditError):
+            UnlearnConfig(**bad).validate()
+    cmd = recommend_command("org/original", "muse-news")
+    assert cmd.startswith("hubaudit unlearn org/original --forget muse-news --method") and "--sure" in cmd
+
+
+def test_rows_from_any_forget_set_deduplicate_passages():
+    from hubaudit.forget import load_forget_set
+    from hubaudit.unlearn.data import forget_corpus, retain_corpus
+
+    fs = load_forget_set("synthetic")
+    passages, qa = forget_corpus(fs)
+    assert len(passages) == len(set(passages)) == len(fs.mia_forget)  # verbmem prompt+gt are the same passages
+    assert len(qa) == len(fs.forget_qa) + len(fs.forget_qa_icl)
+    rp, rq = retain_corpus(fs)
+    assert rp == list(fs.mia_retain) and len(rq) == len(fs.retain_qa) + len(fs.retain_qa_icl)
+    assert not set(rp) & set(passages)
+
+
+def test_fragile_report_recommends_unlearn_with_sure():
+    from hubaudit.audit import derive
+    from hubaudit.report import render_markdown
+    from hubaudit.results import AuditReport, CellResult
+
+    def report(rtn4):
+        cs = [CellResult("model", "fp", metrics={"knowmem_f": 10.0}), CellResult("model", "rtn:4", metrics={"knowmem_f": rtn4}),
+              CellResult("reference", "fp", metrics={"knowmem_f": 90.0})]
+        derived, v = derive(cs, ["rtn:4"], threshold=5, auc_retrain=0.5)
+        inputs = {"model": {"name": "unl"}, "reference": {"name": "org/original"}, "specs": ["rtn:4"],
+                  "forget": {"name": "news", "source": "muse-news", "sizes": {"forget_qa": 3}}, "device": "cpu",
+                  "dtype": "float32"}
+        return render_markdown(AuditReport(inputs, cs, derived, v))
+
+    assert "hubaudit unlearn org/original --forget muse-news" in report(40.0)
+    assert "hubaudit unlearn" not in report(11.0)
+
+
+# ---------------------------------------------------------------------------------------------------- slow: on the tiny world
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_weights_and_sure_mask_holds(tiny_world, tmp_path):
+    from hubaudit.unlearn import unlearn
+
+    kw = dict(method="npo_klr", sure=True, saliency="row", threshold=80, steps=10, eval_every=4, checkpoint_every=3,
+              utility_floor=None, progress=False)
+    full = unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "full", **kw)
+    part = unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "part", max_steps_this_run=5, **kw)
+    assert part.status == "interrupted" and part.steps == 5 and (tmp_path / "part/checkpoints/state.pt").is_file()
+    done = unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "part", **kw)
+    assert done.status == "finished" and done.steps == full.steps == 10
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert done.manifest["log"] == full.manifest["log"] and done.manifest["evals"] == full.manifest["evals"]
+    assert not (tmp_path / "part/checkpoints").exists()
+    # outside SURE's mask the weights are the original's, bit for bit; inside, some moved
+    orig = _weights(tiny_world.target)
+    mask = full.manifest["sure_mask"]
+    moved = {k for k in orig if not torch.equal(orig[k], a[k])}
+    assert moved and moved <= set(mask["modules"])
+    assert mask["selected_params_fraction"] < 0.5
+    # a finished run is reused; other settings in the same folder are refused
+    again = unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "full", **kw)
+    assert again.manifest["key"] == full.manifest["key"]
+    from hubaudit.errors import HubauditError
+
+    unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "other", max_steps_this_run=1, **kw)
+    with pytest.raises(HubauditError, match="unfinished run with other settings"):
+        unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "other", **{**kw, "steps": 11})
+    with pytest.raises(HubauditError, match="finished run with other settings"):
+        unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "full", **{**kw, "steps": 11})
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_at_a_step_boundary_and_resumes_bit_for_bit(tiny_world, tmp_path, monkeypatch):
+    import signal
+
+    from hubaudit.unlearn import losses as L
+    from hubaudit.unlearn import unlearn
+
+    kw = dict(method="ga_gdr", steps=8, eval_every=0, checkpoint_every=100, progress=False)
+    full = unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "full", **kw)
+    calls = {"n": 0}
+    real = L.forget_term
+
+    def forget_term(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # Ctrl-C in the middle of step 3
+            signal.raise_signal(signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(L, "forget_term", forget_term)
+    assert full.status == "finished" and full.steps == 8
+    with pytest.raises(KeyboardInterrupt):
+        unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "cut", **kw)
+    monkeypatch.setattr(L, "forget_term", real)
+    ck = torch.load(tmp_path / "cut/checkpoints/state.pt", weights_only=False)
+    assert ck["state"]["step"] == 3  # the step in flight finished, then the checkpoint
+    done = unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "cut", **kw)
+    assert done.status == "finished" and done.steps == 8
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.slow
+def test_utility_floor_stops_and_goes_back_to_a_state_above_it(tiny_world, tmp_path):
+    from hubaudit.unlearn import unlearn
+
+    res = unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "ga", method="ga", lr=3e-3, steps=40,
+                  eval_every=5, utility_floor=0.9, progress=False)
+    assert res.stop_reason and res.stop_reason.startswith("utility floor")
+    assert res.steps < res.manifest["steps_run"] <= 40
+    assert res.after["knowmem_r"] >= 0.9 * res.before["knowmem_r"]
+    assert res.manifest["evals"][-1]["knowmem_r"] < 0.9 * res.before["knowmem_r"]
+
+
+@pytest.mark.slow
+def test_cli_unlearn_writes_a_model_folder_with_card_and_audit(tiny_world, tmp_path, monkeypatch, capsys):
+    from hubaudit.cli import main
+
+    out = tmp_path / "out"
+    args = ["unlearn", str(tiny_world.target), "--forget", str(tiny_world.forget_dir), "--method", "ga_gdr",
+            "--steps", "6", "--eval-every", "3", "--checkpoint-every", "2", "--out", str(out), "--quiet"]
+    monkeypatch.setenv("HUBAUDIT_UNLEARN_STOP_AFTER", "3")
+    assert main(args) == 0
+    assert "run the same command again to resume" in capsys.readouterr().out
+    monkeypatch.delenv("HUBAUDIT_UNLEARN_STOP_AFTER")
+    assert main(args + ["--audit", "--backends", "rtn:4", "--no-store"]) == 0
+    printed = capsys.readouterr().out
+    assert "Unlearned (ga_gdr, 6 steps" in printed and "Verdict:" in printed
+    card = (out / "README.md").read_text()
+    assert card.startswith(f"---\nbase_model: {tiny_world.target}\ntags:\n- unlearning\n- hubaudit\n---")
+    man = json.loads((out / "unlearn.json").read_text())
+    assert man["config"]["method"] == "ga_gdr" and man["steps"] == 6 and set(man["before"]) == set(man["after"])
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    assert json.loads((out / "audit/report.json").read_text())["inputs"]["reference"]
+    # a folder that is not ours is refused with a one-line error
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy/notes.txt").write_text("x")
+    assert main(["unlearn", str(tiny_world.target), "--out", str(tmp_path / "busy"), "--quiet"]) == 2
+    assert "not empty" in capsys.readouterr().err
