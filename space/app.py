@@ -1,0 +1,850 @@
+"""hubaudit's Hugging Face Space: does an unlearned model stay unlearned once people quantize it?
+
+A face over the library (``hubaudit.audit``, ``hubaudit.card``), not a second implementation:
+
+- the page queues an audit (``space/jobs.py``, SQLite) and polls it: one worker thread runs one audit
+  at a time, so visitors wait in a visible queue, can leave and come back with ``?job=ID``, and a
+  restart loses no job;
+- ``POST /webhooks/audit`` receives Hub webhooks: a push to ``main`` of a watched model queues an audit
+  whose result goes out as a pull request (models that opted in) or a discussion, with the Space's token;
+- "Open a pull request on this model's card" uses the signed-in visitor's own token, never the Space's.
+
+Run it locally with ``python space/app.py`` (http://127.0.0.1:7860); see space/README.md for settings.
+"""
+
+import hmac
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# The Space's own token (HF_TOKEN) is never sent unless a call passes it explicitly: a visitor's audit must not
+# read what the Space's account can read (private models, datasets), and only webhook work uses it.
+os.environ.setdefault("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from jobs import JobStore  # noqa: E402
+
+log = logging.getLogger("hubaudit.space")
+
+# ---------------------------------------------------------------------------------------------------
+# settings (environment variables; on a Space: Settings -> Variables and secrets)
+
+
+def _data_dir() -> Path:
+    if os.environ.get("HUBAUDIT_SPACE_DATA"):
+        return Path(os.environ["HUBAUDIT_SPACE_DATA"])
+    if os.path.isdir("/data") and os.access("/data", os.W_OK):  # a Space's persistent storage
+        return Path("/data/hubaudit")
+    return Path.home() / ".cache" / "hubaudit" / "space"
+
+
+def space_token() -> str | None:
+    """The Space's own token (the HF_TOKEN secret): for webhook audits and their results only."""
+    from huggingface_hub import get_token
+
+    return os.environ.get("HF_TOKEN") or get_token()
+
+
+def _ids(var: str) -> set[str]:
+    return {s.strip() for s in os.environ.get(var, "").split(",") if s.strip()}
+
+
+DATA = _data_dir()
+DATA.mkdir(parents=True, exist_ok=True)
+DEVICE = os.environ.get("HUBAUDIT_SPACE_DEVICE", "auto")
+WEBHOOK_SECRET = os.environ.get("WEBHOOK_SECRET") or None
+WATCHED = _ids("HUBAUDIT_WATCH")  # models whose pushes to main are audited
+PR_MODELS = _ids("HUBAUDIT_PR_MODELS")  # of those, the ones that opted in to pull requests
+WEBHOOK_SPECS = os.environ.get("HUBAUDIT_WEBHOOK_SPECS", "cast:bf16,rtn:8,rtn:4,rtn:4:g128")
+WEBHOOK_FORGET = os.environ.get("HUBAUDIT_WEBHOOK_FORGET", "synthetic")
+WEBHOOK_THRESHOLD = float(os.environ.get("HUBAUDIT_WEBHOOK_THRESHOLD", "5"))
+MAX_MODEL_BYTES = int(os.environ["HUBAUDIT_SPACE_MAX_MODEL_BYTES"]) if os.environ.get("HUBAUDIT_SPACE_MAX_MODEL_BYTES") else None
+PAUSE_WORKER = os.environ.get("HUBAUDIT_SPACE_PAUSE_WORKER") == "1"  # tests: queue without running
+POLL_SECONDS = float(os.environ.get("HUBAUDIT_SPACE_POLL", "1"))
+
+store = JobStore(DATA / "jobs.sqlite")
+RESULTS = DATA / "results.sqlite"
+_wake = threading.Event()
+
+FORGET_CHOICES = ["Synthetic (built in)", "MUSE News", "MUSE Books", "Hub dataset", "Upload JSONL"]
+FORGET_SOURCE = {"Synthetic (built in)": "synthetic", "MUSE News": "muse-news", "MUSE Books": "muse-books"}
+PLOT_METRICS = ("verbmem_f", "knowmem_f")
+TABLE_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "mia_auc")
+# The specs offered on the page, per backend (bit widths people actually run).
+SPEC_MENU = {
+    "rtn": ["rtn:8", "rtn:4", "rtn:4:g128", "rtn:3"],
+    "cast": ["cast:bf16", "cast:fp16"],
+    "bnb": ["bnb:int8", "bnb:nf4", "bnb:fp4"],
+    "gptq": ["gptq:8", "gptq:4:g128"],
+    "awq": ["awq:4"],
+    "hqq": ["hqq:8", "hqq:4"],
+    "torchao": ["torchao:int8", "torchao:int4"],
+    "gguf": ["gguf:Q8_0", "gguf:Q4_K_M", "gguf:Q4_0"],
+    "quanto": ["quanto:int8", "quanto:int4"],
+}
+DEFAULT_UI_SPECS = ("cast:bf16", "rtn:8", "rtn:4")
+
+
+def backend_menu() -> tuple[list[str], list[tuple[str, str]]]:
+    """(specs that run on this hardware, [(spec, why not)] for the others), from hubaudit's registry."""
+    from hubaudit.quant.base import all_backends
+
+    allowed = _ids("HUBAUDIT_SPACE_BACKENDS")  # the operator may turn slow backends off (empty: all)
+    ok, off = [], []
+    for b in all_backends():
+        if getattr(b, "kind", "quantization") != "quantization":  # recovery attacks are not offered here
+            continue
+        specs = SPEC_MENU.get(b.name, list(b.examples[:2]))
+        reason = b.unavailable_reason()
+        if reason is None and allowed and b.name not in allowed:
+            reason = "turned off on this Space (too slow for its hardware)"
+        for s in specs:
+            (off.append((s, reason)) if reason else ok.append(s))
+    return ok, off
+
+
+# ---------------------------------------------------------------------------------------------------
+# words for a model publisher
+
+LABELS = {"verbmem_f": "VerbMem forget", "knowmem_f": "KnowMem forget", "knowmem_r": "KnowMem retain",
+          "mia_auc": "MIA AUC", "privleak": "PrivLeak"}
+KNOWLEDGE = {"verbmem_f": "verbatim memory of the forget texts (VerbMem)",
+             "knowmem_f": "answers about the forget set (KnowMem)"}
+BACKEND_WORDS = {"rtn": "round-to-nearest", "bnb": "bitsandbytes", "gptq": "GPTQ", "awq": "AWQ", "hqq": "HQQ",
+                 "torchao": "torchao", "gguf": "llama.cpp GGUF", "quanto": "quanto"}
+
+
+def spec_words(spec: str) -> str:
+    parts = spec.split(":")
+    backend, args = parts[0], parts[1:]
+    if backend == "cast":
+        return f"a cast to {args[0] if args else '?'} (`{spec}`)"
+    bits = next((a for a in args if a.isdigit()), None)
+    name = BACKEND_WORDS.get(backend, backend)
+    if bits:
+        return f"{bits}-bit {name} (`{spec}`)"
+    return f"{name} {' '.join(args)} (`{spec}`)"
+
+
+def verdict_words(report: dict) -> str:
+    """The verdict as a paragraph, derived from the report (never hard-coded figures)."""
+    v, d = report["verdict"], report.get("derived", {})
+    cells = {(c["role"], c["spec"]): c for c in report["cells"]}
+    fp = cells.get(("model", "fp"), {}).get("metrics", {})
+    t = v["threshold"]
+    if v["label"] == "fragile":
+        spec, m, x = v["worst_spec"], v["worst_metric"], v["max_regained"]
+        q = cells.get(("model", spec), {}).get("metrics", {}).get(m)
+        text = (f"**Fragile.** Quantizing this model with {spec_words(spec)} brings back {x:.1f} points of "
+                f"{KNOWLEDGE.get(m, LABELS.get(m, m))} on the forget set"
+                + (f" ({fp[m]:.1f} in full precision, {q:.1f} quantized)" if m in fp and q is not None else "")
+                + f"; the threshold is {t:g}. The model only hides the knowledge: whoever runs it quantized gets it back.")
+        ret = d.get("retained", {})
+        if m in ret.get("fp", {}) and m in ret.get(spec, {}):
+            text += (f" Against the original model it keeps {ret['fp'][m]:.0f}% of that knowledge in full precision "
+                     f"and {ret[spec][m]:.0f}% under `{spec}`.")
+    elif v["label"] == "robust":
+        spec, m, x = v["worst_spec"], v["worst_metric"], v["max_regained"]
+        tested = ", ".join(f"`{s}`" for s in report["inputs"].get("specs", []))
+        text = (f"**Robust.** No quantization tested ({tested}) brought back {t:g} points or more of the forget "
+                f"set's knowledge; the largest change was {x:+.1f} points of {LABELS.get(m, m)} under {spec_words(spec)}.")
+        ret = d.get("retained", {}).get("fp", {})
+        worst_kept = max((ret[k] for k in PLOT_METRICS if k in ret), default=None)
+        if worst_kept is not None and worst_kept >= 50:
+            text += (f" Note: in full precision the model still has {worst_kept:.0f}% of the original's forget-set "
+                     f"knowledge, so the unlearning itself may not have removed much.")
+    else:
+        bad = [f"`{c['spec']}` ({c['status']}: {c.get('reason') or ''})" for c in report["cells"] if c["status"] != "ok"]
+        text = f"**No verdict.** {v.get('summary', '')}" + (f". Cells that did not run: {'; '.join(bad)}" if bad else "")
+    if "knowmem_r" in fp:
+        text += f" Utility (KnowMem on the retain set) in full precision: {fp['knowmem_r']:.1f}."
+    return text
+
+
+def _fmt(x, metric=""):
+    if x is None:
+        return ""
+    return f"{x:.3f}" if metric == "mia_auc" else f"{x:.1f}"
+
+
+def table_frame(cells: list[dict], derived: dict | None = None) -> pd.DataFrame:
+    rows = []
+    reg = (derived or {}).get("regained", {})
+    for c in cells:
+        m = c.get("metrics", {})
+        r = reg.get(c["spec"], {}) if c["role"] == "model" else {}
+        forget = [r[k] for k in PLOT_METRICS if k in r]
+        rows.append({
+            "model": {"model": "audited", "reference": "original", "retrain": "retrained"}.get(c["role"], c["role"]),
+            "precision": "full precision" if c["spec"] == "fp" else c["spec"],
+            "status": c["status"] if c["status"] == "ok" else f"{c['status']}: {c.get('reason') or ''}",
+            **{LABELS[k]: _fmt(m.get(k), k) for k in TABLE_METRICS},
+            "regained (forget)": f"{max(forget):+.1f}" if forget else "",
+            "seconds": f"{c.get('seconds', 0):.1f}" + (" (stored)" if c.get("reused") else ""),
+        })
+    return pd.DataFrame(rows, columns=["model", "precision", "status", *(LABELS[k] for k in TABLE_METRICS),
+                                       "regained (forget)", "seconds"])
+
+
+def plot_frame(cells: list[dict]) -> pd.DataFrame:
+    rows = []
+    for c in cells:
+        if c["status"] != "ok" or c["role"] not in ("model", "reference"):
+            continue
+        who = "audited" if c["role"] == "model" else "original"
+        for k in PLOT_METRICS:
+            if k in c.get("metrics", {}):
+                rows.append({"precision": "full precision" if c["spec"] == "fp" else c["spec"],
+                             "score": round(c["metrics"][k], 2), "series": f"{LABELS[k]} ({who})"})
+    return pd.DataFrame(rows, columns=["precision", "score", "series"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# checks before queueing (so a bad id gets its message at once, not after waiting in the queue)
+
+
+class InputError(Exception):
+    pass
+
+
+def check_model(model_id: str) -> str:
+    """The normalized ``org/name[@rev]``; raise InputError with a message a visitor understands."""
+    from huggingface_hub import HfApi
+    from huggingface_hub import errors as he
+
+    from hubaudit.source import HUB_ID
+
+    model_id = (model_id or "").strip()
+    repo, _, rev = model_id.partition("@")
+    if not model_id:
+        raise InputError("Enter a model id from the Hub, for example `org/my-unlearned-model` (or `org/name@revision`).")
+    if "/" not in repo or not HUB_ID.match(repo) or (("@" in model_id) and not rev):
+        raise InputError(f"`{model_id}` is not a Hub model id: use `org/name` or `org/name@revision`.")
+    try:
+        info = HfApi(token=False).model_info(repo, revision=rev or None, files_metadata=True)
+    except he.GatedRepoError:
+        raise InputError(f"`{repo}` is gated on the Hub. This Space audits public models only; run "
+                         f"`hubaudit audit {repo} --token ...` on your own machine instead.") from None
+    except he.RepositoryNotFoundError:
+        raise InputError(f"There is no public model `{repo}` on the Hub (check the spelling; private models "
+                         f"cannot be audited here).") from None
+    except he.RevisionNotFoundError:
+        raise InputError(f"`{repo}` has no branch, tag or commit `{rev}`.") from None
+    except Exception as e:  # noqa: BLE001 - the Hub is down, a proxy, ...
+        raise InputError(f"The Hub could not be asked about `{repo}` ({type(e).__name__}); try again later.") from None
+    if getattr(info, "gated", False):
+        raise InputError(f"`{repo}` is gated on the Hub. This Space audits public models only; run "
+                         f"`hubaudit audit {repo} --token ...` on your own machine instead.")
+    files = {s.rfilename: (s.size or 0) for s in (info.siblings or [])}
+    weights = {f: n for f, n in files.items() if f.endswith(".safetensors")}
+    if not weights:
+        pickles = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+        if pickles:
+            raise InputError(f"`{repo}` has only pickle weights (`{pickles[0]}`), which can run code when loaded. "
+                             f"The Space loads safetensors only: ask the publisher for a safetensors upload.")
+        raise InputError(f"`{repo}` has no model weights (`*.safetensors`): is it a transformers model?")
+    if "config.json" not in files:
+        raise InputError(f"`{repo}` has no config.json: it is not a transformers model repository.")
+    need = 2 * sum(weights.values())  # full precision plus one quantized copy
+    limit = MAX_MODEL_BYTES if MAX_MODEL_BYTES is not None else _available_bytes()
+    if limit is not None and need > limit:
+        raise InputError(f"`{repo}` is too big for this Space's hardware: it needs about {need / 2**30:.1f} GiB "
+                         f"(the weights plus one quantized copy) and {limit / 2**30:.1f} GiB is available. "
+                         f"Run `hubaudit audit {repo}` on a larger machine.")
+    return model_id
+
+
+def _available_bytes() -> int | None:
+    try:
+        from hubaudit.modeling import available_memory
+
+        import torch
+
+        dev = "cuda" if DEVICE in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        return available_memory(dev)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def card_base_model(model_id: str) -> str | None:
+    """The card's ``base_model`` (to pre-fill the reference), or None."""
+    from huggingface_hub import HfApi
+
+    from hubaudit.source import base_model_of
+
+    repo, _, rev = (model_id or "").strip().partition("@")
+    if "/" not in repo:
+        return None
+    try:
+        info = HfApi(token=False).model_info(repo, revision=rev or None)
+    except Exception:  # noqa: BLE001 - check_model says what is wrong when the audit is asked for
+        return None
+    card = getattr(info, "card_data", None) or getattr(info, "cardData", None)
+    card = card.to_dict() if hasattr(card, "to_dict") else dict(card or {})
+    return base_model_of(card)
+
+
+def upload_to_muse(path: str, dest: Path) -> Path:
+    """An uploaded JSONL as a MUSE-layout folder: a line with question/answer is a KnowMem item
+    (``"split": "retain"`` for the retain set), one with prompt/gt a VerbMem passage, one with text an
+    MIA text (``"split": "holdout"`` for the non-member texts)."""
+    parts: dict[str, list] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"Line {n} of the uploaded file is not valid JSON ({e.msg}).") from None
+            if not isinstance(row, dict):
+                raise InputError(f"Line {n} of the uploaded file is not a JSON object.")
+            split = row.get("split", "")
+            if "question" in row and "answer" in row:
+                key = "knowmem/retain_qa" if split == "retain" else "knowmem/forget_qa"
+                parts.setdefault(key, []).append({"question": row["question"], "answer": row["answer"]})
+            elif "prompt" in row and "gt" in row:
+                parts.setdefault("verbmem/forget", []).append({"prompt": row["prompt"], "gt": row["gt"]})
+            elif "text" in row:
+                parts.setdefault("privleak/holdout" if split == "holdout" else "privleak/forget", []).append(
+                    {"text": row["text"]})
+            else:
+                raise InputError(f"Line {n} of the uploaded file has none of question+answer, prompt+gt or text.")
+    if not parts:
+        raise InputError("The uploaded file is empty.")
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel, rows in parts.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / (rel + ".jsonl")).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (dest / "meta.json").write_text(json.dumps({"name": f"upload:{Path(path).name}"}), encoding="utf-8")
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------------
+# the worker: one audit at a time
+
+
+class JobProgress:
+    """A tqdm-like object hubaudit.audit reports items to (cell, metric, items done), saved to the job."""
+
+    def __init__(self, job_id: str, totals: dict[str, int]):
+        self.job_id, self.totals = job_id, totals
+        self.state = {"cell": None, "metric": None, "done": 0, "total": None}
+        self._last = 0.0
+
+    def set_description(self, text: str) -> None:
+        role, _, spec = text.partition(" ")
+        self.state.update(cell={"role": role, "spec": spec}, metric=None, done=0, total=None)
+        self._save(force=True)
+
+    def set_postfix_str(self, label: str) -> None:
+        self.state.update(metric=label, done=0, total=self.totals.get(label))
+        self._save(force=True)
+
+    def update(self, n: int = 1) -> None:
+        self.state["done"] += n
+        self._save()
+
+    def _save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last > 0.25:
+            self._last = now
+            store.set_progress(self.job_id, self.state)
+
+
+def _cell_json(cell) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(cell)
+    d.pop("items", None)
+    return d
+
+
+def forget_source(inp: dict, job_dir: Path) -> str:
+    if inp["forget"] == "upload":
+        return inp["upload_dir"]
+    return inp["forget"]
+
+
+def only_card_changed(repo: str, old: str | None, new: str, token) -> bool:
+    """True when ``old`` -> ``new`` changed nothing but the card (a merged card PR, ours included)."""
+    if not old or set(old) == {"0"}:
+        return False
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+
+    def tree(rev):
+        return {e.path: getattr(e, "blob_id", None) or getattr(e, "oid", None)
+                for e in api.list_repo_tree(repo, revision=rev, recursive=True) if hasattr(e, "size")}
+
+    a, b = tree(old), tree(new)
+    a.pop("README.md", None)
+    b.pop("README.md", None)
+    return a == b
+
+
+def run_job(job: dict) -> None:
+    from hubaudit import HubauditError
+    from hubaudit import audit as run_audit
+    from hubaudit.forget import load_forget_set
+    from hubaudit.metrics import resolve_metrics
+
+    jid, inp = job["id"], job["inputs"]
+    job_dir = DATA / "jobs" / jid
+    webhook = job["kind"] == "webhook"
+    token = space_token() if webhook else False  # visitors' audits read public repos only
+    try:
+        if webhook and only_card_changed(inp["repo"], inp.get("old_sha"), inp["sha"], token):
+            store.finish(jid, "skipped", message="only the model card changed since the last audited commit")
+            return
+        fs = load_forget_set(forget_source(inp, job_dir))
+        metrics = resolve_metrics(None, fs)
+        totals = {m.label: len(getattr(fs, m.needs[0])) + (len(fs.mia_holdout) if m.name == "mia_auc" else 0)
+                  for m in metrics}
+        report = run_audit(
+            inp["model"], reference=inp.get("reference") if inp.get("reference") else (None if webhook else False),
+            forget=fs, specs=inp["specs"], threshold=float(inp["threshold"]), out=job_dir / "report",
+            store=RESULTS, device=DEVICE, token=token, progress=JobProgress(jid, totals),
+            on_cell=lambda cell: store.add_cell(jid, _cell_json(cell)),
+        )
+        store.finish(jid, "done", report=report.to_json(items=False), report_path=str(job_dir / "report" / "report.json"))
+        if webhook:
+            publish_webhook_result(jid, inp, report)
+    except HubauditError as e:
+        store.finish(jid, "error", message=str(e))
+    except Exception as e:  # noqa: BLE001 - the page shows a message, the log keeps the traceback
+        log.error("job %s failed:\n%s", jid, traceback.format_exc())
+        store.finish(jid, "error", message=f"The audit stopped on an internal error ({type(e).__name__}: "
+                                           f"{str(e).splitlines()[0] if str(e) else ''}).")
+
+
+def publish_webhook_result(jid: str, inp: dict, report) -> None:
+    """A pull request with the card section (models that opted in) or a discussion, with the Space's token."""
+    from hubaudit import HubauditError
+    from hubaudit.card import PR_TITLE_PREFIX, publish_card, render_section
+
+    try:
+        if inp.get("publish") == "pr":
+            res = publish_card(report, inp["repo"], token=space_token(), pr=True)
+            store.set_message(jid, f"pull request: {res.pr_url}" if res.pr_url else "the card already says this")
+        else:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=space_token())
+            d = api.create_discussion(
+                inp["repo"], title=f"{PR_TITLE_PREFIX}quantization audit of {inp['sha'][:7]} ({report.verdict.label})",
+                description=verdict_words(report.to_json(items=False)) + "\n\n" + render_section(report))
+            store.set_message(jid, f"discussion: {d.url}")
+    except HubauditError as e:
+        store.set_message(jid, f"the audit finished, but publishing it failed: {e}")
+    except Exception as e:  # noqa: BLE001
+        log.error("publishing job %s failed:\n%s", jid, traceback.format_exc())
+        store.set_message(jid, f"the audit finished, but publishing it failed ({type(e).__name__})")
+
+
+def _warm_up() -> None:
+    """Import what the first audit needs while nobody waits (a few seconds on a small CPU Space)."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        from transformers import AutoModelForCausalLM  # noqa: F401
+
+        import hubaudit.metrics  # noqa: F401
+        import hubaudit.modeling  # noqa: F401
+        import rouge_score.rouge_scorer  # noqa: F401  (several seconds: nltk)
+        import transformers.models.llama.modeling_llama  # noqa: F401  (the commonest architecture)
+        from hubaudit.quant.base import all_backends
+
+        all_backends()
+    except Exception:  # noqa: BLE001 - the audit reports any real problem
+        log.debug("warm-up failed", exc_info=True)
+
+
+def worker_loop() -> None:
+    _warm_up()
+    while True:
+        job = store.claim_next()
+        if job is None:
+            _wake.wait(2.0)
+            _wake.clear()
+            continue
+        run_job(job)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the page's handlers
+
+
+def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshold):
+    """Queue an audit; returns (job id, message)."""
+    try:
+        model_id = check_model(model_id)
+        reference = (reference or "").strip()
+        if reference:
+            check_model(reference)
+        if not specs:
+            raise InputError("Choose at least one quantization spec.")
+        try:
+            threshold = float(threshold)
+        except (TypeError, ValueError):
+            raise InputError("The threshold must be a number of points.") from None
+        if not threshold >= 0:
+            raise InputError("The threshold must be a number of points, 0 or more.")
+        inputs = {"model": model_id, "reference": reference or None, "specs": list(specs), "threshold": threshold}
+        if forget_kind in FORGET_SOURCE:
+            inputs["forget"] = FORGET_SOURCE[forget_kind]
+        elif forget_kind == "Hub dataset":
+            from hubaudit.source import HUB_ID
+
+            ds = (dataset_id or "").strip()
+            repo = ds.partition("@")[0]
+            if not _is_shorthand(ds) and ("/" not in repo or not HUB_ID.match(repo)):
+                raise InputError("Enter a Hub dataset id in the MUSE layout (for example `org/my-forget-set`) "
+                                 "or a benchmark's name (`tofu-forget10`, `wmdp-bio`).")
+            inputs["forget"] = ds
+        elif forget_kind == "Upload JSONL":
+            if not upload:
+                raise InputError("Upload a .jsonl file, or choose another forget set.")
+            import secrets
+
+            folder = upload_to_muse(upload if isinstance(upload, str) else upload.name,
+                                    DATA / "uploads" / secrets.token_hex(8))
+            inputs["forget"], inputs["upload_dir"] = "upload", str(folder)
+        else:
+            raise InputError("Choose a forget set.")
+    except InputError as e:
+        return gr.update(), f"⚠️ {e}"
+    jid = store.add(inputs, kind="ui")
+    _wake.set()
+    return jid, f"Queued as audit `{jid}`. You can leave: open this page with `?job={jid}` to come back to it."
+
+
+def _is_shorthand(source: str) -> bool:
+    """A benchmark's name that the library's readers know (``tofu-forget10``, ``wmdp-bio`` ...)."""
+    from hubaudit.forget import tofu, wmdp
+
+    return bool(tofu.SHORTHAND.match(source) or wmdp.SHORTHAND.match(source))
+
+
+def prefill_from_card(model_id, reference, forget_kind, dataset_id):
+    """Once a model id is entered: the reference from the card's ``base_model``, and the forget set the
+    card points to (``hubaudit.detect``), each only where the visitor has not chosen one yet."""
+    skip = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
+    mid = (model_id or "").strip()
+    if "/" not in mid.partition("@")[0]:
+        return skip
+    ref_out, forget_out, ds_out, msg = skip
+    if not (reference or "").strip():
+        base = card_base_model(mid)
+        if base:
+            ref_out = base
+    if forget_kind == FORGET_CHOICES[0] and not (dataset_id or "").strip():
+        from hubaudit.detect import propose_for_model
+
+        try:
+            proposal = propose_for_model(mid)
+        except Exception:  # noqa: BLE001 - the audit itself says what is wrong with the model id
+            proposal = None
+        if proposal:
+            source, reason = proposal
+            label = {v: k for k, v in FORGET_SOURCE.items()}.get(source)
+            if label:
+                forget_out = label
+            else:
+                forget_out, ds_out = "Hub dataset", gr.update(value=source, visible=True)
+            msg = f"Forget set from the model card: `{source}` ({reason}). Change it if it is not the right one."
+    return ref_out, forget_out, ds_out, msg
+
+
+def render(job_id, seen):
+    """Everything the page shows about one job; gr.skip() for all when nothing changed since ``seen``."""
+    outs = 9  # status, progress, table, verdict, plot, card, download, pr row, seen
+    job_id = (job_id or "").strip()
+    if not job_id:
+        return (*[gr.skip()] * (outs - 1), seen)
+    job = store.get(job_id)
+    if job is None:
+        key = f"{job_id}:missing"
+        if key == seen:
+            return (*[gr.skip()] * (outs - 1), seen)
+        return (f"⚠️ There is no audit `{job_id}` on this Space.", "", gr.skip(), "", gr.skip(), "",
+                gr.update(visible=False), gr.update(visible=False), key)
+    key = f"{job_id}:{job['updated']}:{job.get('position')}"
+    if key == seen:
+        return (*[gr.skip()] * (outs - 1), seen)
+    inp, state = job["inputs"], job["state"]
+    head = f"**Audit `{job_id}`** of `{inp.get('model')}` ({', '.join(inp.get('specs', []))}): "
+    progress = ""
+    if state == "queued":
+        status = head + f"waiting in the queue, position {job.get('position', '?')} of {store.queue_length()} (one audit runs at a time)."
+    elif state == "running":
+        status = head + "running."
+        p = job["progress"]
+        if p.get("cell"):
+            cell = p["cell"]
+            who = "original" if cell["role"] == "reference" else "audited model"
+            prec = "full precision" if cell["spec"] == "fp" else cell["spec"]
+            progress = (f"Now: {who}, {prec}" + (f", {p['metric']}" if p.get("metric") else "")
+                        + (f": {p['done']} / {p['total']} items" if p.get("total") else "")
+                        + f". Cells finished: {len(job['cells'])}.")
+    elif state == "done":
+        took = (job["finished"] or 0) - (job["started"] or 0)
+        status = head + f"done in {took:.0f} s." + (f" {job['message']}" if job.get("message") else "")
+    elif state == "skipped":
+        status = head + f"skipped: {job.get('message')}."
+    else:
+        status = head + "stopped.\n\n⚠️ " + (job.get("message") or "unknown error")
+    report = job.get("report")
+    cells = report["cells"] if report else job["cells"]
+    table = table_frame(cells, report["derived"] if report else None) if cells else gr.skip()
+    if cells:
+        frame = plot_frame(cells)
+        # Gradio 6.31's native plots keep the legend of their first value unless told the series again, so a
+        # series that appears later (the original model's cells) would have no legend entry.
+        plot = gr.update(value=frame, colors_in_legend=list(dict.fromkeys(frame["series"])))
+    else:
+        plot = gr.skip()
+    if report:
+        from hubaudit.card import render_section
+        from hubaudit.results import AuditReport
+
+        verdict = verdict_words(report)
+        card = render_section(AuditReport.from_json(report))
+        download = gr.update(value=job["report_path"], visible=True)
+        pr_row = gr.update(visible=bool((report["inputs"]["model"] or {}).get("repo_id")))
+    else:
+        verdict, card, download, pr_row = "", "", gr.update(visible=False), gr.update(visible=False)
+    return status, progress, table, verdict, plot, card, download, pr_row, key
+
+
+def open_pr(job_id, oauth_token: gr.OAuthToken | None):
+    """Open (or update) the card pull request with the signed-in visitor's token, never the Space's."""
+    from hubaudit import HubauditError
+    from hubaudit.card import publish_card
+    from hubaudit.results import AuditReport
+
+    if oauth_token is None or not getattr(oauth_token, "token", None):
+        return "Sign in with your Hugging Face account first (the button at the top); the pull request is opened in your name."
+    job = store.get((job_id or "").strip())
+    if job is None or job["state"] != "done" or not job.get("report"):
+        return "Run an audit first: the pull request carries its result."
+    report = AuditReport.from_json(job["report"])
+    repo = (report.inputs["model"] or {}).get("repo_id")
+    if not repo:
+        return "Only a model on the Hub has a card to open a pull request on."
+    try:
+        res = publish_card(report, repo, token=oauth_token.token, pr=True)
+    except HubauditError as e:
+        return f"⚠️ The pull request could not be opened: {e}"
+    except Exception as e:  # noqa: BLE001
+        log.error("PR on %s failed:\n%s", repo, traceback.format_exc())
+        return f"⚠️ The pull request could not be opened ({type(e).__name__})."
+    if not res.pr_url:
+        return "The card on `main` already has this audit; no pull request needed."
+    verb = "updated" if res.reused_pr else "opened"
+    return f"Pull request {verb}: [{res.pr_url}]({res.pr_url})"
+
+
+def load_job_from_url(request: gr.Request):
+    job = (request.query_params.get("job") or "").strip() if request else ""
+    return job if job else gr.skip()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the page
+
+CSS = """
+.unavailable { color: var(--body-text-color-subdued); opacity: .6; }
+.unavailable label { display: block; }
+"""
+URL_JS = """(job) => { if (job) { const u = new URL(window.location.href); u.searchParams.set('job', job);
+  window.history.replaceState(null, '', u.toString()); } return job; }"""
+
+
+def _oauth_possible() -> bool:
+    """Sign-in works on a Space; locally Gradio mocks it with the machine's Hub login, if there is one."""
+    if os.environ.get("SPACE_ID"):
+        return True
+    try:
+        from huggingface_hub import get_token, whoami
+
+        return bool(get_token()) and whoami().get("type") == "user"
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def build_ui() -> gr.Blocks:
+    available, unavailable = backend_menu()
+    with gr.Blocks(title="hubaudit: does the unlearning survive quantization?", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "# hubaudit\n**Does an unlearned model stay unlearned when people run it quantized?** "
+            "Unlearning can look complete in full precision and come back after 4-bit quantization "
+            "([Zhang et al., ICLR 2025](https://arxiv.org/abs/2410.16454)). This Space quantizes a model several "
+            "ways, measures how much of the forget set comes back (MUSE's VerbMem and KnowMem), and says whether "
+            "the unlearning is fragile.")
+        with gr.Row():
+            if _oauth_possible():
+                gr.LoginButton(elem_id="login")
+            else:
+                gr.Markdown("Sign-in (for opening a pull request) is available when the app runs as a Space.")
+        with gr.Row():
+            with gr.Column(scale=3):
+                model = gr.Textbox(label="Unlearned model (Hub id, optionally @revision)",
+                                   placeholder="org/my-unlearned-model@main", elem_id="model")
+                reference = gr.Textbox(label="Original model before unlearning (optional; from the card's base_model)",
+                                       placeholder="org/original-model", elem_id="reference")
+                forget = gr.Radio(FORGET_CHOICES, value=FORGET_CHOICES[0], label="Forget set", elem_id="forget")
+                dataset = gr.Textbox(label="Hub dataset id (MUSE layout)", placeholder="org/my-forget-set",
+                                     visible=False, elem_id="dataset")
+                upload = gr.File(label="JSONL: question+answer, prompt+gt or text per line", file_types=[".jsonl"],
+                                 visible=False, elem_id="upload")
+            with gr.Column(scale=2):
+                specs = gr.CheckboxGroup(available, value=[s for s in DEFAULT_UI_SPECS if s in available],
+                                         label="Quantization (backend:bits) available on this hardware", elem_id="specs")
+                if unavailable:
+                    items = "".join(f"<label><input type='checkbox' disabled> <code>{s}</code>: {why}</label>"
+                                    for s, why in unavailable)
+                    gr.HTML(f"<details class='unavailable' open><summary>Not available here</summary>{items}</details>",
+                            elem_id="unavailable")
+                threshold = gr.Number(5, label="Threshold: points regained that make the model fragile",
+                                      minimum=0, elem_id="threshold")
+                go = gr.Button("Audit", variant="primary", elem_id="audit")
+        message = gr.Markdown(elem_id="message")
+        job_box = gr.Textbox(label="Audit id (open this page with ?job=ID to come back)", elem_id="job")
+        status = gr.Markdown(elem_id="status")
+        progress = gr.Markdown(elem_id="progress")
+        verdict = gr.Markdown(elem_id="verdict")
+        table = gr.Dataframe(label="Results", interactive=False, elem_id="table", wrap=True)
+        plot = gr.LinePlot(x="precision", y="score", color="series", label="Forget metrics by precision",
+                           x_title="precision (full precision first)", y_title="ROUGE-L F1 x 100",
+                           color_title="metric (model)", tooltip="all", elem_id="plot",
+                           caption="Higher = more of the forget set is known. A line that rises from full precision "
+                                   "is knowledge that quantization brings back; the original model's lines are "
+                                   "marked (original).")
+        with gr.Accordion("Model card section, as it will look", open=True):
+            card = gr.Markdown(elem_id="card")
+        download = gr.DownloadButton("Download report.json", visible=False, elem_id="download")
+        with gr.Row(visible=False) as pr_row:
+            pr_btn = gr.Button("Open a pull request on this model's card", elem_id="open-pr")
+            pr_msg = gr.Markdown(elem_id="pr-message")
+        seen = gr.State("")
+
+        forget.change(lambda k: (gr.update(visible=k == "Hub dataset"), gr.update(visible=k == "Upload JSONL")),
+                      forget, [dataset, upload], queue=False)
+        # no loading overlay: the fields it may fill stay usable while the card is read
+        for event in (model.blur, model.submit):
+            event(prefill_from_card, [model, reference, forget, dataset], [reference, forget, dataset, message],
+                  show_progress="hidden")
+        go.click(submit, [model, reference, forget, dataset, upload, specs, threshold], [job_box, message],
+                 concurrency_limit=None).then(None, job_box, None, js=URL_JS)
+        views = [status, progress, table, verdict, plot, card, download, pr_row, seen]
+        timer = gr.Timer(POLL_SECONDS)
+        timer.tick(render, [job_box, seen], views, concurrency_limit=None, show_progress="hidden")
+        job_box.change(render, [job_box, gr.State("")], views, concurrency_limit=None, show_progress="hidden")
+        pr_btn.click(open_pr, [job_box], pr_msg)
+        demo.load(load_job_from_url, None, job_box)
+    return demo
+
+
+# ---------------------------------------------------------------------------------------------------
+# webhooks
+
+
+def classify_webhook(payload) -> tuple[dict | None, str]:
+    """(job inputs, "") for a push to main of a watched model; (None, why) for anything else."""
+    repo = payload.repo
+    if repo.type != "model":
+        return None, f"not a model repository ({repo.type})"
+    if payload.event.scope != "repo.content" or payload.event.action != "update":
+        return None, f"not a push ({payload.event.scope} {payload.event.action})"
+    if repo.name not in WATCHED:
+        return None, f"{repo.name} is not watched by this Space"
+    main = [u for u in (payload.updatedRefs or []) if u.ref == "refs/heads/main" and u.newSha]
+    if not main:
+        refs = ", ".join(u.ref for u in payload.updatedRefs or []) or "no refs"
+        return None, f"not a push to main ({refs})"
+    sha = main[0].newSha
+    return {"repo": repo.name, "sha": sha, "old_sha": main[0].oldSha, "model": f"{repo.name}@{sha}",
+            "reference": None, "forget": WEBHOOK_FORGET, "specs": [s for s in WEBHOOK_SPECS.split(",") if s],
+            "threshold": WEBHOOK_THRESHOLD, "publish": "pr" if repo.name in PR_MODELS else "discussion"}, ""
+
+
+def add_webhook_route(app) -> None:
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from huggingface_hub import WebhookPayload
+
+    async def audit_on_push(request: Request):
+        if not WEBHOOK_SECRET:
+            return JSONResponse({"error": "webhooks are off: set the WEBHOOK_SECRET secret of this Space"}, 401)
+        given = request.headers.get("x-webhook-secret", "")
+        if not hmac.compare_digest(given.encode(), WEBHOOK_SECRET.encode()):
+            return JSONResponse({"error": "missing or wrong X-Webhook-Secret"}, 401)
+        try:
+            payload = WebhookPayload.model_validate(await request.json())
+        except Exception as e:  # noqa: BLE001
+            return JSONResponse({"error": f"not a Hub webhook payload ({type(e).__name__})"}, 400)
+        inputs, why = classify_webhook(payload)
+        if inputs is None:
+            return JSONResponse({"status": "ignored", "reason": why}, 200)
+        for j in store.list(("queued", "running", "done")):
+            if j["kind"] == "webhook" and j["inputs"].get("model") == inputs["model"]:
+                return JSONResponse({"status": "ignored", "reason": "this commit is already audited", "job": j["id"]})
+        jid = store.add(inputs, kind="webhook")  # committed before we answer: a restart keeps it
+        _wake.set()
+        return JSONResponse({"status": "queued", "job": jid}, 202)
+
+    async def job_state(job_id: str):
+        """A job's state as JSON (for a webhook sender that wants to follow its audit)."""
+        job = store.get(job_id)
+        if job is None:
+            return JSONResponse({"error": f"no job {job_id}"}, 404)
+        report = job.get("report") or {}
+        return JSONResponse({
+            "id": job["id"], "kind": job["kind"], "state": job["state"], "position": job.get("position"),
+            "model": job["inputs"].get("model"), "message": job.get("message"),
+            "verdict": (report.get("verdict") or {}).get("label"), "cells_done": len(job["cells"]),
+        })
+
+    app.add_api_route("/webhooks/audit", audit_on_push, methods=["POST"])
+    app.add_api_route("/jobs/{job_id}", job_state, methods=["GET"])
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    requeued = store.requeue_interrupted()
+    if requeued:
+        log.info("%d interrupted audit(s) back in the queue", requeued)
+    if not PAUSE_WORKER:
+        threading.Thread(target=worker_loop, name="hubaudit-worker", daemon=True).start()
+    demo = build_ui()
+    demo.queue(default_concurrency_limit=1)
+    theme = gr.themes.Default(font=[gr.themes.Font("system-ui"), "sans-serif"],
+                              font_mono=[gr.themes.Font("ui-monospace"), "monospace"])
+    app, local_url, _ = demo.launch(prevent_thread_lock=True, share=False, ssr_mode=False, theme=theme, css=CSS,
+                                    allowed_paths=[str(DATA)], show_error=False, footer_links=[])
+    add_webhook_route(app)
+    print(f"hubaudit Space ready at {local_url} (data in {DATA}; webhooks "
+          f"{'on' if WEBHOOK_SECRET else 'off: set WEBHOOK_SECRET'})", flush=True)
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    main()
