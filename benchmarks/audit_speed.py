@@ -1,0 +1,248 @@
+"""How close an audit's metric pass comes to the cost of its forward passes, and what it buys over the
+one-item-at-a-time protocol of MUSE's and the paper's scripts.
+
+    python benchmarks/audit_speed.py                    # the demo target and a ~100M random Llama
+    python benchmarks/audit_speed.py --models demo      # only the demo target (built if needed)
+    python benchmarks/audit_speed.py --models large --large-limit 16 --no-audit
+
+For each model and metric it prints: items, tokens processed (prompt tokens once, the shared few-shot
+prefix once, every generated token once), seconds, tokens per second, the raw-floor ratio (the metric's
+wall time over the time spent inside the model's forward passes in that same run, with the same batch
+shapes: what tokenizing, decoding, stop strings, scoring and Python cost on top), the padding share
+of the tokens the forward passes saw, the one-at-a-time protocol's seconds and the speed-up, and both
+scores (they must agree to 0.01). Then an audit of the model (full precision and ``rtn:4``) with its
+peak memory next to the model's own size: an audit holds the full-precision model, one quantized
+copy and one batch's activations.
+
+Not a test: it times things. Its figures go into the README's performance section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ForwardTimer:
+    """Times every forward pass of a model (CUDA-synchronized) and counts the tokens it was given."""
+
+    def __init__(self, model):
+        import torch
+
+        self.torch, self.model = torch, model
+        self.cuda = next(model.parameters()).device.type == "cuda"
+        self.seconds = 0.0
+        self.calls = self.tokens = self.real_tokens = 0
+        self._t0 = None
+        self._hooks = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
+                       model.register_forward_hook(self._post)]
+
+    def _sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def _pre(self, module, args, kwargs):
+        self._sync()
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if ids is not None:
+            self.tokens += ids.numel()
+            self.real_tokens += int(mask[:, -ids.shape[1]:].sum()) if mask is not None else ids.numel()
+        self._t0 = time.perf_counter()
+
+    def _post(self, module, args, out):
+        self._sync()
+        self.seconds += time.perf_counter() - self._t0
+        self.calls += 1
+
+    def reset(self):
+        self.seconds, self.calls, self.tokens, self.real_tokens = 0.0, 0, 0, 0
+
+    def close(self):
+        for h in self._hooks:
+            h.remove()
+
+
+def build_large(folder: Path, hidden: int, layers: int, vocab: int) -> Path:
+    """A random-weight Llama of about 100M parameters (bf16 safetensors) with the demo's tokenizer
+    grown to ``vocab`` entries, so the synthetic forget set tokenizes as it would for a real model."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (folder / "config.json").is_file():
+        return folder
+    from hubaudit.demo.world import build_tokenizer
+    from hubaudit.forget import load_forget_set
+
+    fs = load_forget_set("synthetic")
+    texts = [x.prompt + x.gt for x in fs.verbmem] + [q.question + " " + q.answer for q in fs.forget_qa + fs.retain_qa]
+    texts += list(fs.mia_forget) + list(fs.mia_holdout)
+    tok = build_tokenizer(texts * 4, vocab_size=min(vocab, 4096))
+    if len(tok) < vocab:  # a real model's vocabulary size, so the logits cost what they would
+        tok.add_tokens([f"<x{i}>" for i in range(vocab - len(tok))])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 64 * 64,
+                      num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
+                      max_position_embeddings=2048, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    return folder
+
+
+def limited(fs, n: int | None):
+    if not n:
+        return fs
+    from hubaudit.forget import PARTS
+
+    for part in PARTS:
+        if getattr(fs, part) is not None and part not in ("forget_qa_icl", "retain_qa_icl"):
+            setattr(fs, part, getattr(fs, part)[:n])
+    return fs
+
+
+def gib(x) -> str:
+    return f"{x / 2**30:.2f} GiB" if x else "-"
+
+
+def bench_model(label: str, model_dir: Path, forget, limit: int | None, audit: bool, one_by_one: bool,
+                metrics_pass: bool = True) -> None:
+    import torch
+
+    from hubaudit.forget import load_forget_set
+    from hubaudit.modeling import ModelSource
+
+    fs = limited(load_forget_set(forget), limit)
+    src = ModelSource(model_dir)
+    model, tok = src.model, src.tokenizer
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"\n== {label}: {model_dir} ({n_params / 1e6:.1f}M parameters, {src.device} {src.compute_dtype()}; "
+          f"forget set {len(fs.verbmem)} passages, {len(fs.forget_qa)}+{len(fs.retain_qa)} questions, "
+          f"{len(fs.mia_forget)}+{len(fs.mia_holdout)} MIA texts)")
+    if metrics_pass:
+        _metrics_pass(model, tok, fs, forget, one_by_one)
+    if audit:
+        del model
+        src.release()
+        _audit_memory(model_dir, forget if not limit else fs, n_params, src.device)
+    del src
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+def _metrics_pass(model, tok, fs, forget, one_by_one: bool) -> None:
+    from hubaudit.forget import load_forget_set
+    from hubaudit.metrics import MetricConfig, evaluate
+    from hubaudit.metrics.reference import evaluate_one_at_a_time
+
+    print(f"{'metric':<10} {'items':>5} {'tokens':>7} {'fast s':>7} {'tok/s':>7} {'fwd s':>7} {'floor x':>7} "
+          f"{'pad %':>5} {'1-by-1 s':>8} {'speed-up':>8} {'score':>8} {'1-by-1':>8}")
+    cfg = MetricConfig()
+    timer = ForwardTimer(model)
+    tf = ts = tfw = 0.0
+    ok = True
+    for name in ("verbmem_f", "knowmem_f", "knowmem_r", "mia_auc"):
+        evaluate(model, tok, limited(load_forget_set(forget), 2), [name], cfg)  # warm-up (first-call costs)
+        timer.reset()
+        t0 = time.perf_counter()
+        res = evaluate(model, tok, fs, [name], cfg)[name]
+        fast = time.perf_counter() - t0
+        fwd, pad = timer.seconds, 1 - timer.real_tokens / max(1, timer.tokens)
+        tf, tfw = tf + fast, tfw + fwd
+        if one_by_one:
+            timer.reset()
+            t0 = time.perf_counter()
+            slow_value = evaluate_one_at_a_time(model, tok, fs, [name], cfg)[name]
+            slow = time.perf_counter() - t0
+            ts += slow
+            agree = abs(res.value - slow_value) <= 0.01
+            ok &= agree
+            tail = f"{slow:>8.2f} {slow / fast:>7.1f}x {res.value:>8.3f} {slow_value:>8.3f} {'ok' if agree else 'DIFFERS'}"
+        else:
+            tail = f"{'-':>8} {'-':>8} {res.value:>8.3f} {'-':>8}"
+        print(f"{name:<10} {res.n:>5} {res.tokens:>7} {fast:>7.2f} {res.tokens / fast:>7.0f} {fwd:>7.2f} "
+              f"{fast / fwd:>6.2f}x {pad * 100:>5.1f} {tail}")
+    speed = f"{ts / tf:>7.1f}x" if one_by_one else f"{'-':>8}"
+    print(f"{'all':<10} {'':>5} {'':>7} {tf:>7.2f} {'':>7} {tfw:>7.2f} {tf / tfw:>6.2f}x {'':>5} "
+          f"{ts if one_by_one else 0:>8.2f} {speed}")
+    timer.close()
+    if one_by_one and not ok:
+        print("!! the fast and the one-at-a-time scores differ")
+
+
+def _audit_memory(model_dir, forget, n_params: int, device: str) -> None:
+    """Peak memory of an audit (full precision and rtn:4, no reference) next to the model's size."""
+    import gc
+
+    import hubaudit
+    from hubaudit.memory import PeakMemory, rss_bytes
+
+    gc.collect()
+    before = rss_bytes()  # the process with torch, transformers and the backends imported
+    with PeakMemory() as pm:
+        t0 = time.perf_counter()
+        report = hubaudit.audit(model_dir, forget=forget, specs="rtn:4", store=False, reference=False,
+                                progress=False)
+        wall = time.perf_counter() - t0
+    on_disk = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
+    compute = n_params * (4 if device == "cpu" else 2)
+    print(f"audit fp + rtn:4: {wall:.1f} s, peak RSS {gib(pm.peak_rss)} ({gib(pm.peak_rss - before)} above the "
+          f"process before the audit, {gib(before)})"
+          + (f", peak CUDA {gib(pm.peak_cuda)}" if pm.peak_cuda else "")
+          + f"; weights on disk {gib(on_disk)}, in the compute dtype {gib(compute)} "
+            f"(model + one quantized copy = {gib(2 * compute)}); verdict {report.verdict.label}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="demo,large",
+                   help="demo, large (~130M), 1b (1.1B, audit memory only), or a model folder (comma-separated)")
+    p.add_argument("--forget", default=None, help="forget set (default: the demo world's, else synthetic)")
+    p.add_argument("--large-hidden", type=int, default=768)
+    p.add_argument("--large-layers", type=int, default=12)
+    p.add_argument("--large-vocab", type=int, default=32000)
+    p.add_argument("--large-limit", type=int, default=32, help="items per part for the large model (0: all)")
+    p.add_argument("--huge-limit", type=int, default=4, help="items per part for the 1b model")
+    p.add_argument("--limit", type=int, default=0, help="items per part for the other models (0: all)")
+    p.add_argument("--no-audit", action="store_true", help="skip the audit (peak memory) part")
+    p.add_argument("--no-one-by-one", action="store_true", help="skip the one-at-a-time protocol")
+    p.add_argument("--cache", default=str(ROOT / "hubaudit-demo" / "bench"), help="where the large model is kept")
+    args = p.parse_args()
+
+    import torch
+
+    print(f"hubaudit audit_speed: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, "
+          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, python {sys.version.split()[0]}")
+    for name in args.models.split(","):
+        if name == "demo":
+            from hubaudit.demo.world import build_world
+
+            world = build_world(ROOT / "hubaudit-demo" / "world")
+            bench_model("demo target", world.target, args.forget or world.forget_dir, args.limit,
+                        not args.no_audit, not args.no_one_by_one)
+        elif name == "1b":  # TinyLlama's shape, random weights: the audit's peak memory at 1B parameters
+            folder = build_large(Path(args.cache) / "llama-2048x22", 2048, 22, args.large_vocab)
+            bench_model("1.1B random Llama", folder, args.forget or "synthetic", args.huge_limit,
+                        True, False, metrics_pass=False)
+        elif name == "large":
+            folder = build_large(Path(args.cache) / f"llama-{args.large_hidden}x{args.large_layers}",
+                                 args.large_hidden, args.large_layers, args.large_vocab)
+            bench_model("large random Llama", folder, args.forget or "synthetic", args.large_limit,
+                        not args.no_audit, not args.no_one_by_one)
+        else:
+            bench_model(name, Path(name), args.forget or "synthetic", args.limit, not args.no_audit,
+                        not args.no_one_by_one)
+
+
+if __name__ == "__main__":
+    main()
