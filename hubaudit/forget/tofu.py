@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import ForgetSetError
 from .readers import EXTENSIONS, Format, _field, _read_rows, register_format
-from .types import QA, ForgetSet, TofuQA
+from .types import QA, ForgetSet, TofuQA, wrong_answers_by_kind
 
 TOFU_REPO = "locuslab/TOFU"
 SHORTHAND = re.compile(r"^tofu-(forget(?:01|05|10))(?:@(.+))?$")
@@ -146,19 +146,9 @@ def tofu_from_qa(qa: list[QA], kind_of=None, n_perturbed: int = 3, seed: int = 0
     "paraphrased" answer is the answer itself (there is no paraphrase), so the truth ratio compares
     wrong answers against the right one. Deterministic for a seed.
     """
-    if kind_of is None:
-        def kind_of(i, x):
-            return " ".join(w for w in x.question.split()[1:] if not w[:1].isupper())
     rng = random.Random(seed)
-    kinds = [kind_of(i, x) for i, x in enumerate(qa)]
-    pool: dict = {}
-    for k, x in zip(kinds, qa):
-        pool.setdefault(k, [])
-        if x.answer not in pool[k]:
-            pool[k].append(x.answer)
     out = []
-    for k, x in zip(kinds, qa):
-        wrong = [a for a in pool[k] if a != x.answer]
+    for x, wrong in zip(qa, wrong_answers_by_kind(qa, kind_of)):
         rng.shuffle(wrong)
         out.append(TofuQA(x.question, x.answer, x.answer, tuple(wrong[:n_perturbed])))
     return out

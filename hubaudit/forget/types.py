@@ -145,4 +145,19 @@ def _hash_item(x) -> dict:
     return d
 
 
+def wrong_answers_by_kind(qa: list[QA], kind_of=None) -> list[list[str]]:
+    """For each item, the distinct answers of the other items that ask the same kind of question
+    (``kind_of(index, item)``; default: the question without its first word and its capitalized words),
+    in order of first appearance: the distractors the TOFU- and WMDP-shaped sets built from plain QA use."""
+    if kind_of is None:
+        def kind_of(i, x):
+            return " ".join(w for w in x.question.split()[1:] if not w[:1].isupper())
+    kinds = [kind_of(i, x) for i, x in enumerate(qa)]
+    pool: dict = {}
+    for k, x in zip(kinds, qa):
+        if x.answer not in pool.setdefault(k, []):
+            pool[k].append(x.answer)
+    return [[a for a in pool[k] if a != x.answer] for k, x in zip(kinds, qa)]
+
+
 assert {f.name for f in fields(ForgetSet)} >= set(PARTS)

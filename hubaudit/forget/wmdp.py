@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import ForgetSetError
 from .readers import EXTENSIONS, Format, _parse_items, _read_rows, register_format
-from .types import QA, Choice, ForgetSet
+from .types import QA, Choice, ForgetSet, wrong_answers_by_kind
 
 WMDP_REPO = "cais/wmdp"
 MMLU_REPO = "cais/mmlu"
@@ -91,19 +91,9 @@ def mcq_from_qa(qa: list[QA], kind_of=None, n_choices: int = 4, seed: int = 0) -
     """Four-way multiple choice from plain QA (for sets without one, e.g. the synthetic set): the
     distractors are other items' answers to the same kind of question, the right answer's position is
     drawn at random. Items whose kind has fewer than ``n_choices`` distinct answers are left out."""
-    if kind_of is None:
-        def kind_of(i, x):
-            return " ".join(w for w in x.question.split()[1:] if not w[:1].isupper())
     rng = random.Random(seed)
-    kinds = [kind_of(i, x) for i, x in enumerate(qa)]
-    pool: dict = {}
-    for k, x in zip(kinds, qa):
-        pool.setdefault(k, [])
-        if x.answer not in pool[k]:
-            pool[k].append(x.answer)
     out = []
-    for k, x in zip(kinds, qa):
-        wrong = [a for a in pool[k] if a != x.answer]
+    for x, wrong in zip(qa, wrong_answers_by_kind(qa, kind_of)):
         if len(wrong) < n_choices - 1:
             continue
         choices = rng.sample(wrong, n_choices - 1)
