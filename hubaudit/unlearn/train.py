@@ -379,13 +379,15 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
             raise KeyboardInterrupt
         sigint["hit"] = True
 
+    # Our handler for the run, whatever Python-level handler was there (another library may have set
+    # its own), and that one back afterwards; an explicitly ignored SIGINT stays ignored.
     old_handler = None
     if threading.current_thread() is threading.main_thread():
         old_handler = signal.getsignal(signal.SIGINT)
-        if old_handler is signal.default_int_handler:
-            signal.signal(signal.SIGINT, on_sigint)
-        else:
+        if old_handler in (signal.SIG_IGN, None):
             old_handler = None
+        else:
+            signal.signal(signal.SIGINT, on_sigint)
     try:
         while st["step"] < cfg.steps and st["stop_reason"] is None:
             if sigint["hit"]:
