@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Sequence
+
 
 def chat_template_of(tokenizer) -> str | None:
     """The tokenizer's chat template (a Jinja string), or None."""
@@ -86,16 +86,3 @@ class PromptFormat:
         if eos is not None and (not cont or cont[-1] != eos):
             cont = cont + [eos]
         return ctx, cont
-
-
-def generate_ids(runner, prompts: Sequence[list[int]], max_new_tokens: int, stop_strings: Sequence[str] = (),
-                 progress=None) -> tuple[list[str], int]:
-    """Greedy continuations of prompts given as ids, through the runner's fast path (batches from its
-    memory budget, finished rows leaving the batch). Returns the decoded new texts and the new-token count."""
-    gen = runner.generate_ids(prompts, max_new_tokens, stop_strings, progress)
-    return gen.texts, gen.new_tokens
-
-
-def continuation_logprobs(runner, pairs: Sequence[tuple[list[int], list[int]]], progress=None) -> list[list[float]]:
-    """For each (prompt ids, continuation ids), log p of every continuation token given what precedes it."""
-    return runner.continuation_logprobs(pairs, progress)

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import MetricError
 from .base import Metric, MetricConfig, MetricResult, register_metric
-from .prompts import PromptFormat, continuation_logprobs, generate_ids
+from .prompts import PromptFormat
 from .rouge import cut_at_stop
 
 TOFU_MAX_NEW_TOKENS = 200
@@ -113,7 +113,8 @@ class _TofuRouge(_Tofu):
         fmt = prompt_format(runner, cfg)
         prompts = [fmt.prompt_ids(runner.tokenizer, x.question) for x in items]
         stops = () if fmt.chat else tuple(cfg.stop_strings)
-        texts, new = generate_ids(runner, prompts, TOFU_MAX_NEW_TOKENS, stops, progress)
+        gen = runner.generate_ids(prompts, TOFU_MAX_NEW_TOKENS, stops, progress)
+        texts, new = gen.texts, gen.new_tokens
         rows = []
         for x, out in zip(items, texts):
             out = cut_at_stop(out, stops) if stops else out
@@ -128,7 +129,7 @@ class _TofuProb(_Tofu):
         items = fs.require(self.part, self.label)
         fmt = prompt_format(runner, cfg)
         pairs = [fmt.pair(runner.tokenizer, x.question, x.answer) for x in items]
-        lps = continuation_logprobs(runner, pairs, progress)
+        lps = runner.continuation_logprobs(pairs, progress)
         rows = [{"score": mean_prob(lp), "answer_tokens": len(lp)} for lp in lps]
         value = float(np.mean([r["score"] for r in rows]))
         return MetricResult(value, len(rows), rows, time.perf_counter() - t0, sum(len(a) + len(b) for a, b in pairs))
@@ -150,7 +151,7 @@ class _TofuTruth(_Tofu):
             for a in (x.paraphrased_answer, *x.perturbed_answers):
                 pairs.append(fmt.pair(runner.tokenizer, x.question, a))
             spans.append((start, len(pairs)))
-        lps = continuation_logprobs(runner, pairs)
+        lps = runner.continuation_logprobs(pairs)
         if progress is not None:
             progress(len(items))
         ratios = [truth_ratio(lps[a], lps[a + 1:b]) for a, b in spans]

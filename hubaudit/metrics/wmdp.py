@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from .base import Metric, MetricConfig, MetricResult, register_metric
-from .prompts import continuation_logprobs, encode_text
+from .prompts import encode_text
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -72,7 +72,7 @@ class _MCQ(Metric):
             for k in range(len(x.choices)):
                 pairs.append(split_pair(runner.tokenizer, ctx, " " + LETTERS[k]))
             spans.append((start, len(pairs)))
-        lps = continuation_logprobs(runner, pairs)
+        lps = runner.continuation_logprobs(pairs)
         if progress is not None:
             progress(len(items))
         rows = []
