@@ -421,9 +421,10 @@ def run_job(job: dict) -> None:
             store=RESULTS, device=DEVICE, token=token, progress=JobProgress(jid, totals),
             on_cell=lambda cell: store.add_cell(jid, _cell_json(cell)),
         )
-        store.finish(jid, "done", report=report.to_json(items=False), report_path=str(job_dir / "report" / "report.json"))
-        if webhook:
-            publish_webhook_result(jid, inp, report)
+        # a webhook job is done once its result went out (so a restart before that publishes it again)
+        message = publish_webhook_result(inp, report) if webhook else None
+        store.finish(jid, "done", report=report.to_json(items=False), report_path=str(job_dir / "report" / "report.json"),
+                     message=message)
     except HubauditError as e:
         store.finish(jid, "error", message=str(e))
     except Exception as e:  # noqa: BLE001 - the page shows a message, the log keeps the traceback
@@ -432,15 +433,16 @@ def run_job(job: dict) -> None:
                                            f"{str(e).splitlines()[0] if str(e) else ''}).")
 
 
-def publish_webhook_result(jid: str, inp: dict, report) -> None:
-    """A pull request with the card section (models that opted in) or a discussion, with the Space's token."""
+def publish_webhook_result(inp: dict, report) -> str:
+    """A pull request with the card section (models that opted in) or a discussion, with the Space's token;
+    returns the line the job's page shows about it."""
     from hubaudit import HubauditError
     from hubaudit.card import PR_TITLE_PREFIX, publish_card, render_section
 
     try:
         if inp.get("publish") == "pr":
             res = publish_card(report, inp["repo"], token=space_token(), pr=True)
-            store.set_message(jid, f"pull request: {res.pr_url}" if res.pr_url else "the card already says this")
+            return f"pull request: {res.pr_url}" if res.pr_url else "the card already says this"
         else:
             from huggingface_hub import HfApi
 
@@ -448,12 +450,12 @@ def publish_webhook_result(jid: str, inp: dict, report) -> None:
             d = api.create_discussion(
                 inp["repo"], title=f"{PR_TITLE_PREFIX}quantization audit of {inp['sha'][:7]} ({report.verdict.label})",
                 description=verdict_words(report.to_json(items=False)) + "\n\n" + render_section(report))
-            store.set_message(jid, f"discussion: {d.url}")
+            return f"discussion: {d.url}"
     except HubauditError as e:
-        store.set_message(jid, f"the audit finished, but publishing it failed: {e}")
+        return f"the audit finished, but publishing it failed: {e}"
     except Exception as e:  # noqa: BLE001
-        log.error("publishing job %s failed:\n%s", jid, traceback.format_exc())
-        store.set_message(jid, f"the audit finished, but publishing it failed ({type(e).__name__})")
+        log.error("publishing the result for %s failed:\n%s", inp["repo"], traceback.format_exc())
+        return f"the audit finished, but publishing it failed ({type(e).__name__})"
 
 
 def _warm_up() -> None:

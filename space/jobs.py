@@ -169,9 +169,6 @@ class JobStore:
         self._write("UPDATE jobs SET state=?, report=?, report_path=?, message=?, finished=?, updated=? WHERE id=?",
                     (state, None if report is None else json.dumps(report), report_path, message, now, now, job_id))
 
-    def set_message(self, job_id: str, message: str) -> None:
-        self._write("UPDATE jobs SET message=?, updated=? WHERE id=?", (message, time.time(), job_id))
-
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:
     job = dict(row)
