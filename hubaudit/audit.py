@@ -110,6 +110,7 @@ class Auditor:
                 cell.n_items[m.name] = rec["n"]
                 cell.items[m.name] = rec.get("items", [])
                 cell.tokens += rec.get("tokens", 0)
+        _record_decoding(cell, [found[m.name].get("decoding") for m in plan.metrics if m.name in found])
         return cell
 
     def _compute(self, plan: _Plan, cell: CellResult, missing: list[Metric], keys: dict, found: dict) -> None:
@@ -142,9 +143,11 @@ class Auditor:
                     same = self.run_cell(_Plan(plan.role, src, FULL_PRECISION, missing))
                     if same.status != "ok":
                         raise HubauditError(f"the full-precision cell failed: {same.reason}")
+                    dec = ({"path": same.backend["decoding"], **({"reason": same.backend["decoding_reason"]}
+                           if same.backend.get("decoding_reason") else {})} if same.backend.get("decoding") else None)
                     for m in missing:
                         rec = {"value": same.metrics[m.name], "n": same.n_items[m.name], "items": same.items[m.name],
-                               "seconds": 0.0, "tokens": 0}
+                               "seconds": 0.0, "tokens": 0, "decoding": dec}
                         found[m.name] = rec
                         if self.store is not None:
                             self.store.put(src.identity, spec, self.fs_hash, m.name, keys[m.name], rec)
@@ -152,7 +155,8 @@ class Auditor:
                 for m in missing:
                     res = evaluate(model, src.tokenizer, self.fs, [m], self.cfg, batch_size=self.batch_size,
                                    progress=self.progress, desc=f"{plan.role} {spec}")[m.name]
-                    rec = {"value": res.value, "n": res.n, "items": res.items, "seconds": res.seconds, "tokens": res.tokens}
+                    rec = {"value": res.value, "n": res.n, "items": res.items, "seconds": res.seconds, "tokens": res.tokens,
+                           "decoding": res.decoding}
                     found[m.name] = rec
                     if self.store is not None:
                         self.store.put(src.identity, spec, self.fs_hash, m.name, keys[m.name], rec)
@@ -202,6 +206,18 @@ class Auditor:
             if bar:
                 bar.close()
         return cells
+
+
+def _record_decoding(cell: CellResult, decodings: list[dict | None]) -> None:
+    """The cell's settings say how its text was generated: ``decoding: fast`` (hubaudit's greedy loop)
+    or ``decoding: generate`` with ``decoding_reason``. Cells that generate nothing get no entry."""
+    used = [d for d in decodings if d]
+    if not used:
+        return
+    slow = [d for d in used if d.get("path") != "fast"]
+    cell.backend["decoding"] = "generate" if slow else "fast"
+    if slow and slow[0].get("reason"):
+        cell.backend["decoding_reason"] = slow[0]["reason"]
 
 
 def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retrain: float) -> tuple[dict, Verdict]:

@@ -128,11 +128,25 @@ def render_markdown(report: AuditReport) -> str:
     if d.get("forget_quality"):
         lines += ["", "TOFU forget quality (KS-test p-value of forget truth ratios vs the retrain model; high = "
                   "indistinguishable from never trained): " + ", ".join(f"{spec_label(k)} {p:.3g}" for k, p in d["forget_quality"].items()) + "."]
+    lines += _decoding_lines(report)
     skipped = [c for c in report.cells if c.status != "ok"]
     if skipped:
         lines += ["", "Cells not evaluated: " + "; ".join(f"{c.role} {c.spec}: {c.status} ({c.reason})" for c in skipped)]
     lines += ["", f"hubaudit {report.hubaudit_version}, {report.created}, {report.timings.get('total_seconds', 0):.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def _decoding_lines(report: AuditReport) -> list[str]:
+    """How the text was generated: hubaudit's fast loop, or ``model.generate`` (and why), per cell."""
+    slow = [c for c in report.cells if c.backend.get("decoding") == "generate"]
+    fast = [c for c in report.cells if c.backend.get("decoding") == "fast"]
+    if not slow and not fast:
+        return []
+    if not slow:
+        return ["", "Decoding: hubaudit's greedy loop with a KV cache (`decoding: fast`) in every cell."]
+    why = sorted({c.backend.get("decoding_reason") or "not recorded" for c in slow})
+    return ["", f"Decoding: batched `model.generate` (`decoding: generate`, same greedy text, slower) in "
+            f"{', '.join(f'{c.role} {spec_label(c.spec)}' for c in slow)}, because: {'; '.join(why)}."]
 
 
 def render_plot(report: AuditReport, path: Path) -> None:

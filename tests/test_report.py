@@ -49,6 +49,9 @@ def test_report_round_trip_and_files(tmp_path, random_world):
                             progress=False, metrics="knowmem_f,knowmem_r")
     again = AuditReport.from_json(json.loads(json.dumps(report.to_json())))
     assert again == report
+    # every cell says how its text was generated (the fast loop on a plain Llama, whatever transformers)
+    assert {c.spec: c.backend["decoding"] for c in report.cells} == {"fp": "fast", "rtn:4": "fast"}
+    assert "`decoding: fast`" in render_markdown(report)
     assert report.derived["retained_note"].startswith("no reference")
     md = render_markdown(report)
     assert f"**Verdict: {report.verdict.label.upper()}**" in md and "| rtn:4 |" in md

@@ -25,3 +25,6 @@ def test_variants_of_one_original_share_its_cells(random_world, tmp_path):
     assert not any(first.values())  # everything computed the first time
     assert second[("reference", "fp")] and second[("reference", "rtn:4")]  # the original: reused
     assert not second[("model", "fp")] and not second[("model", "rtn:4")]  # the new variant: computed
+    # a reused cell still says how its text was generated back then
+    assert {(c.role, c.spec): c.backend.get("decoding") for c in cells} == {
+        (r, s): "fast" for r in ("model", "reference") for s in ("fp", "rtn:4")}

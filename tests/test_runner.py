@@ -88,3 +88,84 @@ def test_fast_generation_on_a_trained_model(tiny_world):
     assert a == [cut_at_stop(t, STOPS) for t in slow.texts]
     assert sum(bool(x.strip()) for x in a) > len(a) // 2  # real answers, not empty strings
     assert fast.new_tokens < len(prompts) * 32  # rows stopped early
+
+
+class _OtherCacheApi:
+    """A model whose forward takes its KV cache under another name than the installed transformers'
+    default (``past_key_values`` on transformers 5.24, ``cache`` on 5.23): code written for the other API."""
+
+    def __init__(self, inner, cache_name):
+        from hubaudit.metrics.runner import cache_argument
+
+        self.inner, self.config, self.generation_config = inner, inner.config, inner.generation_config
+        self.parameters, self.generate = inner.parameters, inner.generate
+        self._inner_name = cache_argument(inner)[0]
+        name = cache_name
+
+        def forward(input_ids=None, attention_mask=None, position_ids=None, use_cache=None, logits_to_keep=0, **kw):
+            cache = {self._inner_name: kw[name]} if kw.get(name) is not None else {}
+            return inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=use_cache, logits_to_keep=logits_to_keep, **cache)
+
+        import inspect
+
+        params = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None)
+                  for n in ("input_ids", "attention_mask", "position_ids", name, "use_cache", "logits_to_keep")]
+        forward.__signature__ = inspect.Signature(params)
+        self.forward = forward
+
+    def __call__(self, **kw):
+        return self.forward(**kw)
+
+
+def test_fast_path_follows_the_models_cache_argument(random_world):
+    """The fast path is used whichever name the model's forward takes its cache under (transformers 5.24
+    renamed past_key_values to cache), and gives what model.generate gives."""
+    import transformers
+
+    from hubaudit.metrics.runner import _cache_names, cache_argument
+
+    src = ModelSource(random_world["model"], device="cpu")
+    fs = load_forget_set(random_world["forget"])
+    installed = cache_argument(src.model)[0]
+    assert installed == _cache_names()[0]  # the installed transformers' own default name
+    from packaging.version import Version
+
+    assert installed == ("cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values")
+    prompts = [x.prompt for x in fs.verbmem][:5]
+    slow = LMRunner(src.model, src.tokenizer, fast=False).generate(prompts, 20)
+    for name in ("cache", "past_key_values"):
+        runner = LMRunner(_OtherCacheApi(src.model, name), src.tokenizer)
+        assert runner.decoding_path() == ("fast", None)
+        assert runner._cache_kw == name
+        out = runner.generate(prompts, 20)
+        assert out.texts == slow.texts
+
+
+def test_no_fast_path_is_said_once_with_its_reason(random_world, caplog):
+    """A model whose forward takes no cache decodes with model.generate, and the log and the metric
+    result say so (once, with the reason), never silently."""
+    import logging
+
+    from hubaudit.metrics import evaluate
+    from hubaudit.metrics.runner import _LOGGED
+
+    src = ModelSource(random_world["model"], device="cpu")
+    fs = load_forget_set(random_world["forget"])
+    model = _OtherCacheApi(src.model, "cache")
+    import inspect
+
+    model.forward.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in ("input_ids", "attention_mask")])
+    _LOGGED.clear()
+    with caplog.at_level(logging.WARNING, logger="hubaudit"):
+        path, reason = LMRunner(model, src.tokenizer).decoding_path()
+        assert path == "generate" and "takes no KV-cache argument" in reason
+        res = evaluate(model, src.tokenizer, fs, ["verbmem_f", "mia_auc"])
+        LMRunner(model, src.tokenizer).decoding_path()
+    said = [r for r in caplog.records if "model.generate" in r.getMessage()]
+    assert len(said) == 1 and "no KV-cache argument" in said[0].getMessage()
+    assert res["verbmem_f"].decoding["path"] == "generate" and "KV-cache" in res["verbmem_f"].decoding["reason"]
+    assert res["mia_auc"].decoding is None  # scoring only: no decoding to speak of
+    fast = evaluate(src.model, src.tokenizer, fs, ["verbmem_f"])["verbmem_f"]
+    assert fast.decoding == {"path": "fast"} and fast.value == res["verbmem_f"].value

@@ -87,7 +87,12 @@ def evaluate(model, tokenizer, fs, metrics=None, cfg: MetricConfig | None = None
         for m in metrics:
             if bar:
                 bar.set_postfix_str(m.label)
-            out[m.name] = m.compute(runner, fs, cfg, progress=bar.update if bar else None)
+            runner.generated = False
+            res = m.compute(runner, fs, cfg, progress=bar.update if bar else None)
+            if runner.generated:
+                path, reason = runner.decoding_path()
+                res.decoding = {"path": path, **({"reason": reason} if reason else {})}
+            out[m.name] = res
     finally:
         if own:
             bar.close()

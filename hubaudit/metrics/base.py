@@ -23,6 +23,8 @@ class MetricResult:
         items: per-item records (score, and the model's output where there is one).
         seconds: wall time of this metric.
         tokens: tokens processed (prompt tokens once, generated tokens once).
+        decoding: for a metric that generates text, how: ``{"path": "fast"}`` (hubaudit's greedy loop)
+            or ``{"path": "generate", "reason": ...}`` (batched ``model.generate``); None otherwise.
     """
 
     value: float
@@ -30,6 +32,7 @@ class MetricResult:
     items: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     tokens: int = 0
+    decoding: dict[str, str] | None = None
 
 
 class Metric:

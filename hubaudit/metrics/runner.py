@@ -7,11 +7,47 @@ original order. Greedy decoding, no sampling: deterministic.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+log = logging.getLogger("hubaudit")
+
 DEFAULT_CPU_TOKEN_BUDGET = 16384  # tokens per batch (prompt + new) on CPU
 DEFAULT_GPU_TOKEN_BUDGET = 131072
+
+
+_LOGGED: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        log.warning("hubaudit: %s", message)
+
+
+def _cache_names() -> list[str]:
+    """The names a transformers model's ``forward`` takes its KV cache under, the installed
+    transformers' own default first (``ALL_CACHE_NAMES[0]``: ``past_key_values`` up to 5.23, ``cache``
+    from 5.24), then the other one (a model written for the other API)."""
+    try:
+        from transformers.generation.utils import ALL_CACHE_NAMES
+
+        default = [ALL_CACHE_NAMES[0]] if ALL_CACHE_NAMES and ALL_CACHE_NAMES[0] in ("cache", "past_key_values") else []
+    except ImportError:  # pragma: no cover - a transformers without the list
+        default = []
+    return default + [n for n in ("cache", "past_key_values") if n not in default]
+
+
+def cache_argument(model) -> tuple[str | None, list[str]]:
+    """The keyword under which ``model.forward`` takes a KV cache (None if it takes none), and the
+    names of its parameters."""
+    try:
+        params = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return None, []
+    return next((n for n in _cache_names() if n in params), None), params
 
 
 @dataclass
@@ -30,8 +66,11 @@ class LMRunner:
         batch_size: items per batch, or ``None`` to choose from a token budget (halved on out-of-memory).
         token_budget: tokens per batch when ``batch_size`` is None.
         fast: ``None`` (default) decodes with hubaudit's own greedy loop (shared-prefix KV cache, finished
-            rows leave the batch) unless the model's generation config needs ``model.generate``;
-            ``False`` always uses batched ``model.generate``.
+            rows leave the batch) unless the model's generation config needs ``model.generate`` or its
+            ``forward`` takes no KV cache (under the name the installed transformers uses, ``cache`` from
+            5.24, ``past_key_values`` before, or the other one); ``False`` always uses batched
+            ``model.generate``; ``True`` uses the loop even where the generation config asks for logits
+            processing. :meth:`decoding_path` says which path runs and why; a fallback is logged once.
     """
 
     def __init__(self, model, tokenizer, batch_size: int | None = None, token_budget: int | None = None,
@@ -57,6 +96,9 @@ class LMRunner:
         self.pad_id = pad
         self.max_len = getattr(model.config, "max_position_embeddings", None) or 10**9
         self._torch = torch
+        self._decoding: tuple[str, str | None] | None = None
+        self._cache_kw = "past_key_values"
+        self.generated = False  # set once generate()/generate_ids() ran (the report records the path)
 
     # -- tokenization ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -144,31 +186,58 @@ class LMRunner:
                 pending[:0] = [batch[:half], batch[half:]]
 
     # -- generation -----------------------------------------------------------------------------
-    def _fast_ok(self) -> bool:
-        """Our own greedy loop is used unless the model's generation config asks for logits processing
-        that greedy ``model.generate`` would apply (then ``generate`` itself runs, for the same outputs)."""
-        if self.fast is not None:
-            return self.fast
-        cfg = getattr(self.model, "generation_config", None)
-        if cfg is None:
-            return True
-        changed = [
-            (getattr(cfg, "repetition_penalty", None) or 1.0) != 1.0,
-            bool(getattr(cfg, "no_repeat_ngram_size", None)),
-            bool(getattr(cfg, "bad_words_ids", None)),
-            bool(getattr(cfg, "suppress_tokens", None)),
-            bool(getattr(cfg, "begin_suppress_tokens", None)),
-            bool(getattr(cfg, "forced_bos_token_id", None) is not None),
-            bool(getattr(cfg, "forced_eos_token_id", None) is not None),
-            bool(getattr(cfg, "min_new_tokens", None)),
-            (getattr(cfg, "min_length", None) or 0) > 0,
-            bool(getattr(cfg, "sequence_bias", None)),
-            (getattr(cfg, "encoder_repetition_penalty", None) or 1.0) != 1.0,
-        ]
-        import inspect
+    def decoding_path(self) -> tuple[str, str | None]:
+        """``("fast", None)`` when hubaudit's own greedy loop decodes this model, else ``("generate",
+        reason)``: batched ``model.generate`` runs instead (same greedy outputs, slower), and ``reason``
+        says why in words. Decided once per runner."""
+        if self._decoding is None:
+            reason = self._fast_blocker()
+            self._decoding = ("fast", None) if reason is None else ("generate", reason)
+            if reason is not None and self.fast is None:
+                _log_once(f"decoding with model.generate, not hubaudit's fast loop "
+                          f"(the shared few-shot prefix is encoded for every prompt; slower): {reason}")
+        return self._decoding
 
-        fwd = inspect.signature(self.model.forward).parameters
-        return not any(changed) and "past_key_values" in fwd and "position_ids" in fwd
+    def _fast_ok(self) -> bool:
+        return self.decoding_path()[0] == "fast"
+
+    def _fast_blocker(self) -> str | None:
+        """Why our own greedy loop cannot stand in for greedy ``model.generate`` on this model, or None.
+
+        It cannot when the caller switched it off, when the model's generation config asks for logits
+        processing (``generate`` applies it), or when its ``forward`` takes no KV cache or position ids."""
+        if self.fast is False:
+            return "switched off by the caller (fast=False)"
+        cfg = getattr(self.model, "generation_config", None)
+        if cfg is not None and self.fast is None:
+            checks = {
+                "repetition_penalty": (getattr(cfg, "repetition_penalty", None) or 1.0) != 1.0,
+                "no_repeat_ngram_size": bool(getattr(cfg, "no_repeat_ngram_size", None)),
+                "bad_words_ids": bool(getattr(cfg, "bad_words_ids", None)),
+                "suppress_tokens": bool(getattr(cfg, "suppress_tokens", None)),
+                "begin_suppress_tokens": bool(getattr(cfg, "begin_suppress_tokens", None)),
+                "forced_bos_token_id": getattr(cfg, "forced_bos_token_id", None) is not None,
+                "forced_eos_token_id": getattr(cfg, "forced_eos_token_id", None) is not None,
+                "min_new_tokens": bool(getattr(cfg, "min_new_tokens", None)),
+                "min_length": (getattr(cfg, "min_length", None) or 0) > 0,
+                "sequence_bias": bool(getattr(cfg, "sequence_bias", None)),
+                "encoder_repetition_penalty": (getattr(cfg, "encoder_repetition_penalty", None) or 1.0) != 1.0,
+            }
+            asked = [k for k, v in checks.items() if v]
+            if asked:
+                return f"the model's generation config asks for logits processing ({', '.join(asked)})"
+        name, params = cache_argument(self.model)
+        if name is None:
+            return (f"{type(self.model).__name__}.forward takes no KV-cache argument (looked for "
+                    f"{' or '.join(_cache_names())}; it takes {', '.join(params[:8]) or 'nothing named'})")
+        if "position_ids" not in params:
+            return f"{type(self.model).__name__}.forward takes no position_ids"
+        self._cache_kw = name
+        return None
+
+    def _forward(self, cache, **kw):
+        """One forward pass with ``cache`` passed under the name this model's forward takes."""
+        return self.model(**{self._cache_kw: cache}, use_cache=True, **kw, **self._keep_last)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str] = (),
                  progress=None, shared_prefix: str | None = None) -> GenerationOutput:
@@ -193,6 +262,7 @@ class LMRunner:
         for i, x in enumerate(ids):
             if len(x) + max_new_tokens > self.max_len:
                 ids[i] = x[-(self.max_len - max_new_tokens):]
+        self.generated = True
         if not self._fast_ok():
             return self._generate_hf(ids, max_new_tokens, stop_strings, progress)
         out: list[str | None] = [None] * len(ids)
@@ -231,16 +301,13 @@ class LMRunner:
         cache = DynamicCache(config=self.model.config)
         x = torch.tensor([prefix_ids], device=self.device)
         with torch.inference_mode():
-            self.model(input_ids=x, attention_mask=torch.ones_like(x), past_key_values=cache, use_cache=True,
-                       **self._keep_last)
+            self._forward(cache, input_ids=x, attention_mask=torch.ones_like(x))
         return cache
 
     @property
     def _keep_last(self) -> dict:
         """``logits_to_keep=1`` where the model takes it: only the last position's logits are needed."""
         if not hasattr(self, "_keep_kw"):
-            import inspect
-
             self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
         return self._keep_kw
 
@@ -270,8 +337,7 @@ class LMRunner:
         alive = list(range(B))
         n_new = 0
         with torch.inference_mode():
-            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                                use_cache=True, **self._keep_last).logits[:, -1]
+            logits = self._forward(cache, input_ids=input_ids, attention_mask=mask, position_ids=pos).logits[:, -1]
             for step in range(max_new_tokens):
                 nxt = logits.argmax(-1)
                 toks = nxt.tolist()
@@ -293,8 +359,8 @@ class LMRunner:
                     mask, next_pos, nxt = mask[idx], next_pos[idx], nxt[idx]
                     alive = [alive[j] for j in keep]
                 mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
-                logits = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                                    past_key_values=cache, use_cache=True, **self._keep_last).logits[:, -1]
+                logits = self._forward(cache, input_ids=nxt[:, None], attention_mask=mask,
+                                       position_ids=next_pos[:, None]).logits[:, -1]
                 next_pos = next_pos + 1
         texts = []
         for row in new:
