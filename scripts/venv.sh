@@ -1,22 +1,42 @@
 #!/usr/bin/env bash
-# Create or reuse .venv in the repository root and install hubaudit into it (editable).
-# Sourced by run.sh and test.sh. Installs torch first from TORCH_SPEC (default torch==2.13.0, a CPU
-# wheel here) so that no other package pulls a different torch; reinstalls only when pyproject.toml
-# or the requested extras change.
+# Create or reuse a virtual environment in the repository root and install hubaudit into it (editable),
+# at the exact versions of requirements/lock.txt. Sourced by run.sh and test.sh:
+#   source scripts/venv.sh "test,quant,space"
+# Settings (environment):
+#   HUBAUDIT_INSTALL=lock    (default) .venv, every package at its locked version; a package installed
+#                            that the lock does not pin is reported (an error when HUBAUDIT_STRICT_LOCK=1)
+#   HUBAUDIT_INSTALL=latest  .venv-compat, the newest releases of everything (torch stays as below)
+#   HUBAUDIT_WITH="transformers==5.23.0 ..."  .venv-compat, the lock with these packages swapped
+#   TORCH_SPEC               the torch requirement (default: the lock's, a CPU wheel on this machine)
+# Exports VENV. Reinstalls only when pyproject.toml, the constraints or the requested extras change
+# (always in latest mode, to pick up new releases).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
 EXTRAS="${1:-}"
 PY="${PYTHON:-python3}"
+MODE="${HUBAUDIT_INSTALL:-lock}"
+WITH="${HUBAUDIT_WITH:-}"
+case "$MODE" in lock|latest) ;; *) echo "hubaudit: HUBAUDIT_INSTALL must be lock or latest, got '$MODE'" >&2; exit 2 ;; esac
+VENV="$ROOT/.venv"
+if [ "$MODE" = latest ] || [ -n "$WITH" ]; then VENV="$ROOT/.venv-compat"; fi
+export VENV
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "hubaudit: creating $VENV" >&2
   "$PY" -m venv "$VENV"
 fi
+cons="$VENV/.constraints.txt"
+swaps=()
+for req in $WITH; do swaps+=(--with "$req"); done
+[ -n "${TORCH_SPEC:-}" ] && swaps+=(--with "$TORCH_SPEC")
+nolock=()
+[ "$MODE" = latest ] && nolock=(--no-lock)
+"$PY" "$ROOT/scripts/constraints.py" write "$cons" ${swaps[@]+"${swaps[@]}"} ${nolock[@]+"${nolock[@]}"}
+
 stamp="$VENV/.hubaudit-installed"
-hash="$(sha256sum < "$ROOT/pyproject.toml" | cut -c1-16)"
-# Up to date when the stamp has this pyproject's hash and every requested extra (a venv set up by
-# test.sh, with more extras, also serves run.sh).
+hash="$(cat "$ROOT/pyproject.toml" "$cons" | sha256sum | cut -c1-16)"
+# Up to date when the stamp has this hash and every requested extra (a venv set up by test.sh, with
+# more extras, also serves run.sh).
 have=""
 [ -f "$stamp" ] && have="$(cat "$stamp")"
 uptodate=1
@@ -26,18 +46,29 @@ if [ "$uptodate" = 1 ]; then
     case ",${have#*extras=}," in *",$x,"*) ;; *) uptodate=0 ;; esac
   done
 fi
+[ "$MODE" = latest ] && uptodate=0
 if [ "$uptodate" = 0 ]; then
-  echo "hubaudit: installing into $VENV (first time: a few minutes)" >&2
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  echo "hubaudit: installing into $VENV ($MODE${WITH:+ with $WITH}; first time: a few minutes)" >&2
+  pipi() { "$VENV/bin/python" -m pip install -q --progress-bar off "$@"; }
+  # pip and setuptools themselves at the lock's versions (latest mode: the newest)
+  pipi -c "$cons" --upgrade pip setuptools
+  # torch first, so that no other package pulls another build (the lock's version: a CPU wheel here)
   if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
-    "$VENV/bin/python" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+    pipi -c "$cons" "${TORCH_SPEC:-torch}"
   fi
+  # Then keep exactly that torch, whatever an extra asks for.
+  torch_now="torch==$("$VENV/bin/python" -c "import torch; print(torch.__version__)")"
+  "$PY" "$ROOT/scripts/constraints.py" write "$cons.final" ${swaps[@]+"${swaps[@]}"} ${nolock[@]+"${nolock[@]}"} --with "$torch_now"
   target="$ROOT"
   [ -n "$EXTRAS" ] && target="$ROOT[$EXTRAS]"
-  # Keep the torch that is installed: some extras would otherwise pull a newer one (GBs of CUDA).
-  constraint="$VENV/.torch-constraint.txt"
-  "$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__)" > "$constraint"
-  "$VENV/bin/python" -m pip install -q -c "$constraint" -e "$target"
+  upgrade=()
+  [ "$MODE" = latest ] && upgrade=(--upgrade --upgrade-strategy eager)
+  pipi -c "$cons.final" --build-constraint "$cons.final" ${upgrade[@]+"${upgrade[@]}"} -e "$target"
+  if [ "$MODE" = lock ] && [ -z "$WITH" ]; then
+    if ! "$PY" "$ROOT/scripts/constraints.py" check "$VENV/bin/python" && [ "${HUBAUDIT_STRICT_LOCK:-0}" = 1 ]; then
+      exit 1
+    fi
+  fi
   echo "$hash extras=$EXTRAS" > "$stamp"
 fi
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
