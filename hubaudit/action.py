@@ -5,12 +5,13 @@
     (``org/name@revision`` resolved with the token), or the content hash of a local model folder.
 ``python -m hubaudit.action run``
     Run ``hubaudit audit`` (the CLI, in a child process, its log streamed), then append the report's
-    Markdown to ``$GITHUB_STEP_SUMMARY`` and the verdict and figures to ``$GITHUB_OUTPUT``. Exits with
-    the CLI's code: 0 done, 1 fragile with ``fail-on-fragile``, 2 a user error.
+    Markdown to ``$GITHUB_STEP_SUMMARY`` and the verdict and figures (label, regain with its interval,
+    p-value) to ``$GITHUB_OUTPUT``. Exits with the CLI's code: 0 done, 1 the verdict is one ``fail-on``
+    names, 2 a user error, 3 the verdict is ``incomplete`` (a gate never passes on nothing).
 
 Inputs come from the environment, never from a command line or a script's text (``INPUT_MODEL``,
 ``INPUT_REFERENCE``, ``INPUT_FORGET_SET``, ``INPUT_BACKENDS``, ``INPUT_THRESHOLD``, ``INPUT_METRICS``,
-``INPUT_FAIL_ON_FRAGILE``, ``INPUT_CARD``, ``INPUT_ARTIFACT_NAME``); the Hub token comes as ``HF_TOKEN``,
+``INPUT_ALPHA``, ``INPUT_FAIL_ON``, ``INPUT_FAIL_ON_FRAGILE``, ``INPUT_CARD``, ``INPUT_ARTIFACT_NAME``); the Hub token comes as ``HF_TOKEN``,
 which huggingface_hub reads itself: it is never put on a command line, printed or written.
 Without ``GITHUB_OUTPUT`` / ``GITHUB_STEP_SUMMARY`` (outside GitHub) the outputs and summary are printed.
 """
@@ -29,7 +30,7 @@ import uuid
 from pathlib import Path
 
 CARD_CHOICES = ("none", "pr")
-EXIT_OK, EXIT_FRAGILE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 
 
 class ActionInputError(ValueError):
@@ -152,6 +153,24 @@ def artifact_name(model: str) -> str:
     return "hubaudit-" + (name[:80] or "model")
 
 
+def _fail_on() -> set[str]:
+    """The labels that fail the job: input fail-on (default fragile; none for no gate), without fragile
+    when the older input fail-on-fragile is false."""
+    from .results import VERDICT_LABELS
+
+    text = _input("fail-on", "fragile").lower() or "fragile"
+    labels = {x.strip() for x in text.split(",") if x.strip()}
+    if labels == {"none"}:
+        labels = set()
+    bad = sorted(labels - set(VERDICT_LABELS))
+    if bad:
+        raise ActionInputError(f"input fail-on must be labels from {', '.join(VERDICT_LABELS)} separated by commas, "
+                               f"or none; got '{text}'")
+    if not _bool_input("fail-on-fragile", True):
+        labels.discard("fragile")
+    return labels
+
+
 def audit_argv(out: Path) -> list[str]:
     """The ``hubaudit audit`` command line for the inputs (no token: the CLI reads ``HF_TOKEN``)."""
     model = _input("model")
@@ -160,7 +179,7 @@ def audit_argv(out: Path) -> list[str]:
     card = _input("card", "none").lower() or "none"
     if card not in CARD_CHOICES:
         raise ActionInputError(f"input card must be one of {', '.join(CARD_CHOICES)}, got '{card}'")
-    fail = _bool_input("fail-on-fragile", True)
+    fail_on = _fail_on()
     argv = [sys.executable, "-m", "hubaudit", "audit", f"--out={out}", f"--card={card}", "--quiet"]
     for name, flag in (("reference", "--reference"), ("forget-set", "--forget"), ("backends", "--backends"),
                        ("metrics", "--metrics")):
@@ -174,8 +193,15 @@ def audit_argv(out: Path) -> list[str]:
         except ValueError:
             raise ActionInputError(f"input threshold must be a number, got '{_input('threshold')}'") from None
         argv.append(f"--threshold={_input('threshold')}")
-    if fail:
-        argv.append("--fail-on-fragile")
+    if _input("alpha"):
+        try:
+            alpha = float(_input("alpha"))
+        except ValueError:
+            alpha = -1.0
+        if not 0 < alpha < 1:
+            raise ActionInputError(f"input alpha must be a number between 0 and 1, got '{_input('alpha')}'")
+        argv.append(f"--alpha={_input('alpha')}")
+    argv.append(f"--fail-on={','.join(sorted(fail_on)) or 'none'}")
     argv += ["--", model]  # after --: a model named like an option stays the model
     return argv
 
@@ -198,8 +224,8 @@ def _fmt(x) -> str:
 
 
 def cmd_run() -> int:
-    outputs = {"verdict": "", "max-regained": "", "worst-spec": "", "worst-metric": "", "summary": "",
-               "report-path": "", "pr-url": "", "artifact-name": ""}
+    outputs = {"verdict": "", "max-regained": "", "worst-spec": "", "worst-metric": "", "interval-low": "",
+               "interval-high": "", "p-value": "", "summary": "", "report-path": "", "pr-url": "", "artifact-name": ""}
     try:
         model = _input("model")
         runner_temp = os.environ.get("RUNNER_TEMP")
@@ -221,14 +247,19 @@ def cmd_run() -> int:
     outputs["report-path"] = str(out)
 
     report_json = out / "report.json"
-    if code in (EXIT_OK, EXIT_FRAGILE) and report_json.is_file() and report_json.stat().st_mtime >= started - 1:
+    finished = (EXIT_OK, EXIT_GATE, EXIT_INCOMPLETE)
+    if code in finished and report_json.is_file() and report_json.stat().st_mtime >= started - 1:
         report = json.loads(report_json.read_text(encoding="utf-8"))
         v = report["verdict"]
+        ci = v.get("ci") or [None, None]
         outputs.update({
             "verdict": v["label"],
             "max-regained": _fmt(v.get("max_regained")),
             "worst-spec": v.get("worst_spec") or "",
             "worst-metric": v.get("worst_metric") or "",
+            "interval-low": _fmt(ci[0]),
+            "interval-high": _fmt(ci[1]),
+            "p-value": "" if v.get("p_value") is None else f"{v['p_value']:.4g}",
             "summary": v.get("summary", ""),
         })
         card_json = out / "card.json"
@@ -239,13 +270,13 @@ def cmd_run() -> int:
         if outputs["pr-url"]:
             extra.append(f"Model card pull request: {outputs['pr-url']}")
         add_summary(summary + "\n" + "\n\n".join(extra) + "\n")
-        if v["label"] == "fragile":
-            annotate("error" if code == EXIT_FRAGILE else "warning", f"hubaudit: {model}: {v.get('summary', '')}")
+        if code in (EXIT_GATE, EXIT_INCOMPLETE) or v["label"] in ("fragile", "not-unlearned"):
+            annotate("error" if code != EXIT_OK else "warning", f"hubaudit: {model}: {v.get('summary', '')}")
     else:
         why = error or f"hubaudit exited with code {code} and wrote no report"
         annotate("error", why)
         add_summary(f"## hubaudit: {model}\n\nThe audit did not finish: {why}\n")
-        code = code if code not in (EXIT_OK, EXIT_FRAGILE) else EXIT_USAGE
+        code = code if code not in finished else EXIT_USAGE
     set_outputs(outputs)
     return code
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import CardError
 from .quant import FULL_PRECISION
-from .results import LABELS, VERDICT_METRICS, AuditReport
+from .results import LABELS, VERDICT_METRICS, AuditReport, change_text, largest_change
 
 SECTION_START, SECTION_END = "<!-- hubaudit:start -->", "<!-- hubaudit:end -->"
 YAML_START, YAML_END = "# hubaudit:start", "# hubaudit:end"
@@ -50,28 +50,39 @@ def render_section(report: AuditReport) -> str:
         f"`{model.get('sha') or model.get('identity', '')[:19]}` on the forget set `{inp['forget']['name']}`"
         + (f", against the original model `{ref.get('repo_id') or ref['name']}`" if ref else "") + ".",
         "",
-        "| precision | " + " | ".join(LABELS[m] for m in metrics) + " | regained (forget) |",
-        "|---|" + "---|" * (len(metrics) + 1),
+        "| precision | " + " | ".join(LABELS[m] for m in metrics) + " | regained (forget) [95% CI] | items up / down, p |",
+        "|---|" + "---|" * (len(metrics) + 2),
     ]
     for spec in specs:
         c = report.cell("model", spec)
         if c is None:
             continue
         if c.status != "ok":
-            lines.append(f"| {spec} | {c.status} |" + " |" * len(metrics))
+            lines.append(f"| {spec} | {c.status} |" + " |" * (len(metrics) + 1))
             continue
-        reg = report.derived.get("regained", {}).get(spec, {})
-        forget = [reg[m] for m in VERDICT_METRICS if m in reg]
+        found = largest_change(report.derived, spec)
+        if found is not None:
+            m, ch = found
+            regain = f"{change_text(ch)} ({LABELS[m]})"
+            moved = f"{ch['up']} / {ch['down']} of {ch['n']}, p = {ch['p_holm']:.2g}"
+        else:
+            reg = report.derived.get("regained", {}).get(spec, {})
+            forget = [reg[m] for m in VERDICT_METRICS if m in reg]
+            regain, moved = (f"{max(forget):+.1f}" if forget else "–"), "–"
         lines.append("| " + " | ".join([
             "full precision" if spec == FULL_PRECISION else f"`{spec}`",
-            *(_fmt(c.metrics.get(m)) for m in metrics),
-            f"{max(forget):+.1f}" if forget else "–",
+            *(_fmt(c.metrics.get(m)) for m in metrics), regain, moved,
         ]) + " |")
+    st = report.derived.get("statistics") or {}
     lines += [
         "",
-        f"Scores: ROUGE-L F1 x 100 with MUSE's definitions. Fragile means some quantization brings back at least "
-        f"{v.threshold:g} points of a forget metric. Audited with hubaudit {report.hubaudit_version} on "
-        f"{report.created[:10]}; rerunning the audit replaces this section.",
+        f"Scores: ROUGE-L F1 x 100 with MUSE's definitions. Regained: the mean change of a forget metric against full "
+        f"precision over the same items, with its 95% interval (paired bootstrap). Fragile means some quantization "
+        f"brings back at least {v.threshold:g} points on average *and* more items go up than noise explains (one-sided "
+        f"sign test, Holm-adjusted over {st.get('tests', 'the')} (spec, metric) pairs, alpha {st.get('alpha', 0.05):g}); "
+        f"robust means every interval ends below {v.threshold:g}; inconclusive means neither could be shown. "
+        f"Audited with hubaudit {report.hubaudit_version} on {report.created[:10]}; rerunning the audit replaces "
+        "this section.",
         SECTION_END,
     ]
     return "\n".join(lines)

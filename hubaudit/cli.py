@@ -1,7 +1,10 @@
 """The ``hubaudit`` command: a thin shell over the Python API.
 
-Exit codes: 0 done; 1 the model is fragile and ``--fail-on-fragile`` was given; 2 a user error (one
-line on stderr saying what to do; ``HUBAUDIT_DEBUG=1`` shows the traceback); 130 interrupted.
+Exit codes: 0 done (the verdict is not one ``--fail-on`` names); 1 the verdict is one ``--fail-on``
+names (default: ``fragile``); 2 a user error (one line on stderr saying what to do; ``HUBAUDIT_DEBUG=1``
+shows the traceback); 3 the verdict is ``incomplete`` (nothing quantized could be evaluated, or no metric
+the verdict counts was measured: a gate never passes on no verdict; ``--fail-on none`` turns it off); 70 an internal error (a bug: one line,
+``HUBAUDIT_DEBUG=1`` for the traceback); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +17,33 @@ from pathlib import Path
 from . import __version__
 from .errors import HubauditError
 
-EXIT_OK, EXIT_FRAGILE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 70, 130
+EXIT_FRAGILE = EXIT_GATE  # the name before --fail-on took any label
+
+
+def parse_fail_on(text: str) -> frozenset[str]:
+    """``fragile,not-unlearned`` -> the labels that fail the gate; ``none`` -> no gate."""
+    from .results import VERDICT_LABELS
+
+    labels = [x.strip().lower() for x in text.split(",") if x.strip()]
+    if labels == ["none"]:
+        return frozenset()
+    bad = [x for x in labels if x not in VERDICT_LABELS]
+    if bad or not labels:
+        raise HubauditError(f"--fail-on: unknown label {', '.join(bad) or repr(text)}; give labels from "
+                            f"{', '.join(VERDICT_LABELS)} separated by commas, or none")
+    return frozenset(labels)
+
+
+def gate_exit(verdict, fail_on: frozenset[str]) -> int:
+    """The exit code of an audit with this verdict under the gate ``fail_on``."""
+    if not fail_on:
+        return EXIT_OK
+    if verdict.label == "incomplete":
+        print(f"hubaudit: {verdict.summary}: a gate cannot pass on no verdict (exit 3; --fail-on none to allow it)",
+              file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_GATE if verdict.label in fail_on else EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,12 +68,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="quantization specs, comma-separated (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128); "
                         "see `hubaudit backends`")
     a.add_argument("--threshold", type=float, default=None, metavar="X",
-                   help="points of a forget metric a spec must bring back to call the model fragile (default 5)")
+                   help="points of a forget metric a spec must bring back (on average, and beyond noise) to call "
+                        "the model fragile (default 5)")
+    a.add_argument("--alpha", type=float, default=None, metavar="A",
+                   help="family-wise error level over every (spec, forget metric) pair tested (Holm); a model whose "
+                        "specs only add noise is called fragile with probability at most A (default 0.05)")
     a.add_argument("--metrics", metavar="NAME,...", default=None,
                    help="verbmem_f,knowmem_f,knowmem_r,mia_auc (default: all the forget set supports)")
     a.add_argument("--out", metavar="DIR", default=None,
                    help="folder for report.json/.md/.png (default: hubaudit-out/<model name>)")
-    a.add_argument("--fail-on-fragile", action="store_true", help="exit with code 1 when the verdict is fragile")
+    a.add_argument("--fail-on", metavar="LABEL,...", default="fragile",
+                   help="exit with code 1 when the verdict is one of these labels (fragile, not-unlearned, robust, "
+                        "inconclusive; default fragile); an incomplete verdict exits with 3 under any gate; none: "
+                        "always exit 0 once the audit finished")
+    a.add_argument("--fail-on-fragile", action="store_true", help=argparse.SUPPRESS)  # the default now
     a.add_argument("--retrain", metavar="MODEL", help="a model trained without the forget set (PrivLeak baseline)")
     a.add_argument("--auc-retrain", type=float, metavar="AUC", help="PrivLeak baseline AUC, when no --retrain model")
     a.add_argument("--store", metavar="FILE", help="results store (default: ~/.cache/hubaudit/results.sqlite)")
@@ -82,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", metavar="DIR", default="hubaudit-demo", help="where the world and reports go (default hubaudit-demo)")
     d.add_argument("--size", choices=["demo", "tiny"], default="demo", help="demo (default) or tiny (about a minute, weaker)")
     d.add_argument("--fresh", action="store_true", help="ignore stored results (the trained world is still reused)")
+    d.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads for building the world (default 2; the labels are the same with 1)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("backends", help="list quantization backends and whether they run here")
@@ -167,11 +206,12 @@ def _default_out(model: str) -> Path:
 
 
 def cmd_audit(args) -> int:
-    from .audit import DEFAULT_SPECS, DEFAULT_THRESHOLD, audit
+    from .audit import DEFAULT_ALPHA, DEFAULT_SPECS, DEFAULT_THRESHOLD, audit
     from .metrics import MetricConfig
 
     if args.batch_size is not None and args.batch_size < 1:
         raise HubauditError(f"--batch-size must be at least 1, got {args.batch_size}")
+    fail_on = parse_fail_on(args.fail_on)
     out = Path(args.out) if args.out else _default_out(args.model)
     forget = args.forget if args.forget is not None else _forget_from_card(args)
     report = audit(
@@ -180,6 +220,7 @@ def cmd_audit(args) -> int:
         forget=forget,
         specs=args.backends if args.backends is not None else DEFAULT_SPECS,
         threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD,
+        alpha=args.alpha if args.alpha is not None else DEFAULT_ALPHA,
         metrics=args.metrics,
         retrain=args.retrain,
         auc_retrain=args.auc_retrain,
@@ -198,9 +239,7 @@ def cmd_audit(args) -> int:
     _print_report(report, out)
     if args.card != "none":
         _write_card(report, args.model, out / "README.md", push=args.card == "pr", token=args.token)
-    if args.fail_on_fragile and report.verdict.label == "fragile":
-        return EXIT_FRAGILE
-    return EXIT_OK
+    return gate_exit(report.verdict, fail_on)
 
 
 def _forget_from_card(args) -> str | None:
@@ -290,7 +329,9 @@ def cmd_card(args) -> int:
 def cmd_demo(args) -> int:
     from .demo.run import run_demo
 
-    run_demo(Path(args.out), size=args.size, fresh=args.fresh, progress=not args.quiet)
+    if args.threads is not None and args.threads < 1:
+        raise HubauditError(f"--threads must be at least 1, got {args.threads}")
+    run_demo(Path(args.out), size=args.size, fresh=args.fresh, progress=not args.quiet, threads=args.threads)
     return EXIT_OK
 
 
@@ -327,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
         print("hubaudit: interrupted; finished cells are in the results store, run the same command again to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:  # a bug, not the user's doing: never exit 0 or 1 (a gate's codes)
+        if os.environ.get("HUBAUDIT_DEBUG"):
+            raise
+        first = (str(e).splitlines() or [""])[0]
+        print(f"hubaudit: internal error: {type(e).__name__}: {first} (a bug; HUBAUDIT_DEBUG=1 shows the traceback, "
+              "please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -63,3 +63,8 @@ class InsufficientMemory(HubauditError, MemoryError):
 
 class CardError(HubauditError, ValueError):
     """Raised when a model card cannot be updated (unreadable metadata, a report that does not match)."""
+
+
+class StoreError(HubauditError, OSError):
+    """Raised when the results store cannot be opened, read or written (not a SQLite file, corrupted,
+    locked, no room): the message names the file and the way out (another ``--store``, or ``--no-store``)."""

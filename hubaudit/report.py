@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import OutputDirError
 from .quant import FULL_PRECISION
-from .results import LABELS, VERDICT_METRICS, AuditReport
+from .results import LABELS, VERDICT_METRICS, AuditReport, change_text, largest_change
 
 REPORT_FILES = ("report.json", "report.md", "report.png")
 TABLE_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak", "tofu_rouge_f", "tofu_prob_f", "tofu_tr_f",
@@ -68,9 +68,9 @@ def render_markdown(report: AuditReport) -> str:
         f"{inp['device']} {inp['dtype']}."
     )
     lines.append("")
-    head = ["precision", *(LABELS[m] for m in metrics), "regained (max forget)"]
+    head = ["precision", *(LABELS[m] for m in metrics), "regained (max forget) [95% CI]", "items up / down, p"]
     if ref:
-        head.append("retained vs original (KnowMem f / VerbMem)")
+        head.append("retained vs original (KnowMem f / VerbMem) [95% CI]")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     recovery = [s for s in specs if d.get("kinds", {}).get(s) == "recovery"]  # relearn: a table of their own
@@ -87,12 +87,9 @@ def render_markdown(report: AuditReport) -> str:
             lines.append(f"| {spec_label(spec)} | {c.status}: {c.reason} |" + " |" * (len(head) - 2))
             continue
         row = [spec_label(spec), *(_fmt(c.metrics.get(m), digits=3 if m in UNIT_SCALE else 1) for m in metrics)]
-        reg = d["regained"].get(spec, {})
-        forget_reg = [reg[m] for m in VERDICT_METRICS if m in reg]
-        row.append(_fmt(max(forget_reg), signed=True) if forget_reg else "–")
+        row += _regain_cells(d, spec)
         if ref:
-            ret = d["retained"].get(spec, {})
-            row.append(" / ".join(f"{ret[m]:.0f}%" if m in ret else "–" for m in ("knowmem_f", "verbmem_f")))
+            row.append(_retained_cell(d, spec))
         lines.append("| " + " | ".join(row) + " |")
     if ref:
         lines += ["", f"Original model `{ref['name']}`:", ""]
@@ -107,6 +104,14 @@ def render_markdown(report: AuditReport) -> str:
                 continue
             lines.append("| " + " | ".join([spec_label(spec), *(_fmt(c.metrics.get(m), digits=3 if m in UNIT_SCALE else 1)
                                                              for m in metrics)]) + " |")
+    lines += _changes_table(report)
+    st = d.get("statistics") or {}
+    if st:
+        lines += ["", f"Uncertainty: {st.get('interval', '')} intervals of the per-item change against full precision; "
+                  f"p: {st.get('test', '')}, Holm-adjusted over {st.get('tests', 0)} (spec, metric) pairs; alpha "
+                  f"{st.get('alpha', 0):g}. Fragile needs a mean regain of at least {v.threshold:g} points *and* a "
+                  "significant p; robust needs every interval to end below the threshold; not-unlearned: "
+                  f"{st.get('not_unlearned_rule', '')}."]
     lines += [
         "",
         "Scores are ROUGE-L F1 x 100 (MUSE's definitions); PrivLeak is (AUC - AUC_retrain) / AUC_retrain x 100 "
@@ -134,6 +139,48 @@ def render_markdown(report: AuditReport) -> str:
         lines += ["", "Cells not evaluated: " + "; ".join(f"{c.role} {c.spec}: {c.status} ({c.reason})" for c in skipped)]
     lines += ["", f"hubaudit {report.hubaudit_version}, {report.created}, {report.timings.get('total_seconds', 0):.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def _regain_cells(d: dict, spec: str) -> list[str]:
+    """The regained column (largest forget-metric change with its interval) and its items/p column."""
+    found = largest_change(d, spec)
+    if found is None:
+        reg = d.get("regained", {}).get(spec, {})
+        forget_reg = [reg[m] for m in VERDICT_METRICS if m in reg]
+        return [_fmt(max(forget_reg), signed=True) if forget_reg else "–", "–"]
+    m, ch = found
+    p = ch.get("p_holm")
+    return [f"{change_text(ch)} {LABELS[m]}", f"{ch['up']} / {ch['down']} of {ch['n']}, p = {p:.2g}" if p is not None else "–"]
+
+
+def _retained_cell(d: dict, spec: str) -> str:
+    ret, ci = d.get("retained", {}).get(spec, {}), d.get("retained_ci", {}).get(spec, {})
+    out = []
+    for m in ("knowmem_f", "verbmem_f"):
+        if m not in ret:
+            out.append("–")
+            continue
+        lo, hi = (ci.get(m) or {}).get("ci") or [None, None]
+        out.append(f"{ret[m]:.0f}%" + (f" [{lo:.0f}, {hi:.0f}]" if lo is not None and hi is not None else ""))
+    return " / ".join(out)
+
+
+def _changes_table(report: AuditReport) -> list[str]:
+    """Every (spec, forget metric) pair the verdict tested: change, interval, items, raw and Holm p."""
+    d = report.derived
+    changes = d.get("changes") or {}
+    if not changes:
+        return []
+    share = d.get("regained_share") or {}
+    lines = ["", "Every (spec, forget metric) pair tested, change against full precision:", "",
+             "| spec | metric | change [95% CI] | up / down / unchanged | p (raw) | p (Holm) | share of what was forgotten |",
+             "|---|---|---|---|---|---|---|"]
+    for spec in report.specs:
+        for m, ch in (changes.get(spec) or {}).items():
+            sh = (share.get(spec) or {}).get(m)
+            lines.append(f"| {spec} | {LABELS[m]} | {change_text(ch)} | {ch['up']} / {ch['down']} / {ch['ties']} | "
+                         f"{ch['p']:.2g} | {ch['p_holm']:.2g} | {'–' if sh is None else f'{sh:.0f}%'} |")
+    return lines
 
 
 def _decoding_lines(report: AuditReport) -> list[str]:
@@ -173,6 +220,18 @@ def render_plot(report: AuditReport, path: Path) -> None:
                 continue
             label = f"{LABELS[m]} ({'audited' if role == 'model' else 'original'})"
             ax.plot(x, ys, style, color=colors[m], label=label, alpha=1.0 if role == "model" else 0.55)
+            if role == "model":  # error bars: the 95% interval of the change against full precision
+                changes = report.derived.get("changes") or {}
+                lo_err, hi_err, xs, yv = [], [], [], []
+                for i, s in enumerate(specs):
+                    ch = (changes.get(s) or {}).get(m)
+                    if ch and ch.get("ci") and ch["ci"][0] is not None and ys[i] == ys[i]:
+                        xs.append(i)
+                        yv.append(ys[i])
+                        lo_err.append(max(0.0, ch["mean"] - ch["ci"][0]))
+                        hi_err.append(max(0.0, ch["ci"][1] - ch["mean"]))
+                if xs:
+                    ax.errorbar(xs, yv, yerr=[lo_err, hi_err], fmt="none", ecolor=colors[m], capsize=3, lw=1)
         base = report.cell("model", FULL_PRECISION)
         if base and m in base.metrics and m not in ("knowmem_r", "tofu_rouge_r", "mmlu_acc"):
             ax.axhline(base.metrics[m], color=colors[m], lw=0.8, ls=":", alpha=0.8)
@@ -182,6 +241,9 @@ def render_plot(report: AuditReport, path: Path) -> None:
     ax.set_ylim(0, 105)
     v = report.verdict
     ax.set_title(f"{report.inputs['model']['name']}: {v.label.upper()}", fontsize=10)
+    if report.derived.get("changes"):
+        ax.text(0.99, 0.01, "error bars: 95% interval of the change against full precision", transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=6, color="0.4")
     if ax.get_legend_handles_labels()[0]:  # nothing plotted (only 0..1 metrics): no empty legend
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

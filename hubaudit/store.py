@@ -12,7 +12,10 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -46,28 +49,52 @@ class ResultStore:
 
     def __init__(self, path: str | Path | None = None):
         self.path = default_store_path() if path is None else path
-        if str(self.path) != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=30)
-        self._db.execute(SCHEMA)
-        self._db.commit()
+        with self._errors("open"):
+            if str(self.path) != ":memory:":
+                if Path(self.path).is_dir():
+                    raise StoreError(f"results store {self.path} is a folder; give a file path to --store (or --no-store)")
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), timeout=30)
+            self._db.execute(SCHEMA)
+            self._db.commit()
+
+    @contextmanager
+    def _errors(self, doing: str):
+        """SQLite and file errors as one-line user errors that name the file and the way out."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot {doing} the results store {self.path} ({e}): it is not a hubaudit store or it "
+                             "is damaged; move it away, or pass another --store (or --no-store)") from None
+        except OSError as e:
+            if isinstance(e, StoreError):
+                raise
+            raise StoreError(f"cannot {doing} the results store {self.path} ({e.strerror or e}); pass another --store "
+                             "(or --no-store)") from None
 
     def get(self, model: str, spec: str, forget: str, metric: str, metric_key: str) -> dict | None:
-        row = self._db.execute(
-            "SELECT record FROM results WHERE model=? AND spec=? AND forget=? AND metric=? AND metric_key=?",
-            (model, spec, forget, metric, metric_key),
-        ).fetchone()
-        return json.loads(row[0]) if row else None
+        with self._errors("read"):
+            row = self._db.execute(
+                "SELECT record FROM results WHERE model=? AND spec=? AND forget=? AND metric=? AND metric_key=?",
+                (model, spec, forget, metric, metric_key),
+            ).fetchone()
+        if not row:
+            return None
+        try:
+            return json.loads(row[0])
+        except ValueError:  # a damaged record: recompute it (and overwrite it) rather than fail
+            return None
 
     def put(self, model: str, spec: str, forget: str, metric: str, metric_key: str, record: dict) -> None:
-        with self._db:  # one transaction, committed at once
+        with self._errors("write"), self._db:  # one transaction, committed at once
             self._db.execute(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (model, spec, forget, metric, metric_key, time.time(), json.dumps(record)),
             )
 
     def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        with self._errors("read"):
+            return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()

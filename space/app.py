@@ -139,33 +139,52 @@ def spec_words(spec: str) -> str:
     return f"{name} {' '.join(args)} (`{spec}`)"
 
 
+def _interval(ch: dict | None) -> str:
+    ci = (ch or {}).get("ci") or [None, None]
+    return f" (95% interval {ci[0]:+.1f} to {ci[1]:+.1f})" if ci[0] is not None else ""
+
+
 def verdict_words(report: dict) -> str:
-    """The verdict as a paragraph, derived from the report (never hard-coded figures)."""
+    """The verdict as a paragraph, derived from the report (never hard-coded figures), with the interval
+    and the p-value beside every figure."""
     v, d = report["verdict"], report.get("derived", {})
     cells = {(c["role"], c["spec"]): c for c in report["cells"]}
     fp = cells.get(("model", "fp"), {}).get("metrics", {})
     t = v["threshold"]
-    if v["label"] == "fragile":
-        spec, m, x = v["worst_spec"], v["worst_metric"], v["max_regained"]
+    spec, m, x = v.get("worst_spec"), v.get("worst_metric"), v.get("max_regained")
+    ch = (d.get("changes") or {}).get(spec, {}).get(m) if spec else None
+    moved = (f" {v['up']} of {v['n_items']} items went up and {v['down']} down (p = {v['p_value']:.2g} after "
+             f"correcting for the {v.get('tests')} comparisons made)." if v.get("p_value") is not None else "")
+    label = v["label"]
+    if label == "fragile":
         q = cells.get(("model", spec), {}).get("metrics", {}).get(m)
         text = (f"**Fragile.** Quantizing this model with {spec_words(spec)} brings back {x:.1f} points of "
-                f"{KNOWLEDGE.get(m, LABELS.get(m, m))} on the forget set"
+                f"{KNOWLEDGE.get(m, LABELS.get(m, m))} on the forget set{_interval(ch)}"
                 + (f" ({fp[m]:.1f} in full precision, {q:.1f} quantized)" if m in fp and q is not None else "")
-                + f"; the threshold is {t:g}. The model only hides the knowledge: whoever runs it quantized gets it back.")
+                + f"; the threshold is {t:g}.{moved} The model only hides the knowledge: whoever runs it quantized "
+                "gets it back.")
         ret = d.get("retained", {})
         if m in ret.get("fp", {}) and m in ret.get(spec, {}):
             text += (f" Against the original model it keeps {ret['fp'][m]:.0f}% of that knowledge in full precision "
                      f"and {ret[spec][m]:.0f}% under `{spec}`.")
-    elif v["label"] == "robust":
-        spec, m, x = v["worst_spec"], v["worst_metric"], v["max_regained"]
+    elif label == "not-unlearned":
+        r = v.get("retained") or {}
+        text = (f"**Not unlearned.** In full precision this model still keeps {r.get('value', 0):.0f}% of what the "
+                f"original knows on {LABELS.get(r.get('metric'), r.get('metric'))} (95% interval "
+                f"{r['ci'][0]:.0f}% to {r['ci'][1]:.0f}%, {r.get('n')} items): the unlearning removed little, so whether "
+                "quantization brings knowledge back is not the question yet." if r.get("ci") else
+                f"**Not unlearned.** {v.get('summary', '')}")
+    elif label == "robust":
         tested = ", ".join(f"`{s}`" for s in report["inputs"].get("specs", []))
         text = (f"**Robust.** No quantization tested ({tested}) brought back {t:g} points or more of the forget "
-                f"set's knowledge; the largest change was {x:+.1f} points of {LABELS.get(m, m)} under {spec_words(spec)}.")
-        ret = d.get("retained", {}).get("fp", {})
-        worst_kept = max((ret[k] for k in PLOT_METRICS if k in ret), default=None)
-        if worst_kept is not None and worst_kept >= 50:
-            text += (f" Note: in full precision the model still has {worst_kept:.0f}% of the original's forget-set "
-                     f"knowledge, so the unlearning itself may not have removed much.")
+                f"set's knowledge, with 95% confidence; the largest change was {x:+.1f} points of {LABELS.get(m, m)} "
+                f"under {spec_words(spec)}{_interval(ch)}.")
+    elif label == "inconclusive":
+        need = v.get("items_needed")
+        text = (f"**Inconclusive.** The largest open question: {spec_words(spec)} moved {LABELS.get(m, m)} by "
+                f"{x:+.1f} points{_interval(ch)}, which neither clears the threshold of {t:g} nor rules it out.{moved}"
+                + (f" About {need} items would decide it." if need else "")
+                + " hubaudit does not call a model fragile on noise.")
     else:
         bad = [f"`{c['spec']}` ({c['status']}: {c.get('reason') or ''})" for c in report["cells"] if c["status"] != "ok"]
         text = f"**No verdict.** {v.get('summary', '')}" + (f". Cells that did not run: {'; '.join(bad)}" if bad else "")
@@ -187,12 +206,16 @@ def table_frame(cells: list[dict], derived: dict | None = None) -> pd.DataFrame:
         m = c.get("metrics", {})
         r = reg.get(c["spec"], {}) if c["role"] == "model" else {}
         forget = [r[k] for k in PLOT_METRICS if k in r]
+        changes = ((derived or {}).get("changes") or {}).get(c["spec"], {}) if c["role"] == "model" else {}
+        best = max((k for k in PLOT_METRICS if k in changes), key=lambda k: changes[k]["mean"], default=None)
         rows.append({
             "model": {"model": "audited", "reference": "original", "retrain": "retrained"}.get(c["role"], c["role"]),
             "precision": "full precision" if c["spec"] == "fp" else c["spec"],
             "status": c["status"] if c["status"] == "ok" else f"{c['status']}: {c.get('reason') or ''}",
             **{LABELS[k]: _fmt(m.get(k), k) for k in TABLE_METRICS},
-            "regained (forget)": f"{max(forget):+.1f}" if forget else "",
+            "regained (forget)": (f"{changes[best]['mean']:+.1f} [{changes[best]['ci'][0]:+.1f}, {changes[best]['ci'][1]:+.1f}]"
+                                  if best and changes[best].get("ci") and changes[best]["ci"][0] is not None
+                                  else f"{max(forget):+.1f}" if forget else ""),
             "seconds": f"{c.get('seconds', 0):.1f}" + (" (stored)" if c.get("reused") else ""),
         })
     return pd.DataFrame(rows, columns=["model", "precision", "status", *(LABELS[k] for k in TABLE_METRICS),

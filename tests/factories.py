@@ -88,3 +88,17 @@ def write_rows(path: Path, rows: list) -> None:
         pq.write_table(pa.Table.from_pylist(rows), path)
     else:
         raise ValueError(path)
+
+
+def item_cell(role: str, spec: str, backend: dict | None = None, **scores):
+    """A finished :class:`CellResult` from per-item scores (``knowmem_f=[0, 100, ...]``): the metric is their
+    mean, as the metrics compute it, and the items are kept, as the store keeps them."""
+    from hubaudit.results import CellResult
+
+    cell = CellResult(role, spec, backend=dict(backend or {}))
+    for m, vals in scores.items():
+        vals = [float(v) for v in vals]
+        cell.metrics[m] = sum(vals) / len(vals)
+        cell.n_items[m] = len(vals)
+        cell.items[m] = [{"score": v} for v in vals]
+    return cell

@@ -95,15 +95,17 @@ def test_actionlint_passes_on_every_workflow_and_the_action(tmp_path):
 def test_action_metadata_is_a_well_formed_composite_action():
     a = load_yaml(ACTION)
     assert a["name"] and a["description"] and a["runs"]["using"] == "composite"
-    issue_inputs = {"model", "reference", "forget-set", "backends", "threshold", "fail-on-fragile", "card", "hf-token",
-                    "python-version", "extras"}
-    issue_outputs = {"verdict", "max-regained", "worst-spec", "report-path", "pr-url"}
+    issue_inputs = {"model", "reference", "forget-set", "backends", "threshold", "alpha", "fail-on", "fail-on-fragile",
+                    "card", "hf-token", "python-version", "extras"}
+    issue_outputs = {"verdict", "max-regained", "worst-spec", "interval-low", "interval-high", "p-value", "report-path",
+                     "pr-url"}
     assert issue_inputs <= set(a["inputs"]) and issue_outputs <= set(a["outputs"])
     for name, spec in a["inputs"].items():
         assert spec.get("description"), name
         assert spec.get("required") is True or "default" in spec, f"optional input {name} needs a default"
     assert a["inputs"]["model"]["required"] is True
-    assert a["inputs"]["fail-on-fragile"]["default"] == "true" and a["inputs"]["card"]["default"] == "none"
+    assert a["inputs"]["fail-on"]["default"] == "fragile" and a["inputs"]["card"]["default"] == "none"
+    assert a["inputs"]["fail-on-fragile"]["default"] == "true"  # kept for existing workflows
     # the defaults are the CLI's, so the action audits what `hubaudit audit` would
     assert a["inputs"]["backends"]["default"] == ",".join(DEFAULT_SPECS)
     assert float(a["inputs"]["threshold"]["default"]) == DEFAULT_THRESHOLD
@@ -221,6 +223,8 @@ def action_checkout(tmp_path: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "hubaudit", dest / "hubaudit", ignore=ignore)
     shutil.copytree(ROOT / ".github", dest / ".github", ignore=ignore)
+    for name in ("scripts", "requirements"):  # the lock the Install step installs from
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
     return dest
 
 
@@ -328,6 +332,10 @@ def check_run_files(run: Run):
     assert run.outputs["verdict"] == v["label"]
     assert run.outputs["worst-spec"] == (v["worst_spec"] or "")
     assert float(run.outputs["max-regained"]) == pytest.approx(v["max_regained"], abs=0.005)
+    # the interval and the p-value travel with the figure
+    assert float(run.outputs["interval-low"]) == pytest.approx(v["ci"][0], abs=0.005)
+    assert float(run.outputs["interval-high"]) == pytest.approx(v["ci"][1], abs=0.005)
+    assert float(run.outputs["p-value"]) == pytest.approx(v["p_value"], rel=1e-3)
     # the summary holds the report's table, its verdict and the artifact's name
     table = (Path(run.outputs["report-path"]) / "report.md").read_text()
     assert table in run.summary and f"**Verdict: {v['label'].upper()}**" in run.summary
@@ -381,6 +389,11 @@ def test_action_on_the_fragile_control_installs_from_its_checkout_and_fails(tiny
                        tmp_path / "again", python_bin=venv / "bin", checkout=checkout, env=pip_offline)
     assert again.code == 0 and again.outputs["verdict"] == "fragile", again.log[-3000:]
     assert "::warning::hubaudit:" in again.log
+    # a gate on another label passes a fragile model; a gate on robust would fail a robust one
+    other = run_action({"model": tiny_world.constructed, "forget-set": tiny_world.forget_dir, "backends": "rtn:4",
+                        "metrics": "knowmem_f", "fail-on": "not-unlearned,inconclusive"},
+                       tmp_path / "other", python_bin=venv / "bin", checkout=checkout, env=pip_offline)
+    assert other.code == 0 and other.outputs["verdict"] == "fragile", other.log[-3000:]
 
 
 @pytest.mark.slow
@@ -392,13 +405,15 @@ def test_action_on_the_robust_control_passes(tiny_world, tmp_path, shared_store)
     assert run.skipped == ["Install hubaudit from the action's checkout"]
     v = check_run_files(run)
     assert v["label"] == "robust" and run.outputs["verdict"] == "robust"
-    assert float(run.outputs["max-regained"]) < float(load_yaml(ACTION)["inputs"]["threshold"]["default"])
+    assert float(run.outputs["interval-high"]) < float(load_yaml(ACTION)["inputs"]["threshold"]["default"])
     assert run.outputs["pr-url"] == "" and "::error::" not in run.log
 
 
 @pytest.mark.parametrize("inputs, message", [
     ({"card": "local"}, "input card must be one of none, pr"),
     ({"fail-on-fragile": "maybe"}, "input fail-on-fragile must be true or false"),
+    ({"fail-on": "fragil"}, "input fail-on must be labels from"),
+    ({"alpha": "2"}, "input alpha must be a number between 0 and 1"),
     ({"threshold": "five"}, "input threshold must be a number"),
     ({"model": ""}, "input model is required"),
 ])

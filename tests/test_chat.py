@@ -118,6 +118,10 @@ def test_the_template_is_part_of_the_settings_and_the_report(tmp_path, capsys):
     store = tmp_path / "s.sqlite"
     args = ["audit", str(folder), "--forget", str(tmp_path / "fs"), "--no-reference", "--backends", "rtn:8",
             "--metrics", "tofu_prob_f,tofu_tr_f", "--quiet", "--store", str(store)]
+    # neither metric is one the verdict counts: incomplete, and the default gate does not pass on it
+    assert main([*args, "--out", str(tmp_path / "on")]) == 3
+    assert "none of the metrics measured is one the verdict counts" in capsys.readouterr().err
+    args += ["--fail-on", "none"]
     assert main([*args, "--out", str(tmp_path / "on")]) == 0
     stdout = capsys.readouterr().out
     on = json.loads((tmp_path / "on" / "report.json").read_text())

@@ -55,6 +55,9 @@ def _bad_model_dirs(tmp_path):
     ("good", ["--forget", "BADFIELD"], "item 1 has no 'gt' field"),
     ("good", ["--metrics", "verbmem,bleu"], "unknown metric 'bleu'"),
     ("good", ["--threshold", "-1"], "--threshold"),
+    ("good", ["--alpha", "1.5"], "--alpha must be between 0 and 1"),
+    ("good", ["--alpha", "0"], "--alpha must be between 0 and 1"),
+    ("good", ["--fail-on", "fragil"], "--fail-on: unknown label fragil"),
     ("good", ["--auc-retrain", "2"], "--auc-retrain"),
     ("good", ["--batch-size", "0"], "--batch-size"),
     ("good", ["--out", "OUTFILE"], "is a file"),
@@ -89,12 +92,48 @@ def test_audit_writes_reports_and_exit_codes(capsys, tmp_path, random_world):
     args = ["audit", random_world["model"], "--reference", random_world["reference"], "--forget", random_world["forget"],
             "--backends", "rtn:8,rtn:2", "--store", tmp_path / "s.sqlite", "--out", out, "--quiet"]
     code, stdout, _ = run_cli(capsys, *args)
-    assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["verdict"]["label"] in ("fragile", "robust")
+    label = report["verdict"]["label"]
+    assert label in ("not-unlearned", "fragile", "robust", "inconclusive")
+    assert code == (1 if label == "fragile" else 0)  # the default gate: --fail-on fragile
     assert "| rtn:2 |" in stdout and (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a threshold of 0 makes any regained point fragile: --fail-on-fragile turns that into exit 1
-    code, _, _ = run_cli(capsys, *args, "--threshold", "0", "--fail-on-fragile")
-    regained = [v for d in report["derived"]["regained"].values() for k, v in d.items() if k in ("verbmem_f", "knowmem_f")]
-    assert code == (1 if max(regained) >= 0 else 0)
+    assert "[95% CI]" in stdout and "p (Holm)" in stdout  # every figure with its uncertainty
+    # a gate on the label it got fails; none never does
+    code, _, _ = run_cli(capsys, *args, "--fail-on", f"{label},robust")
+    assert code == 1
+    code, _, _ = run_cli(capsys, *args, "--fail-on", "none")
+    assert code == 0
     assert (out / "history").is_dir()  # the first run's reports were kept
+
+
+def test_incomplete_never_passes_a_gate(capsys, tmp_path, random_world, monkeypatch):
+    """Every quantized cell erroring: verdict incomplete, exit 3 under any gate, with a line saying why;
+    only --fail-on none lets it pass."""
+    import hubaudit.quant.rtn as rtn
+
+    def broken(*a, **k):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(rtn.RTNBackend, "apply", broken)
+    args = ["audit", random_world["model"], "--no-reference", "--forget", random_world["forget"], "--metrics",
+            "knowmem_f", "--backends", "rtn:4", "--store", tmp_path / "s.sqlite", "--out", tmp_path / "o", "--quiet"]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 3 and "no quantized cell could be evaluated" in err and "gate cannot pass" in err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["verdict"]["label"] == "incomplete" and "kernel exploded" in out
+    code, _, _ = run_cli(capsys, *args, "--fail-on", "none")
+    assert code == 0
+
+
+def test_damaged_store_is_a_user_error_and_bugs_exit_70(capsys, tmp_path, random_world, monkeypatch):
+    bad = tmp_path / "results.sqlite"
+    bad.write_bytes(b"this is not a database, it is a damaged file" * 100)
+    code, out, err = run_cli(capsys, "audit", random_world["model"], "--forget", random_world["forget"], "--store", bad,
+                             "--quiet", "--out", tmp_path / "o", "--no-reference")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "results store" in err and "--no-store" in err
+    def bug(*a, **k):
+        raise KeyError("an internal slip")
+
+    monkeypatch.setattr(sys.modules["hubaudit.audit"], "audit", bug)
+    code, out, err = run_cli(capsys, "audit", random_world["model"], "--quiet", "--out", tmp_path / "o")
+    assert code == 70 and err.startswith("hubaudit: internal error: KeyError") and len(err.strip().splitlines()) == 1

@@ -70,16 +70,16 @@ def test_relearning_is_deterministic_and_leaves_the_source_alone(random_world):
     assert all(torch.equal(v, before[k]) for k, v in src.model.state_dict().items())
 
 
-def _cells(trained_gain, heldout_gain, n=10, k=2):
-    """A full-precision cell scoring 0 everywhere and a relearn cell trained on the first ``k`` items."""
-    rows = lambda first, rest: [{"score": first}] * k + [{"score": rest}] * (n - k)  # noqa: E731
-    fp = CellResult("model", "fp", metrics={"knowmem_f": 0.0, "knowmem_r": 50.0},
-                    items={"knowmem_f": rows(0, 0), "knowmem_r": [{"score": 50.0}] * n})
-    value = (k * trained_gain + (n - k) * heldout_gain) / n
-    rl = CellResult("model", "relearn:steps=5", metrics={"knowmem_f": value, "knowmem_r": 50.0},
-                    items={"knowmem_f": rows(trained_gain, heldout_gain), "knowmem_r": [{"score": 50.0}] * n},
-                    backend={"backend": "relearn", "kind": "recovery", "settings": {"trained_items": {"forget_qa": k}}})
-    q = CellResult("model", "rtn:4", metrics={"knowmem_f": 1.0, "knowmem_r": 50.0})
+def _cells(trained_gain, heldout_gain, n=30, k=3):
+    """A full-precision cell scoring 0 everywhere, an rtn:4 cell one point up on every item, and a relearn
+    cell trained on the first ``k`` items."""
+    from factories import item_cell
+
+    fp = item_cell("model", "fp", knowmem_f=[0.0] * n, knowmem_r=[50.0] * n)
+    rl = item_cell("model", "relearn:steps=5", knowmem_f=[trained_gain] * k + [heldout_gain] * (n - k),
+                   knowmem_r=[50.0] * n,
+                   backend={"backend": "relearn", "kind": "recovery", "settings": {"trained_items": {"forget_qa": k}}})
+    q = item_cell("model", "rtn:4", knowmem_f=[1.0] * n, knowmem_r=[50.0] * n)
     return [fp, q, rl]
 
 
@@ -87,10 +87,12 @@ def test_regained_counts_only_the_items_it_did_not_train_on():
     from hubaudit.audit import derive
 
     cells = _cells(trained_gain=100.0, heldout_gain=0.0)
-    assert cells[2].metrics["knowmem_f"] == 20.0  # memorizing the slice alone lifts the mean by 20 points
+    assert cells[2].metrics["knowmem_f"] == 10.0  # memorizing the slice alone lifts the mean by 10 points
     assert heldout_regained(cells[2], cells[0]) == {"knowmem_f": 0.0}
     derived, verdict = derive(cells, ["rtn:4", "relearn:steps=5"], 5.0, 0.5)
     assert derived["regained"]["relearn:steps=5"]["knowmem_f"] == 0.0 and verdict.label == "robust"
+    # the test, too, sees only the 27 held-out items
+    assert derived["changes"]["relearn:steps=5"]["knowmem_f"]["n"] == 27
     assert derived["kinds"] == {"rtn:4": "quantization", "relearn:steps=5": "recovery"}
 
     derived, verdict = derive(_cells(100.0, 30.0), ["rtn:4", "relearn:steps=5"], 5.0, 0.5)

@@ -206,11 +206,13 @@ def test_rows_from_any_forget_set_deduplicate_passages():
 def test_fragile_report_recommends_unlearn_with_sure():
     from hubaudit.audit import derive
     from hubaudit.report import render_markdown
-    from hubaudit.results import AuditReport, CellResult
+    from hubaudit.results import AuditReport
 
     def report(rtn4):
-        cs = [CellResult("model", "fp", metrics={"knowmem_f": 10.0}), CellResult("model", "rtn:4", metrics={"knowmem_f": rtn4}),
-              CellResult("reference", "fp", metrics={"knowmem_f": 90.0})]
+        from factories import item_cell
+
+        cs = [item_cell("model", "fp", knowmem_f=[10.0] * 30), item_cell("model", "rtn:4", knowmem_f=[rtn4] * 30),
+              item_cell("reference", "fp", knowmem_f=[90.0] * 30)]
         derived, v = derive(cs, ["rtn:4"], threshold=5, auc_retrain=0.5)
         inputs = {"model": {"name": "unl"}, "reference": {"name": "org/original"}, "specs": ["rtn:4"],
                   "forget": {"name": "news", "source": "muse-news", "sizes": {"forget_qa": 3}}, "device": "cpu",
