@@ -33,29 +33,44 @@ def _row(name: str, what: str, report) -> str:
         return f"{c.metrics[m]:.1f}" if c is not None and c.status == "ok" and m in c.metrics else "–"
 
     v = report.verdict
-    worst = f"{v.worst_spec} {v.max_regained:+.1f}" if v.max_regained is not None else "–"
+    evidence = (f"{v.worst_spec} {v.evidence()}" if v.max_regained is not None else "–")
+    kept = (report.derived.get("retained_ci") or {}).get("fp", {}).get("knowmem_f")
+    kept_text = f"{kept['value']:.0f}% [{kept['ci'][0]:.0f}, {kept['ci'][1]:.0f}]" if kept and kept["ci"][0] is not None else "–"
     return (f"| {name} | {g(ref, 'knowmem_f')} | {g(fp, 'knowmem_f')} | {g(q4, 'knowmem_f')} | {g(fp, 'verbmem_f')} | "
-            f"{g(q4, 'verbmem_f')} | {g(fp, 'knowmem_r')} | {worst} | **{v.label}** | {what} |")
+            f"{g(q4, 'verbmem_f')} | {g(fp, 'knowmem_r')} | {kept_text} | {evidence} | **{v.label}** | {what} |")
 
 
-def _finding(natural, constructed) -> str:
-    """What the demo showed, in plain words, from the measured figures (never assumed)."""
+def _finding(natural, constructed, retain_only, world) -> str:
+    """What the demo showed, in plain words, from the measured figures and labels (never assumed)."""
     fp, ref = natural.cell("model", "fp"), natural.cell("reference", "fp")
     forgot = max((ref.metrics[m] - fp.metrics[m] for m in ("knowmem_f", "verbmem_f") if m in fp.metrics), default=0)
     v = natural.verdict
+    steps = world.settings.get("unlearn_steps")
+    stopped = world.settings.get("unlearn_stopped_at")
+    how = (f"it forgot up to {forgot:.1f} points in full precision (unlearning stopped at step {stopped}, once it "
+           "scored like a model that never saw the forget set)" if stopped else
+           f"it forgot up to {forgot:.1f} points in full precision but ran all {steps} steps without scoring like a "
+           "model that never saw the forget set")
+    controls = (f" The controls, labelled as such: the constructed positive control is **{constructed.verdict.label}** "
+                f"({constructed.verdict.worst_spec} {constructed.verdict.evidence()}), the retain-only negative control "
+                f"**{retain_only.verdict.label}**.")
     if v.label == "fragile":
-        return (f"**The natural unlearning is fragile**: it forgot up to {forgot:.1f} points in full precision, and "
-                f"{v.worst_spec} brings back {v.max_regained:.1f} points of {v.worst_metric}.")
-    how = ("it forgot" if forgot >= natural.verdict.threshold else "it barely forgot") + f" ({forgot:.1f} points)"
-    return (f"**At this scale the natural unlearning did not show the effect**: {how} in full precision, and no "
-            f"quantizer brought back {v.threshold:g} points (largest: {v.worst_spec}, {v.max_regained:+.1f}). Small "
-            f"models trained to memorize move further than a 4-bit step when they forget. The constructed control "
-            f"(labelled as such) shows the auditor catching a fragile model: verdict "
-            f"**{constructed.verdict.label}**, {constructed.verdict.worst_spec} brings back "
-            f"{constructed.verdict.max_regained:.1f} points.")
+        text = f"**The natural unlearning is fragile**: {how}, and {v.worst_spec} brings back {v.evidence()} points."
+    elif v.label == "robust":
+        text = (f"**At this scale the natural unlearning did not show the effect**: {how}, and no quantizer brings "
+                f"back {v.threshold:g} points with 95% confidence (largest: {v.worst_spec} {v.evidence()}). Small "
+                "models trained to memorize move further than a 4-bit step when they forget.")
+    elif v.label == "not-unlearned":
+        text = f"**The natural unlearning did not remove the knowledge**: {how}; {v.summary}."
+    elif v.label == "inconclusive":
+        text = f"**The audit cannot tell yet for the natural unlearning**: {how}; {v.summary}."
+    else:
+        text = f"**No verdict for the natural unlearning**: {v.summary}."
+    return text + controls
 
 
-def run_demo(out: Path, *, size: str = "demo", fresh: bool = False, progress: bool = True) -> dict:
+def run_demo(out: Path, *, size: str = "demo", fresh: bool = False, progress: bool = True,
+             threads: int | None = None) -> dict:
     """Build (or reuse) the world under ``out/world`` and audit its models into ``out/<name>/``.
 
     Returns a dict with the reports by name, the world, the wall time and the peak memory.
@@ -67,7 +82,7 @@ def run_demo(out: Path, *, size: str = "demo", fresh: bool = False, progress: bo
     t0 = time.perf_counter()
     out = check_out_dir(out)
     print(f"hubaudit demo: building the offline world in {out / 'world'} (reused when already built)", flush=True)
-    world = build_world(out / "world", size=size, progress=progress)
+    world = build_world(out / "world", size=size, progress=progress, threads=threads)
     t_world = time.perf_counter() - t0
     reports = {}
     for name, attr, what in SUBJECTS:
@@ -77,7 +92,7 @@ def run_demo(out: Path, *, size: str = "demo", fresh: bool = False, progress: bo
             out=out / name, store=out / "results.sqlite", fresh=fresh, progress=progress,
         )
     wall = time.perf_counter() - t0
-    finding = _finding(reports["unlearned"], reports["constructed"])
+    finding = _finding(reports["unlearned"], reports["constructed"], reports["retain_only"], world)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     lines = [
@@ -88,8 +103,8 @@ def run_demo(out: Path, *, size: str = "demo", fresh: bool = False, progress: bo
         "round-to-nearest 4-bit.",
         "",
         "| model | target KnowMem f | KnowMem f | KnowMem f, rtn:4 | VerbMem f | VerbMem f, rtn:4 | KnowMem r | "
-        "most regained | verdict | what it is |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "KnowMem f retained [95% CI] | regain the verdict rests on [95% CI], p | verdict | what it is |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row(name, what, reports[name]) for name, _, what in SUBJECTS),
         "",
         finding,
@@ -101,6 +116,7 @@ def run_demo(out: Path, *, size: str = "demo", fresh: bool = False, progress: bo
     ]
     summary = "\n".join(lines) + "\n"
     (out / "demo.md").write_text(summary)
-    print("\n" + reports["unlearned"].verdict.summary)
+    for name, _, _ in SUBJECTS:
+        print(f"\n{name}: {reports[name].verdict.summary}")
     print("\n" + summary)
     return {"reports": reports, "world": world, "seconds": wall, "peak_rss_bytes": peak}

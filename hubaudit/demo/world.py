@@ -44,7 +44,7 @@ from typing import Any
 from . import synth
 
 MANIFEST = "world.json"
-WORLD_FORMAT = 1
+WORLD_FORMAT = 2  # 2: the natural unlearning stops on a forgetting criterion; threads in the settings
 
 # --------------------------------------------------------------------------------------------------------
 # Settings. Everything that shapes a model is here; the manifest stores it and its hash.
@@ -61,8 +61,15 @@ _BASE: dict[str, Any] = {
         "betas": [0.9, 0.98], "grad_clip": 1.0, "qa_group": [1, 6], "passage_copies": 1,
     },
     "unlearn": {  # natural unlearning: pure bf16 weights, AdamW, constant lr (see the README's sweep)
-        "method": "ga_gdr", "lr": 3e-5, "steps": 500, "batch_size": 8, "retain_weight": 1.0,
+        "method": "ga_gdr", "lr": 3e-5, "steps": 1500, "batch_size": 8, "retain_weight": 1.0,
         "npo_beta": 0.1, "betas": [0.9, 0.999], "weight_decay": 0.0, "dtype": "bfloat16",
+        # Stop on a forgetting criterion, not at a fixed step: forgetting comes as a cliff whose step
+        # differs between machines (float results differ, and training on a cliff amplifies it), so a
+        # fixed step leaves one machine's model before the cliff and another's after it. Every
+        # ``eval_every`` steps the forget metrics are measured (float32, as the audit computes them); the
+        # run stops once each has fallen to within ``stop_at`` % of the way from the retain-only model's
+        # score (a model that never saw the forget set) to the target's, or after ``steps``.
+        "stop_at": 10.0, "eval_every": 10, "stop_metrics": ["knowmem_f", "verbmem_f"],
     },
     "constructed": {  # positive control: projected gradient ascent, same losses
         "method": "ga_gdr", "lr": 1e-3, "steps": 150, "batch_size": 8, "retain_weight": 1.0,
@@ -76,14 +83,22 @@ _SIZES: dict[str, dict[str, Any]] = {
         "tokenizer": {"vocab_size": 768},
         "model": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 384},
         "train": {"epochs": 30, "lr": 3e-3, "batch_size": 16},
-        "unlearn": {"lr": 3e-5, "steps": 60},
+        "unlearn": {"lr": 3e-5, "steps": 800},
         "constructed": {"steps": 60},
     },
 }
 
 
-def world_settings(size: str = "demo", seed: int = 0) -> dict[str, Any]:
-    """The full settings dict for a size (``demo`` or ``tiny``) and seed."""
+def default_threads() -> int:
+    """Threads a world is built with unless told: two, or one on a one-core machine."""
+    import os
+
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def world_settings(size: str = "demo", seed: int = 0, threads: int | None = None) -> dict[str, Any]:
+    """The full settings dict for a size (``demo`` or ``tiny``), seed and thread count (float results,
+    and so the trained models, depend on it)."""
     if size not in _SIZES:
         raise ValueError(f"unknown world size {size!r}; choose one of {sorted(_SIZES)}")
     s = json.loads(json.dumps(_BASE))
@@ -91,6 +106,7 @@ def world_settings(size: str = "demo", seed: int = 0) -> dict[str, Any]:
         s[k].update(v)
     s["size"] = size
     s["seed"] = seed
+    s["threads"] = threads or default_threads()
     s["format"] = WORLD_FORMAT
     return s
 
@@ -317,10 +333,11 @@ def _forget_loss(model, ref_model, ids, mask, labels, method: str, beta: float):
 
 
 def unlearn(model, forget: _Rows, retain: _Rows, cfg: dict[str, Any], seed: int, progress: bool = True,
-            desc: str = "unlearn", project=None, ref_model=None, trainable=None) -> dict:
+            desc: str = "unlearn", project=None, ref_model=None, trainable=None, stop=None) -> dict:
     """GA or NPO on ``forget`` plus NLL on ``retain`` (GDR), AdamW with a constant learning rate, in the
     model's own dtype (bf16 weights: updates are applied in bf16). ``project(model)`` runs after every
-    optimizer step (the constructed control)."""
+    optimizer step (the constructed control). ``stop(model, step)``, when given, runs every
+    ``cfg["eval_every"]`` steps and ends the run when it returns True."""
     import torch
     from tqdm.auto import tqdm
 
@@ -336,6 +353,7 @@ def unlearn(model, forget: _Rows, retain: _Rows, cfg: dict[str, Any], seed: int,
     model.train()
     bar = tqdm(total=cfg["steps"], desc=desc, disable=not progress, leave=False)
     log = []
+    stopped_at = None
     for step in range(cfg["steps"]):
         if len(fq) < bs:
             fq += forget.epoch(rng)
@@ -355,9 +373,51 @@ def unlearn(model, forget: _Rows, retain: _Rows, cfg: dict[str, Any], seed: int,
         if step % 10 == 0 or step == cfg["steps"] - 1:
             bar.set_postfix(f=f"{f_loss.item():.2f}", r=f"{r_loss.item():.2f}")
             log.append([step, round(f_loss.item(), 4), round(r_loss.item(), 4)])
+        if stop is not None and (step + 1) % cfg["eval_every"] == 0:
+            model.eval()
+            done = stop(model, step + 1)
+            model.train()
+            if done:
+                stopped_at = step + 1
+                break
     bar.close()
     model.eval()
-    return {"log": log}
+    return {"log": log, "steps": stopped_at or cfg["steps"], "stopped_at": stopped_at}
+
+
+def forgetting_monitor(target, never_saw, tok, forget_dir: Path, cfg: dict[str, Any]):
+    """The natural unlearning's stop criterion. Forgotten means "scores like a model that never saw the
+    forget set": each of ``cfg["stop_metrics"]``, measured on a float32 copy of the model (as the audit
+    computes them), must fall to within ``stop_at`` % of the gap between ``never_saw`` (the retain-only
+    model) and ``target`` above ``never_saw``'s score.
+
+    Returns ``(stop, record)``: the callable for :func:`unlearn`, and a dict with the target's and the
+    retain-only model's scores, the thresholds and the trajectory ``[[step, {metric: score}], ...]``."""
+    import copy
+
+    import torch
+
+    from ..forget import load_forget_set
+    from ..metrics import evaluate
+
+    fs = load_forget_set(forget_dir)
+    names = list(cfg["stop_metrics"])
+
+    def scores(model) -> dict[str, float]:
+        m32 = copy.deepcopy(model).to(torch.float32).eval()
+        res = evaluate(m32, tok, fs, names, progress=False)
+        return {n: round(res[n].value, 2) for n in names}
+
+    top, floor = scores(target), scores(never_saw)
+    limit = {n: round(floor[n] + cfg["stop_at"] / 100 * max(0.0, top[n] - floor[n]), 2) for n in names}
+    record: dict[str, Any] = {"target": top, "retain_only": floor, "stop_below": limit, "trajectory": []}
+
+    def stop(model, step: int) -> bool:
+        now = scores(model)
+        record["trajectory"].append([step, now])
+        return all(now[n] <= limit[n] for n in names)
+
+    return stop, record
 
 
 def make_bin_projector(target_model, bits: int = 4, margin: float = 0.05):
@@ -434,16 +494,25 @@ def _world_from_manifest(root: Path, man: dict[str, Any]) -> World:
                  retain_only=root / "retain_only", constructed=root / "constructed", settings=man["settings"])
 
 
-NOTE = (
-    "Tiny Llama models trained from scratch on synthetic biographies of invented people. 'unlearned' is "
-    "gradient ascent on the forget part plus gradient descent on the retain part (GA_GDR), AdamW, constant "
-    "learning rate 3e-5, 500 steps of 8 + 8 rows, pure bfloat16 weights (the paper's recipe, arXiv "
-    "2410.16454). Whether quantization brings its knowledge back is what the audit measures; at this scale "
-    "the sweeps in the README found no setting where it does by more than a few points."
-)
+def describe_unlearning(uc: dict[str, Any], stopped_at: int | None) -> str:
+    """The natural unlearning in words, for the manifest and the demo summary."""
+    metrics = " and ".join({"knowmem_f": "KnowMem forget", "verbmem_f": "VerbMem forget"}.get(m, m)
+                           for m in uc["stop_metrics"])
+    how = (f"stopped at step {stopped_at}, the first check (every {uc['eval_every']} steps) at which {metrics} had "
+           f"fallen to within {uc['stop_at']:g}% of a model that never saw the forget set (the retain-only model)"
+           if stopped_at else
+           f"ran all {uc['steps']} steps without {metrics} falling to within {uc['stop_at']:g}% of the retain-only "
+           "model's scores")
+    return (
+        "Tiny Llama models trained from scratch on synthetic biographies of invented people. 'unlearned' is "
+        f"{uc['method'].upper()} (gradient ascent on the forget part plus gradient descent on the retain part), AdamW, "
+        f"constant learning rate {uc['lr']:g}, batches of {uc['batch_size']} + {uc['batch_size']} rows, pure "
+        f"{uc['dtype']} weights (the paper's recipe, arXiv 2410.16454); it {how}. Whether quantization brings its "
+        "knowledge back is what the audit measures."
+    )
 
 
-def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = True) -> World:
+def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = True, threads: int | None = None) -> World:
     """Train (or reuse) the four models of the demo world under ``out_dir``.
 
     Args:
@@ -452,6 +521,8 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
         size: ``"demo"`` (about 6 minutes on 2 CPU cores) or ``"tiny"`` (about a minute; for tests).
         seed: seeds the model initialisation, data order and unlearning batches.
         progress: show tqdm progress bars.
+        threads: torch threads while building (default two, or one on a one-core machine); part of the
+            settings, since float results and so the models depend on it.
 
     Returns:
         A :class:`World` with the paths of ``forget_set`` (a copy of the synthetic set), ``target``,
@@ -460,7 +531,7 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
     import torch
 
     root = Path(out_dir)
-    settings = world_settings(size, seed)
+    settings = world_settings(size, seed, threads)
     data_hash = _data_hash(synth.DATA_DIR)
     key = _settings_hash(settings, data_hash)
     man_path = root / MANIFEST
@@ -476,8 +547,8 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
     from transformers.utils import logging as hf_logging
 
     root.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(2, threads))
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(settings["threads"])
     hf_bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     times: dict[str, float] = {}
@@ -525,7 +596,9 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
         udt = getattr(torch, uc["dtype"])
         model = _load(root / "target", udt)
         ref = _load(root / "target", udt) if uc["method"].startswith("npo") else None
-        info_un = unlearn(model, forget_rows, retain_rows, uc, seed + 1, progress, "unlearn", ref_model=ref)
+        stop, monitor = forgetting_monitor(_load(root / "target", torch.float32),
+                                           _load(root / "retain_only", torch.float32), tok, fdir, uc)
+        info_un = unlearn(model, forget_rows, retain_rows, uc, seed + 1, progress, "unlearn", ref_model=ref, stop=stop)
         _save(model, tok, root / "unlearned")
         times["unlearned"] = round(time.perf_counter() - t, 2)
         del model, ref
@@ -555,7 +628,7 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
             raise RuntimeError("constructed control: its RTN-4 weights differ from the target's (bug)")
         times["constructed"] = round(time.perf_counter() - t, 2)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads_before)
         if hf_bars:
             hf_logging.enable_progress_bar()
     times["total"] = round(time.perf_counter() - t_all, 2)
@@ -563,11 +636,14 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
     settings = dict(settings)
     settings.update({
         "times_s": times,
-        "note": NOTE,
+        "note": describe_unlearning(settings["unlearn"], info_un["stopped_at"]),
         "vocab_size_actual": vocab,
         "n_params": sum(p.numel() for p in target.parameters()),
         "train_info": {"target": info_target, "retain_only": info_ro},
         "unlearn_log": info_un["log"],
+        "unlearn_steps": info_un["steps"],
+        "unlearn_stopped_at": info_un["stopped_at"],  # None: the forgetting criterion was never met
+        "unlearn_monitor": monitor,
         "constructed_log": info_c["log"],
         "constructed_rtn4_equals_target": True,
         "data_hash": data_hash,
