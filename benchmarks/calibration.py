@@ -1,7 +1,7 @@
 """How often the verdict is wrong: the false-positive rate of ``fragile`` on models that should not be
 fragile, and the detection rate of real regain against the number of items.
 
-    python benchmarks/calibration.py                      # the demo world (built or reused), 24 controls
+    python benchmarks/calibration.py --controls 72        # the demo world (built or reused): the README's table
     python benchmarks/calibration.py --size tiny --controls 20 --subsamples 100
 
 Negative controls (should never be ``fragile``): the demo world's retain-only model (never saw the
@@ -92,7 +92,8 @@ def mixed(base: Path, donor: Path, dst: Path, frac: float, seed: int) -> Path:
 
 
 def subset_report(report, idx_by_metric: dict[str, list[int]]):
-    """The verdict of ``report`` re-derived on the given items of each metric (same items in every cell)."""
+    """``(derived, verdict)`` of ``report`` re-derived on the given items of each metric (the same items in
+    every cell)."""
     from hubaudit.audit import derive
     from hubaudit.results import CellResult
 
@@ -108,23 +109,34 @@ def subset_report(report, idx_by_metric: dict[str, list[int]]):
             nc.n_items[m] = len(sub)
         cells.append(nc)
     inp = report.inputs
-    return derive(cells, inp["specs"], inp["threshold"], 0.5, inp.get("alpha", 0.05))[1]
+    return derive(cells, inp["specs"], inp["threshold"], 0.5, inp.get("alpha", 0.05))
 
 
-def rates(reports: list, sizes: list[int], subsamples: int, seed: int) -> dict[int, tuple[int, int]]:
-    """For each number of items n: (audits called fragile, audits) over ``subsamples`` random subsets of
-    n items per metric (all items when a metric has fewer) of every report."""
+def old_rule(derived: dict, threshold: float) -> bool:
+    """The verdict before it had uncertainty: fragile when some spec's mean regain of a forget metric
+    reached the threshold."""
+    from hubaudit.results import VERDICT_METRICS
+
+    return any(v >= threshold for d in derived["regained"].values() for m, v in d.items() if m in VERDICT_METRICS)
+
+
+def rates(reports: list, sizes: list[int], subsamples: int, seed: int) -> dict[int, dict[str, int]]:
+    """For each number of items n: how many of ``subsamples`` random subsets of n items per metric (all
+    items when a metric has fewer) of every report are called fragile, by today's verdict and by the old
+    bare-threshold rule."""
     rng = random.Random(seed)
     out = {}
     for n in sizes:
-        hits = total = 0
+        hits = old = total = 0
         for r in reports:
             lengths = {m: len(v) for m, v in r.cell("model", "fp").items.items()}
             for _ in range(subsamples):
                 idx = {m: sorted(rng.sample(range(k), min(n, k))) for m, k in lengths.items()}
-                hits += subset_report(r, idx).label == "fragile"
+                derived, verdict = subset_report(r, idx)
+                hits += verdict.label == "fragile"
+                old += old_rule(derived, r.inputs["threshold"])
                 total += 1
-        out[n] = (hits, total)
+        out[n] = {"fragile": hits, "old_rule": old, "total": total}
     return out
 
 
@@ -132,7 +144,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["demo", "tiny"], default="demo")
     p.add_argument("--world", default=None, help="world folder (default hubaudit-demo/world, or -tiny for tiny)")
-    p.add_argument("--controls", type=int, default=24, help="negative controls (half retain-only, half unlearned)")
+    p.add_argument("--controls", type=int, default=24, help="negative controls (half retain-only, half unlearned; "
+                                                            "the README's table used 72)")
     p.add_argument("--sigma", type=float, default=0.25, help="noise, in per-tensor 4-bit RTN steps")
     p.add_argument("--mix", type=float, default=0.25, help="share of tensors from the constructed control")
     p.add_argument("--subsamples", type=int, default=200)
@@ -178,20 +191,23 @@ def main() -> int:
     neg_rates = rates([r for _, r in negatives], sizes, max(1, args.subsamples // 10), seed=1)
     pos_rates = {name: rates([r], sizes, args.subsamples, seed=2) for name, r in positives}
 
+    old_whole = sum(old_rule(r.derived, r.inputs["threshold"]) for _, r in negatives)
     print(f"\nFalse positives, whole forget set: {k} of {n} negative controls called fragile "
           f"({k / n:.1%}, 95% interval {lo:.1%} to {hi:.1%}); alpha {negatives[0][1].inputs['alpha']:g}. "
-          f"Labels: " + ", ".join(f"{lab} {labels.count(lab)}" for lab in sorted(set(labels))))
+          f"Labels: " + ", ".join(f"{lab} {labels.count(lab)}" for lab in sorted(set(labels)))
+          + f". The old bare-threshold rule (mean regain >= threshold): {old_whole} of {n}.")
     print("\n| items per metric | " + " | ".join(str(s) for s in sizes) + " |")
     print("|---|" + "---|" * len(sizes))
 
-    def row(title, rr):
+    def row(title, rr, key="fragile"):
         cells = []
         for s in sizes:
-            h, t = rr[s]
+            h, t = rr[s][key], rr[s]["total"]
             cells.append(f"{h / t:.0%} ({h}/{t})")
         return f"| {title} | " + " | ".join(cells) + " |"
 
     print(row(f"false positives ({n} negative controls)", neg_rates))
+    print(row("false positives of the old rule (mean regain >= threshold, no test)", neg_rates, "old_rule"))
     for name, rr in pos_rates.items():
         reg = dict(positives)[name].verdict
         print(row(f"detection: {name}, {reg.worst_spec} {reg.max_regained:+.1f} on all items", rr))

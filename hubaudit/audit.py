@@ -331,6 +331,14 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
         ch.p_holm = p_adj
         changes.setdefault(spec, {})[m] = ch.to_json()
     retained_ci = _retained_check(by)
+    stderr: dict[str, dict[str, dict[str, float]]] = {}  # role -> spec -> metric -> standard error of the mean
+    for c in cells:
+        for m in c.metrics:
+            vals = _scores(c, m)
+            if vals and len(vals) > 1:
+                mean = sum(vals) / len(vals)
+                sd = math.sqrt(sum((x - mean) ** 2 for x in vals) / (len(vals) - 1))
+                stderr.setdefault(c.role, {}).setdefault(c.spec, {})[m] = sd / math.sqrt(len(vals))
     utility = {s: by[("model", s)].metrics["knowmem_r"] for s in [FULL_PRECISION, *specs]
                if ("model", s) in by and "knowmem_r" in by[("model", s)].metrics}
     kinds = {s: spec_kind(s) for s in specs}
@@ -342,7 +350,7 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
                 by_kind[k] = (spec, m, deltas[m])
     derived = {"regained": regained, "retained": retained, "utility": utility, "kinds": kinds,
                "max_regained_by_kind": {k: {"spec": v[0], "metric": v[1], "regained": v[2]} for k, v in by_kind.items()},
-               "changes": changes, "retained_ci": retained_ci, "regained_share": share,
+               "changes": changes, "retained_ci": retained_ci, "regained_share": share, "stderr": stderr,
                "statistics": {
                    "alpha": alpha, "tests": len(pairs), "correction": "Holm over every (spec, forget metric) pair",
                    "test": "one-sided sign test of the per-item change against full precision (ties dropped)",

@@ -86,7 +86,10 @@ def render_markdown(report: AuditReport) -> str:
         if c.status != "ok":
             lines.append(f"| {spec_label(spec)} | {c.status}: {c.reason} |" + " |" * (len(head) - 2))
             continue
-        row = [spec_label(spec), *(_fmt(c.metrics.get(m), digits=3 if m in UNIT_SCALE else 1) for m in metrics)]
+        se = (d.get("stderr") or {}).get("model", {}).get(spec, {})
+        row = [spec_label(spec), *(_fmt(c.metrics.get(m), digits=3 if m in UNIT_SCALE else 1)
+                                   + (f" ± {_fmt(se[m], digits=3 if m in UNIT_SCALE else 1)}" if m in se else "")
+                                   for m in metrics)]
         row += _regain_cells(d, spec)
         if ref:
             row.append(_retained_cell(d, spec))
@@ -107,7 +110,8 @@ def render_markdown(report: AuditReport) -> str:
     lines += _changes_table(report)
     st = d.get("statistics") or {}
     if st:
-        lines += ["", f"Uncertainty: {st.get('interval', '')} intervals of the per-item change against full precision; "
+        lines += ["", f"Uncertainty: ± is the standard error of a score (over its items); {st.get('interval', '')} "
+                  "intervals of the per-item change against full precision; "
                   f"p: {st.get('test', '')}, Holm-adjusted over {st.get('tests', 0)} (spec, metric) pairs; alpha "
                   f"{st.get('alpha', 0):g}. Fragile needs a mean regain of at least {v.threshold:g} points *and* a "
                   "significant p; robust needs every interval to end below the threshold; not-unlearned: "

@@ -97,7 +97,7 @@ def test_audit_writes_reports_and_exit_codes(capsys, tmp_path, random_world):
     assert label in ("not-unlearned", "fragile", "robust", "inconclusive")
     assert code == (1 if label == "fragile" else 0)  # the default gate: --fail-on fragile
     assert "| rtn:2 |" in stdout and (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "[95% CI]" in stdout and "p (Holm)" in stdout  # every figure with its uncertainty
+    assert "[95% CI]" in stdout and "p (Holm)" in stdout and " ± " in stdout  # every figure with its uncertainty
     # a gate on the label it got fails; none never does
     code, _, _ = run_cli(capsys, *args, "--fail-on", f"{label},robust")
     assert code == 1

@@ -56,3 +56,47 @@ def test_batched_equals_one_at_a_time_on_a_trained_model(tiny_world):
     for name in names:
         assert fast[name].value == pytest.approx(slow[name], abs=0.01), name
     assert fast["knowmem_f"].value > 40  # scores that mean something, not zeros on both sides
+
+
+@pytest.fixture(scope="module")
+def demo_labels(tiny_world, tmp_path_factory):
+    """The demo's three audits (its specs, against the target) on three builds of the tiny world: the
+    session's (2 threads, seed 0), one with 1 thread, and one with another seed (another run's floats:
+    a stand-in for another machine, where a fixed-step unlearning once landed on the other side of the
+    forgetting cliff)."""
+    from hubaudit.demo.run import DEMO_SPECS, SUBJECTS
+    from hubaudit.demo.world import build_world
+
+    root = tmp_path_factory.mktemp("rebuilds")
+    builds = {"2 threads": tiny_world,
+              "1 thread": build_world(root / "t1", size="tiny", threads=1, progress=False),
+              "seed 1": build_world(root / "s1", size="tiny", seed=1, progress=False)}
+    out = {}
+    for key, world in builds.items():
+        out[key] = {name: hubaudit.audit(getattr(world, attr), reference=world.target, forget=world.forget_dir,
+                                         specs=DEMO_SPECS, store=root / "results.sqlite", progress=False).verdict
+                    for name, attr, _ in SUBJECTS}
+        out[key]["_world"] = world
+    return out
+
+
+def test_demo_labels_do_not_depend_on_the_thread_count(demo_labels):
+    one, two = demo_labels["1 thread"], demo_labels["2 threads"]
+    assert {k: v.label for k, v in one.items() if k != "_world"} == {k: v.label for k, v in two.items() if k != "_world"}
+    # the unlearning stopped on its criterion in both, not at a fixed step
+    for key in ("1 thread", "2 threads"):
+        s = demo_labels[key]["_world"].settings
+        assert s["unlearn_stopped_at"] is not None and s["unlearn_stopped_at"] < s["unlearn"]["steps"], key
+
+
+def test_demo_labels_that_are_stable_across_builds(demo_labels):
+    """What the README calls stable: the controls' labels on every build, and the natural unlearning never
+    called fragile (at this scale it does not regain; noise must not make it look so)."""
+    for key, got in demo_labels.items():
+        assert got["constructed"].label == "fragile" and got["constructed"].worst_spec == "rtn:4", (key, got["constructed"].summary)
+        assert got["retain_only"].label == "robust", (key, got["retain_only"].summary)
+        assert got["unlearned"].label in ("robust", "inconclusive"), (key, got["unlearned"].summary)
+        world = got["_world"]
+        mon = world.settings["unlearn_monitor"]
+        last = mon["trajectory"][-1][1]
+        assert all(last[m] <= mon["stop_below"][m] for m in last), (key, mon)  # it forgot, by its own criterion

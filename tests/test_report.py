@@ -38,6 +38,10 @@ def test_verdict_fragile_names_spec_metric_interval_and_p():
     assert derived["retained_ci"]["fp"]["knowmem_f"]["ci"] == [pytest.approx(25), pytest.approx(25)]
     assert derived["regained_share"]["rtn:4"]["knowmem_f"] == pytest.approx(8 / 60 * 100)  # of the 60 forgotten
     assert cs[2].metrics["privleak"] == pytest.approx(-60)
+    import statistics
+
+    assert derived["stderr"]["model"]["rtn:4"]["knowmem_f"] == pytest.approx(statistics.stdev(q4_k) / n ** 0.5)
+    assert "rtn:8" in derived["stderr"]["model"] and derived["stderr"]["model"]["fp"]["verbmem_f"] == 0
 
 
 def test_noise_is_never_fragile_however_large_its_mean():

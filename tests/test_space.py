@@ -31,7 +31,9 @@ ARTIFACTS = REPO / "logs" / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SPACE_TOKEN = "hf_space_own_token_never_for_visitors"
 VISITOR_TOKEN = "mock-oauth-token-for-local-dev"  # what Gradio's local OAuth mock hands the signed-in visitor
-VERDICT = re.compile(r"(Fragile|Robust|No verdict)\.")
+VERDICT = re.compile(r"(Fragile|Robust|Inconclusive|Not unlearned|No verdict)\.")
+VERDICT_WORDS = {"fragile": "Fragile.", "robust": "Robust.", "inconclusive": "Inconclusive.",
+                 "not-unlearned": "Not unlearned.", "incomplete": "No verdict."}
 WEBHOOK_SECRET = "webhook-secret-for-tests"
 CARD = "---\nlicense: apache-2.0\nbase_model: org/original\n---\n\n# org/unlearned\n\nAn unlearned model.\n"
 
@@ -248,8 +250,12 @@ def test_audit_in_the_browser(space, browser):
     # the verdict and every cell match what the library reports for the same inputs
     lib = library_report(hub, root)
     verdict = page.locator("#verdict p").first.inner_text()
-    assert verdict.startswith({"fragile": "Fragile.", "robust": "Robust."}[lib.verdict.label]), verdict
-    assert f"{lib.verdict.max_regained:+.1f} points" in verdict or f"{lib.verdict.max_regained:.1f} points" in verdict
+    assert verdict.startswith(VERDICT_WORDS[lib.verdict.label]), verdict
+    if lib.verdict.label in ("fragile", "robust", "inconclusive"):
+        assert f"{lib.verdict.max_regained:+.1f} points" in verdict or f"{lib.verdict.max_regained:.1f} points" in verdict
+        # the interval is beside the figure
+        ci = lib.verdict.ci
+        assert f"95% interval {ci[0]:+.1f} to {ci[1]:+.1f}" in verdict, verdict
     expect(page.locator("#card")).to_contain_text("Quantization audit (hubaudit)")
     with page.expect_download() as dl:
         page.locator("#download").click()
