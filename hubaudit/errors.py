@@ -41,6 +41,10 @@ class ModelNotFound(ModelLoadError, FileNotFoundError):
     """Raised when a model path does not exist."""
 
 
+class ModelRefError(HubauditError, ValueError):
+    """Raised when a MODEL argument could be a Hub id or a local folder (write ``./name`` for a folder)."""
+
+
 class OutputDirError(HubauditError, OSError):
     """Raised when the output folder cannot be used (it is a file, or not writable)."""
 

@@ -58,13 +58,29 @@ class ModelRef:
 
 
 def parse_model_ref(text: str | os.PathLike) -> ModelRef:
-    """Local folder if it exists (or looks like a path), else a Hub id ``org/name[@revision]``."""
+    """A local folder or a Hub id ``org/name[@revision]``, by what is written, never by what happens to
+    exist in the working directory:
+
+    - a ``pathlib.Path``, or text that starts with ``.``, ``/`` or ``~`` or ends with ``/``, or has more
+      than one ``/`` before any ``@``, is a folder;
+    - ``org/name`` or ``name``, optionally ``@revision`` (a branch, tag, commit or ``refs/pr/N``; the
+      revision is split off first), is a Hub id;
+    - a Hub id that is also a folder here is ambiguous: :class:`~hubaudit.errors.ModelRefError` asks
+      for ``./org/name`` (the folder) and never audits the folder silently.
+    """
+    if isinstance(text, os.PathLike):
+        return ModelRef(str(text), path=Path(text).expanduser())
     s = str(text)
     p = Path(s).expanduser()
-    if p.exists() or s.startswith((".", "/", "~")) or os.sep in s.replace("/", "", 1) or s.endswith("/"):
+    if s.startswith((".", "/", "~")) or s.endswith("/") or (os.sep != "/" and os.sep in s):
         return ModelRef(s, path=p)
-    repo, _, rev = s.partition("@")
-    if HUB_ID.match(repo) and (rev or "@" not in s):
+    repo, at, rev = s.partition("@")
+    if HUB_ID.match(repo) and (rev or not at):
+        if not at and p.exists():
+            from .errors import ModelRefError
+
+            raise ModelRefError(f"'{s}' is both a Hub model id and a folder here: write ./{s} for the folder "
+                                f"(a Hub id is never read from disk)")
         return ModelRef(s, repo_id=repo, revision=rev or None)
     return ModelRef(s, path=p)  # neither: ModelSource says "not found"
 
@@ -131,14 +147,17 @@ def _is_offline_error(e: BaseException) -> bool:
 
 
 def _card_data(folder: Path) -> dict:
+    """The card's metadata ({} without a card). A card hubaudit cannot use (YAML aliases, not a mapping,
+    unreadable) counts as no metadata, with a warning: a stranger's card must not stop, or stall, an audit."""
+    from .cardmeta import CardMetadataError, read_metadata
+
     readme = folder / "README.md"
     if not readme.is_file():
         return {}
     try:
-        from huggingface_hub.repocard import metadata_load
-
-        return metadata_load(readme) or {}
-    except Exception:  # noqa: BLE001 - a broken card must not stop an audit
+        return read_metadata(readme.read_text(encoding="utf-8-sig", errors="replace"))
+    except (CardMetadataError, OSError) as e:
+        log.warning("hubaudit: ignoring the metadata of %s: %s", readme, e)
         return {}
 
 
@@ -228,7 +247,7 @@ def fetch_dataset(repo_id: str, revision: str | None = None, *, token: str | Non
 
 def base_model_of(card_data: dict) -> str | None:
     """The card's ``base_model`` when it names exactly one model."""
-    base = card_data.get("base_model")
-    if isinstance(base, list):
-        base = base[0] if len(base) == 1 else None
-    return base if isinstance(base, str) and base.strip() else None
+    from .cardmeta import card_strings
+
+    base = card_strings(card_data, "base_model")
+    return base[0].strip() if len(base) == 1 and base[0].strip() else None
