@@ -223,6 +223,35 @@ def test_fragile_report_recommends_unlearn_with_sure():
     assert "hubaudit unlearn" not in report(11.0)
 
 
+class _Planted:
+    """What a crafted checkpoint could carry: unpickling it would run code (here: create a file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(random_world, tmp_path):
+    """Resuming reads the checkpoint with torch.load(weights_only=True): a file planted in the output folder
+    cannot run code; the user gets one line naming --fresh."""
+    import torch
+
+    from hubaudit.unlearn.train import CHECKPOINT, UnlearnError, unlearn
+
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "code-ran"
+    (out / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": "x", "payload": _Planted(str(marker))}, out / CHECKPOINT)
+    with pytest.raises(UnlearnError, match="--fresh"):
+        unlearn(random_world["model"], random_world["forget"], out, device="cpu", progress=False, steps=2)
+    assert not marker.exists()
+
+
 # ---------------------------------------------------------------------------------------------------- slow: on the tiny world
 
 

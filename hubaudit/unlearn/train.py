@@ -287,8 +287,14 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
     ckpt_path = out / CHECKPOINT
     ckpt = None
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt.get("key") != key:
+        import pickle
+
+        try:  # weights_only: a file in the output folder is never allowed to run code
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+            raise UnlearnError(f"the checkpoint {ckpt_path} cannot be read as plain tensors and numbers "
+                               f"({str(e).splitlines()[0][:160]}); pass --fresh to start over") from None
+        if not isinstance(ckpt, dict) or ckpt.get("key") != key:
             raise UnlearnError(f"{out} holds an unfinished run with other settings, model or forget set; run the same "
                                "command again to resume it, or pass --fresh to start over")
 
