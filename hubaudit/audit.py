@@ -63,13 +63,18 @@ def _version() -> str:
     return __version__
 
 
-def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource) -> str:
-    """What a stored value depends on besides model, spec and forget set."""
-    return json.dumps(
-        {"v": metric.version, "settings": metric.settings(cfg), "device": source.device.split(":")[0],
-         "dtype": str(source.compute_dtype()).replace("torch.", "")},
-        sort_keys=True,
-    )
+def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str = FULL_PRECISION) -> str:
+    """What a stored value depends on besides model, spec and forget set: the metric's version and
+    settings, the device type and compute dtype, and for a quantized cell the versions of the backend's
+    libraries (a new bitsandbytes may round differently)."""
+    key = {"v": metric.version, "settings": metric.settings(cfg), "device": source.device.split(":")[0],
+           "dtype": str(source.compute_dtype()).replace("torch.", "")}
+    if spec != FULL_PRECISION:
+        try:
+            key["versions"] = get_backend(spec)[0].versions()
+        except HubauditError:
+            pass
+    return json.dumps(key, sort_keys=True)
 
 
 @dataclass
@@ -99,7 +104,7 @@ class Auditor:
         """One cell: stored metrics are reused, missing ones computed (and stored at once)."""
         src, spec = plan.source, plan.spec
         cell = CellResult(role=plan.role, spec=spec)
-        keys = {m.name: metric_key(m, self.cfg, src) for m in plan.metrics}
+        keys = {m.name: metric_key(m, self.cfg, src, spec) for m in plan.metrics}
         found: dict[str, dict] = {}
         info = None
         if self.store is not None and not self.fresh:
@@ -547,7 +552,7 @@ def audit(
         HubauditError: any input problem (bad spec, missing model, bad forget set), before any work.
 
     Example:
-        >>> report = audit("models/unlearned", reference="models/original", specs="rtn:4")  # doctest: +SKIP
+        >>> report = audit("./models/unlearned", reference="./models/original", specs="rtn:4")  # doctest: +SKIP
         >>> report.verdict.label                                                               # doctest: +SKIP
         'fragile'
     """

@@ -15,7 +15,10 @@ from .errors import InsufficientMemory, ModelLoadError, ModelNotFound
 
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 WEIGHT_PATTERNS = ("*.safetensors", *PICKLE_PATTERNS)
-IDENTITY_FILES = ("config.json", "*.safetensors", *PICKLE_PATTERNS)
+# What a local model's identity (its key in the results store) is made of: config, weights, and every file
+# that changes what the metrics see (tokenizer, chat template, generation config).
+IDENTITY_FILES = ("config.json", "*.safetensors", *PICKLE_PATTERNS, "generation_config.json", "tokenizer*",
+                  "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt", "chat_template*")
 
 
 def resolve_device(device: str | None = "auto") -> str:
@@ -27,7 +30,8 @@ def resolve_device(device: str | None = "auto") -> str:
 
 
 def content_hash(folder: Path) -> str:
-    """sha256 over the config and weight files of a model folder (names and bytes, sorted)."""
+    """sha256 over a model folder's ``IDENTITY_FILES`` (config, weights, tokenizer, chat template, generation
+    config: names and bytes, sorted)."""
     h = hashlib.sha256()
     files = sorted({p for pat in IDENTITY_FILES for p in Path(folder).glob(pat) if p.is_file()})
     for p in files:
@@ -36,6 +40,23 @@ def content_hash(folder: Path) -> str:
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def estimate_memory_bytes(weight_bytes: int, stored_dtype: str | None, compute_itemsize: int, copies: int = 2) -> int:
+    """What an audit needs for a checkpoint of ``weight_bytes`` stored in ``stored_dtype``: the model and
+    ``copies - 1`` quantized copies at ``compute_itemsize`` bytes per parameter, plus 10% and 256 MiB of
+    slack (a bf16 checkpoint computed in float32 with one copy: about 4.4x its size). Also what the Space
+    checks before it queues a model, from the Hub's file list alone."""
+    stored = {"float32": 4, "float16": 2, "bfloat16": 2}.get(stored_dtype or "", 2)
+    return int(weight_bytes / stored * compute_itemsize * copies * 1.1) + (256 << 20)
+
+
+def compute_itemsize(device: str, stored_dtype: str | None) -> int:
+    """Bytes per parameter an audit computes in on ``device`` (float32 on CPU, else the checkpoint's own
+    16-bit type), as :meth:`ModelSource.compute_dtype` chooses without a dtype given."""
+    if device == "cpu":
+        return 4
+    return 4 if stored_dtype == "float32" else 2
 
 
 class ModelSource:
@@ -91,7 +112,7 @@ class ModelSource:
     # -- identity -------------------------------------------------------------------------------
     @property
     def identity(self) -> str:
-        """``hub:<repo>@<commit>`` for a Hub snapshot, else ``content:<sha256 of config and weights>``."""
+        """``hub:<repo>@<commit>`` for a Hub snapshot, else ``content:<sha256 of its IDENTITY_FILES>``."""
         if self._identity is None:
             if self.revision and self.repo_id:
                 self._identity = f"hub:{self.repo_id}@{self.revision}"
@@ -178,10 +199,7 @@ class ModelSource:
     def estimate_memory(self, copies: int = 2) -> int:
         """Bytes needed for the full-precision model plus ``copies - 1`` quantized copies, at the
         compute dtype (a bf16 checkpoint doubles in float32 on CPU), plus 10% and 256 MiB of slack."""
-        stored = {"float32": 4, "float16": 2, "bfloat16": 2}.get(self.stored_dtype() or "", 2)
-        compute = self.compute_dtype().itemsize
-        params = self.weight_bytes() / stored
-        return int(params * compute * copies * 1.1) + (256 << 20)
+        return estimate_memory_bytes(self.weight_bytes(), self.stored_dtype(), self.compute_dtype().itemsize, copies)
 
     def check_memory(self, copies: int = 2) -> None:
         """Refuse before loading when the model cannot fit (instead of meeting the OOM killer)."""

@@ -39,6 +39,14 @@ def default_store_path() -> Path:
     return Path(cache).expanduser() / "results.sqlite"
 
 
+# The database's own version (PRAGMA user_version): 2 adds the backend libraries' versions to the metric
+# key of quantized cells and tokenizer / chat-template files to a local model's identity. Rows written
+# under version 0/1 keep their keys, so they are simply not found again and recomputed: no rewrite is
+# needed. A newer version than this hubaudit knows is refused (it may key results differently).
+STORE_VERSION = 2
+MIGRATIONS: dict[int, str] = {0: "", 1: ""}  # from version -> SQL that brings it to the next (none needed yet)
+
+
 class ResultStore:
     """Finished metric results, keyed as the module docstring says.
 
@@ -56,6 +64,15 @@ class ResultStore:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), timeout=30)
             self._db.execute(SCHEMA)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > STORE_VERSION:
+                raise StoreError(f"results store {self.path} was written by a newer hubaudit (store version {version}, "
+                                 f"this one knows {STORE_VERSION}); upgrade hubaudit or pass another --store")
+            while version < STORE_VERSION:
+                if MIGRATIONS.get(version):
+                    self._db.executescript(MIGRATIONS[version])
+                version += 1
+            self._db.execute(f"PRAGMA user_version = {STORE_VERSION}")
             self._db.commit()
 
     @contextmanager

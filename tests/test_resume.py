@@ -78,3 +78,42 @@ def test_sigkill_midway_then_resume(tmp_path, random_world):
     key = lambda c: (c["role"], c["spec"])  # noqa: E731
     assert [(key(c), c["metrics"], c["status"]) for c in report["cells"]] == \
            [(key(c), c["metrics"], c["status"]) for c in clean["cells"]]
+
+
+def test_store_version_and_keys(tmp_path, random_world):
+    """The store records its version (PRAGMA user_version), upgrades an older one in place and refuses a
+    newer one; a quantized cell's key carries its backend's library versions; a local model's identity
+    covers its tokenizer and chat template."""
+    import shutil
+    import sqlite3
+
+    from hubaudit.audit import metric_key
+    from hubaudit.errors import StoreError
+    from hubaudit.metrics import METRICS, MetricConfig
+    from hubaudit.modeling import ModelSource
+    from hubaudit.store import STORE_VERSION, ResultStore
+
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as c:
+        c.execute("CREATE TABLE results (model TEXT NOT NULL, spec TEXT NOT NULL, forget TEXT NOT NULL, metric TEXT "
+                  "NOT NULL, metric_key TEXT NOT NULL, created REAL NOT NULL, record TEXT NOT NULL, PRIMARY KEY "
+                  "(model, spec, forget, metric, metric_key))")
+        c.execute("INSERT INTO results VALUES ('m','fp','f','knowmem_f','k',0,'{\"value\": 1}')")
+    store = ResultStore(old)
+    assert store.get("m", "fp", "f", "knowmem_f", "k") == {"value": 1}  # kept
+    store.close()
+    with sqlite3.connect(old) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == STORE_VERSION
+        c.execute(f"PRAGMA user_version = {STORE_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer hubaudit"):
+        ResultStore(old)
+
+    src = ModelSource(random_world["model"], device="cpu")
+    m = METRICS.get("knowmem_f")()
+    assert "versions" not in metric_key(m, MetricConfig(), src)
+    assert '"torch"' in metric_key(m, MetricConfig(), src, "rtn:4")
+    copy = tmp_path / "same-weights-other-template"
+    shutil.copytree(random_world["model"], copy)
+    assert ModelSource(copy).identity == src.identity
+    (copy / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    assert ModelSource(copy).identity != src.identity
