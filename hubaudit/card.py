@@ -12,6 +12,7 @@ Publishing uses ``HfApi.create_commit`` (which honours ``HF_ENDPOINT``), not ``M
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ SECTION_START, SECTION_END = "<!-- hubaudit:start -->", "<!-- hubaudit:end -->"
 YAML_START, YAML_END = "# hubaudit:start", "# hubaudit:end"
 PR_TITLE_PREFIX = "hubaudit: "
 METHOD_URL = "https://arxiv.org/abs/2410.16454"
+SOURCE_NAME = "hubaudit"  # model-index results and eval results entries hubaudit wrote carry this source name
+EVAL_RESULTS_DIR = ".eval_results"
 CARD_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "tofu_rouge_f", "tofu_rouge_r", "wmdp_acc", "mmlu_acc")
 
 
@@ -88,43 +91,85 @@ def render_section(report: AuditReport) -> str:
     return "\n".join(lines)
 
 
-def model_index_entry(report: AuditReport) -> dict:
-    """One ``model-index`` element holding a result per metric and spec."""
+def _hub_forget_set(report: AuditReport) -> tuple[str, str | None] | None:
+    """``(dataset id, commit)`` of the forget set when it is a Hub dataset, else None (a local or built-in
+    set has no Hub id, and hubaudit never invents one)."""
+    source = (report.inputs.get("forget") or {}).get("source") or ""
+    if not source.startswith("hub:"):
+        return None
+    repo, _, rev = source[4:].partition("@")
+    return repo, rev or None
+
+
+def _precision(spec: str) -> str:
+    return "full precision" if spec == FULL_PRECISION else spec
+
+
+def model_index_entry(report: AuditReport) -> dict | None:
+    """One ``model-index`` element: a single result (task ``text-generation``, the forget set's Hub dataset
+    with its ``revision``, split ``forget``) whose metrics carry the precision in their ``config`` and
+    ``name``, so huggingface_hub's round trip (which merges results by task and dataset) keeps them apart;
+    ``source.name: hubaudit`` is how hubaudit finds its entry again. None when the forget set is not a Hub
+    dataset."""
     inp = report.inputs
-    fs = inp["forget"]
-    hub = fs.get("source", "")
-    dataset_type = hub[4:].partition("@")[0] if hub.startswith("hub:") else f"hubaudit/{fs['name']}"
-    results = []
+    hub = _hub_forget_set(report)
+    if hub is None:
+        return None
+    repo, rev = hub
+    metrics = []
     for spec in [FULL_PRECISION, *report.specs]:
         c = report.cell("model", spec)
         if c is None or c.status != "ok":
             continue
-        precision = "full precision" if spec == FULL_PRECISION else spec
-        metrics = [
-            {"type": m, "name": f"{LABELS[m]} ({precision})", "value": round(c.metrics[m], 2), "verified": False}
-            for m in CARD_METRICS if m in c.metrics
-        ]
-        if metrics:
-            results.append({
-                "task": {"type": "text-generation", "name": f"Unlearning audit, {precision}"},
-                "dataset": {"type": dataset_type, "name": fs["name"], "split": "forget"},
-                "metrics": metrics,
-                "source": {"name": "hubaudit", "url": METHOD_URL},
-            })
-    name = inp["model"].get("repo_id") or inp["model"]["name"]
-    return {"name": name, "results": results}
+        metrics += [{"type": m, "name": f"{LABELS[m]} ({_precision(spec)})", "config": spec,
+                     "value": round(c.metrics[m], 2), "verified": False}
+                    for m in CARD_METRICS if m in c.metrics]
+    if not metrics:
+        return None
+    dataset = {"type": repo, "name": inp["forget"]["name"], "split": "forget"}
+    if rev:
+        dataset["revision"] = rev
+    result = {"task": {"type": "text-generation", "name": "Unlearning audit (hubaudit)"}, "dataset": dataset,
+              "metrics": metrics, "source": {"name": SOURCE_NAME, "url": METHOD_URL}}
+    return {"name": inp["model"].get("repo_id") or inp["model"]["name"], "results": [result]}
+
+
+def eval_results_file(report: AuditReport) -> tuple[str, str] | None:
+    """``(path in the repo, YAML text)`` of hubaudit's ``.eval_results/`` file, the format the Hub now shows
+    (huggingface_hub's ``EvalResultEntry``): one entry per metric and precision, the precision in ``notes``.
+    None when the forget set is not a Hub dataset."""
+    import yaml
+    from huggingface_hub import EvalResultEntry, eval_result_entries_to_yaml
+
+    hub = _hub_forget_set(report)
+    if hub is None:
+        return None
+    repo, rev = hub
+    entries = []
+    for spec in [FULL_PRECISION, *report.specs]:
+        c = report.cell("model", spec)
+        if c is None or c.status != "ok":
+            continue
+        entries += [EvalResultEntry(dataset_id=repo, task_id=m, value=round(c.metrics[m], 2), dataset_revision=rev,
+                                    date=report.created or None, source_url=METHOD_URL, source_name=SOURCE_NAME,
+                                    notes=f"{LABELS[m]}, {_precision(spec)} (hubaudit quantization audit)")
+                    for m in CARD_METRICS if m in c.metrics]
+    if not entries:
+        return None
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", repo).strip("-.") or "forget"
+    text = yaml.safe_dump(eval_result_entries_to_yaml(entries), sort_keys=False, allow_unicode=True, width=1000)
+    return f"{EVAL_RESULTS_DIR}/hubaudit-{name}.yaml", text
 
 
 # -- text surgery -----------------------------------------------------------------------------------
-_FRONT = re.compile(r"\A(---[ \t]*\r?\n)(.*?)(^---[ \t]*(?:\r?\n|\Z))", re.S | re.M)
-
-
 def split_card(text: str) -> tuple[str | None, str]:
-    """(YAML front matter without its fences or None, the rest)."""
-    m = _FRONT.match(text)
-    if not m:
+    """(YAML front matter without its fences or None, the rest), found by huggingface_hub's own rule."""
+    from .cardmeta import split_front_matter
+
+    parts = split_front_matter(text)
+    if parts is None:
         return None, text
-    return m.group(2), text[m.end():]
+    return parts[1], parts[3]
 
 
 def _yaml_block(entry: dict, indent: str) -> str:
@@ -135,19 +180,15 @@ def _yaml_block(entry: dict, indent: str) -> str:
     return f"{indent}{YAML_START}\n{body}{indent}{YAML_END}\n"
 
 
-def _update_yaml(front: str, entry: dict) -> str:
-    lines = front.splitlines(True)
-    start = next((i for i, l in enumerate(lines) if l.strip() == YAML_START), None)
-    if start is not None:
-        end = next((i for i in range(start, len(lines)) if lines[i].strip() == YAML_END), None)
-        if end is None:
-            raise CardError(f"the card's metadata has '{YAML_START}' without '{YAML_END}'; repair it by hand")
-        indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
-        return "".join(lines[:start]) + _yaml_block(entry, indent) + "".join(lines[end + 1:])
+def _ours(result) -> bool:
+    return isinstance(result, dict) and (result.get("source") or {}).get("name") == SOURCE_NAME
+
+
+def _model_index_span(lines: list[str]) -> tuple[int, int] | None:
+    """Lines ``[key, end)`` of the top-level ``model-index:`` block, or None."""
     key = next((i for i, l in enumerate(lines) if re.match(r"^model-index\s*:", l)), None)
     if key is None:
-        sep = "" if not front or front.endswith("\n") else "\n"
-        return front + sep + "model-index:\n" + _yaml_block(entry, "")
+        return None
     if lines[key].split(":", 1)[1].strip() not in ("", "[]"):
         raise CardError("the card's model-index is written in flow style on one line; rewrite it as a block list "
                         "(one '- name:' per model) and run again")
@@ -156,41 +197,129 @@ def _update_yaml(front: str, entry: dict) -> str:
         end += 1
     while end > key + 1 and not lines[end - 1].strip():  # keep blank lines after the block where they were
         end -= 1
+    return key, end
+
+
+def _update_yaml(front: str, entry: dict | None) -> str:
+    """The front matter with our model-index element in place (``entry`` None: ours removed). Found by our
+    YAML comment markers, or, when a tool re-wrote the card through huggingface_hub (comments gone, results
+    merged), by content: every result whose ``source.name`` is hubaudit's."""
+    from .cardmeta import CardMetadataError, safe_yaml
+
+    lines = front.splitlines(True)
+    start = next((i for i, l in enumerate(lines) if l.strip() == YAML_START), None)
+    if start is not None:
+        end = next((i for i in range(start, len(lines)) if lines[i].strip() == YAML_END), None)
+        if end is None:
+            raise CardError(f"the card's metadata has '{YAML_START}' without '{YAML_END}'; repair it by hand")
+        indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
+        block = _yaml_block(entry, indent) if entry is not None else ""
+        return "".join(lines[:start]) + block + "".join(lines[end + 1:])
+    span = _model_index_span(lines)
+    try:
+        current = (safe_yaml(front) or {}).get("model-index") if front.strip() else None
+    except CardMetadataError as e:
+        raise CardError(f"{e}; repair the card's metadata first") from None
+    if span is not None and isinstance(current, list) and any(
+            _ours(r) for el in current if isinstance(el, dict) for r in (el.get("results") or [])):
+        # re-written by another tool: drop our results wherever they ended up, re-dump the block
+        import yaml
+
+        kept = []
+        for el in current:
+            if not isinstance(el, dict):
+                kept.append(el)
+                continue
+            results = [r for r in (el.get("results") or []) if not _ours(r)]
+            if results or "results" not in el:
+                kept.append({**el, "results": results} if "results" in el else el)
+        key, end = span
+        body = yaml.safe_dump(kept, sort_keys=False, allow_unicode=True, width=1000) if kept else ""
+        block = _yaml_block(entry, "") if entry is not None else ""
+        if not kept and entry is None:
+            return "".join(lines[:key]) + "".join(lines[end:])
+        return "".join(lines[:key]) + "model-index:\n" + body + block + "".join(lines[end:])
+    if entry is None:
+        return front
+    if span is None:
+        sep = "" if not front or front.endswith("\n") else "\n"
+        return front + sep + "model-index:\n" + _yaml_block(entry, "")
+    key, end = span
     items = [l for l in lines[key + 1:end] if l.lstrip().startswith("- ")]
     indent = items[0][: len(items[0]) - len(items[0].lstrip())] if items else ""
     head = lines[key] if lines[key].split(":", 1)[1].strip() == "" else "model-index:\n"
     return "".join(lines[:key]) + head + "".join(lines[key + 1:end]) + _yaml_block(entry, indent) + "".join(lines[end:])
 
 
+_FENCE = re.compile(r"^[ ]{0,3}(`{3,}|~{3,})")
+
+
+def _section_span(body: str) -> tuple[int, int] | None:
+    """Where our section is: the one ``SECTION_START`` ... ``SECTION_END`` pair outside fenced code blocks
+    (a card that shows our markers in a code example keeps them). None when there is none; CardError
+    when the markers are not exactly one ordered pair."""
+    starts, ends, fence, pos = [], [], None, 0
+    for line in body.splitlines(True):
+        m = _FENCE.match(line)
+        if m:
+            mark = m.group(1)[0]
+            if fence is None:
+                fence = mark
+            elif fence == mark:
+                fence = None
+        elif fence is None:
+            if SECTION_START in line:
+                starts.append(pos + line.index(SECTION_START))
+            if SECTION_END in line:
+                ends.append(pos + line.index(SECTION_END) + len(SECTION_END))
+        pos += len(line)
+    if not starts and not ends:
+        return None
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise CardError(f"the card should hold one '{SECTION_START}' followed by one '{SECTION_END}' (it has "
+                        f"{len(starts)} and {len(ends)}{', in the wrong order' if starts and ends and ends[0] < starts[0] else ''}); "
+                        "repair them by hand")
+    return starts[0], ends[0]
+
+
 def update_card(text: str, report: AuditReport) -> str:
-    """The card with our section and our model-index entry (added, or replaced when present)."""
-    import yaml
+    """The card with our section and our model-index entry (added, or replaced when present). A card
+    written with CRLF line endings keeps them."""
+    if "\r\n" in text and "\n" not in text.replace("\r\n", ""):
+        return _update_card(text.replace("\r\n", "\n"), report).replace("\n", "\r\n")
+    return _update_card(text, report)
+
+
+def _update_card(text: str, report: AuditReport) -> str:
+    from .cardmeta import CardMetadataError, safe_yaml, split_front_matter
 
     front, body = split_card(text)
     entry = model_index_entry(report)
     new_front = _update_yaml(front or "", entry)
     try:
-        old_meta = yaml.safe_load(front) if front else {}
-        new_meta = yaml.safe_load(new_front)
-    except yaml.YAMLError as e:
-        raise CardError(f"the card's YAML metadata cannot be read ({str(e).splitlines()[0]}); repair it first") from None
+        old_meta = safe_yaml(front) if front else {}
+        new_meta = safe_yaml(new_front) if new_front.strip() else {}
+    except CardMetadataError as e:
+        raise CardError(f"{e}; repair the card's metadata first") from None
     old_meta = old_meta or {}
+    new_meta = {} if new_meta is None else new_meta
     if not isinstance(new_meta, dict) or {k: v for k, v in new_meta.items() if k != "model-index"} != \
             {k: v for k, v in old_meta.items() if k != "model-index"}:
         raise CardError("updating the card's metadata would change other keys; please report this card")
     section = render_section(report)
-    if SECTION_START in body:
-        if SECTION_END not in body:
-            raise CardError(f"the card has '{SECTION_START}' without '{SECTION_END}'; repair it by hand")
-        a, b = body.index(SECTION_START), body.index(SECTION_END) + len(SECTION_END)
+    span = _section_span(body)
+    if span is not None:
+        a, b = span
         body = body[:a] + section + body[b:]
     else:
         sep = "" if not body else ("\n" if body.endswith("\n\n") else "\n\n" if body.endswith("\n") else "\n\n\n")
         body = body + sep + section + "\n"
     if front is None:
+        if not new_front.strip():  # nothing to put in metadata (a local forget set): the card gets none
+            return body
         return f"---\n{new_front}---\n" + ("" if body.startswith("\n") else "\n") + body
-    m = _FRONT.match(text)
-    return m.group(1) + new_front + m.group(3) + body
+    opening, _, closing, _ = split_front_matter(text)
+    return opening + new_front + closing + body
 
 
 def card_diff(old: str, new: str, name: str = "README.md") -> str:
@@ -216,18 +345,36 @@ def _check_report_matches(report: AuditReport, repo_id: str) -> None:
                         f"give the report of an audit of {repo_id}")
 
 
-def _current_card(api, repo_id: str, revision: str = "main") -> str:
+def _current_card(api, repo_id: str, revision: str = "main") -> tuple[str, str]:
+    """``(README.md's text, the commit it was read at)``: the commit is passed on as ``parent_commit``, so a
+    card changed on the Hub meanwhile is never overwritten."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub import errors as he
 
     from .source import hub_errors
 
     with hub_errors(repo_id, revision):
+        sha = api.model_info(repo_id, revision=revision).sha
         try:
-            path = hf_hub_download(repo_id, "README.md", revision=revision, token=api.token)
+            path = hf_hub_download(repo_id, "README.md", revision=sha, token=api.token)
         except he.RemoteEntryNotFoundError:
-            return ""
-    return Path(path).read_text(encoding="utf-8")
+            return "", sha
+    return Path(path).read_text(encoding="utf-8"), sha
+
+
+@contextlib.contextmanager
+def _changed_meanwhile(repo_id: str):
+    """A commit on ``main`` between reading the card and writing it (HTTP 412): a one-line error, nothing
+    overwritten."""
+    from huggingface_hub import errors as he
+
+    try:
+        yield
+    except he.HfHubHTTPError as e:
+        if getattr(getattr(e, "response", None), "status_code", None) == 412:
+            raise CardError(f"the card of '{repo_id}' changed on the Hub while hubaudit was writing it; run the same "
+                            "command again to write into the new card") from None
+        raise
 
 
 def find_our_pr(api, repo_id: str) -> int | None:
@@ -257,7 +404,7 @@ def publish_card(report: AuditReport, repo_id: str, *, token: str | None = None,
 
     _check_report_matches(report, repo_id)
     api = HfApi(token=token)
-    old = _current_card(api, repo_id)
+    old, base_sha = _current_card(api, repo_id)
     new = update_card(old, report)
     res = CardResult(card=new, diff=card_diff(old, new))
     if out is not None:
@@ -270,17 +417,23 @@ def publish_card(report: AuditReport, repo_id: str, *, token: str | None = None,
     v = report.verdict
     title = f"{PR_TITLE_PREFIX}quantization audit ({v.label})"
     description = (f"{v.summary}.\n\nThis pull request adds (or updates) the section *Quantization audit (hubaudit)* "
-                   f"and hubaudit's `model-index` entry; nothing else in the card changes. Opened by hubaudit "
-                   f"{report.hubaudit_version}; running the audit again updates this pull request.")
+                   f"and hubaudit's `model-index` entry, and hubaudit's file in `{EVAL_RESULTS_DIR}/` (the Hub's "
+                   f"evaluation results format) when the forget set is a Hub dataset; nothing else in the card "
+                   f"changes. Opened by hubaudit {report.hubaudit_version}; running the audit again updates this "
+                   "pull request.")
     ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=new.encode("utf-8"))]
-    with hub_errors(repo_id):
+    evals = eval_results_file(report)
+    if evals is not None:  # the format the Hub now shows on the model page and in benchmark leaderboards
+        ops.append(CommitOperationAdd(path_in_repo=evals[0], path_or_fileobj=evals[1].encode("utf-8")))
+    with hub_errors(repo_id), _changed_meanwhile(repo_id):
         if not pr:
-            info = api.create_commit(repo_id, ops, commit_message=title, commit_description=description)
+            info = api.create_commit(repo_id, ops, commit_message=title, commit_description=description,
+                                     parent_commit=base_sha)
         else:
             num = find_our_pr(api, repo_id)
             if num is None:
                 info = api.create_commit(repo_id, ops, commit_message=title, commit_description=description,
-                                         create_pr=True)
+                                         create_pr=True, parent_commit=base_sha)
             else:
                 info = api.create_commit(repo_id, ops, commit_message=title, revision=f"refs/pr/{num}")
                 res.reused_pr = True

@@ -195,6 +195,31 @@ def _card_data(readme: bytes | None) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _validate_card_files(path: str, data: bytes) -> None:
+    """As the Hub reads them: a model card's ``model-index`` must parse with huggingface_hub's own
+    ``model_index_to_eval_results``, and a ``.eval_results/*.yaml`` file with ``parse_eval_result_entries``;
+    otherwise the commit is refused (400), as the Hub refuses metadata it cannot read."""
+    if path == "README.md":
+        data_dict = _card_data(data)
+        if data_dict and data_dict.get("model-index") is not None:
+            try:
+                from huggingface_hub.repocard_data import model_index_to_eval_results
+
+                model_index_to_eval_results(data_dict["model-index"])
+            except Exception as e:  # noqa: BLE001
+                raise HubError(400, f"Invalid model-index in README.md: {type(e).__name__}: {e}")
+    elif path.startswith(".eval_results/") and path.endswith((".yaml", ".yml")):
+        try:
+            from huggingface_hub import parse_eval_result_entries
+
+            entries = _parse_yaml(data.decode("utf-8"))
+            if not isinstance(entries, list) or not entries:
+                raise ValueError("an eval results file is a non-empty list of entries")
+            parse_eval_result_entries(entries)
+        except Exception as e:  # noqa: BLE001
+            raise HubError(400, f"Invalid eval results file {path}: {type(e).__name__}: {e}")
+
+
 def _gitattributes_lfs_patterns(content: bytes | None) -> list[str]:
     if not content:
         return []
@@ -1494,6 +1519,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     data = base64.b64decode(value.get("content", ""), validate=True)
                 except ValueError:
                     raise HubError(400, f"Invalid base64 content for {path}")
+                if repo_type == "model":
+                    _validate_card_files(path, data)
                 try:
                     adds[path] = hub._normalize_files({path: data})[path]
                 except ValueError as e:

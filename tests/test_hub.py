@@ -93,6 +93,16 @@ def test_pull_audit_pr_rerun_updates_the_same_pr(hub, client, capsys):
     assert "\n# org/unlearned\n\nAn unlearned model. This prose must survive byte for byte.\n" in card
     assert "## Quantization audit (hubaudit)" in card and hub.first_sha in card
     assert hub.file_at("org/unlearned", "README.md").decode() == CARD  # main untouched
+    # the same pull request carries the results in the Hub's evaluation results format, which the Hub's
+    # own parser reads (the test server refuses what huggingface_hub cannot parse)
+    import yaml
+    from huggingface_hub import parse_eval_result_entries
+
+    evals = parse_eval_result_entries(yaml.safe_load(
+        hub.file_at("org/unlearned", ".eval_results/hubaudit-org-forget.yaml", revision="refs/pr/1")))
+    sha = report["inputs"]["forget"]["source"].rpartition("@")[2]
+    assert {(e.dataset_id, e.dataset_revision) for e in evals} == {("org/forget", sha)}
+    assert {e.task_id for e in evals} == {"knowmem_f", "knowmem_r"} and len(evals) == 2 * 2  # fp and rtn:4
 
     # rerun with one more spec: stored cells are reused, and the same pull request is updated
     code, stdout, stderr = run(capsys, *base, "--backends", "rtn:4,rtn:8")
@@ -175,3 +185,24 @@ def test_memory_check_refuses_before_loading(hub, client, capsys, monkeypatch):
     code, _, err = run(capsys, "audit", "org/unlearned", "--no-reference", "--forget", "org/forget", "--no-store",
                        "--quiet", "--out", client / "o")
     assert code == 2 and "needs about" in err and "--no-memory-check" in err, err
+
+
+def test_model_refs_are_read_by_what_is_written(tmp_path, monkeypatch):
+    """A revision is split off before the path rules (refs/pr/1 is a revision, not a path); a folder is
+    written as one (./x, /x, ~/x, x/, a Path); a Hub id never silently reads a folder of the same name."""
+    from pathlib import Path
+
+    from hubaudit.errors import ModelRefError
+    from hubaudit.source import parse_model_ref
+
+    ref = parse_model_ref("org/m@refs/pr/1")
+    assert (ref.repo_id, ref.revision, ref.path) == ("org/m", "refs/pr/1", None)
+    assert parse_model_ref("org/m").is_hub and parse_model_ref("gpt2@main").is_hub
+    for folder in ("./org/m", "/abs/org/m", "~/m", "org/m/", "a/b/c"):
+        assert not parse_model_ref(folder).is_hub, folder
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "m").mkdir(parents=True)
+    with pytest.raises(ModelRefError, match=r"\./org/m"):
+        parse_model_ref("org/m")
+    assert not parse_model_ref(Path("org/m")).is_hub and not parse_model_ref("./org/m").is_hub
+    assert parse_model_ref("org/m@main").is_hub  # with a revision it can only be the Hub
