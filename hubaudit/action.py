@@ -131,12 +131,15 @@ def cmd_resolve() -> int:
         annotate("warning", f"hubaudit: could not resolve '{model}' for the cache key ({first}); no cache this run")
     settings = "\n".join([__version__, _input("reference"), _input("forget-set"), _input("backends"),
                           _input("threshold"), _input("metrics")])
-    prefix = f"hubaudit-{os.environ.get('RUNNER_OS', sys.platform)}-{key}-"
+    # With a token the Hub cache may hold private or gated weights, and a cache can be restored by other
+    # branches and pull-request runs: then only the results store is cached (an empty path is skipped).
+    private = bool(_token())
+    prefix = f"hubaudit-{os.environ.get('RUNNER_OS', sys.platform)}-{'store-only-' if private else ''}{key}-"
     set_outputs({
         "model-key": key,
         "cache-key": prefix + hashlib.sha256(settings.encode()).hexdigest()[:16] if key else "",
         "cache-prefix": prefix if key else "",
-        "hf-cache": hc.HF_HUB_CACHE,
+        "hf-cache": "" if private else hc.HF_HUB_CACHE,
         "store-dir": str(default_store_path().parent),
     })
     return EXIT_OK

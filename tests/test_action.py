@@ -339,7 +339,7 @@ def check_run_files(run: Run):
     # the summary holds the report's table, its verdict and the artifact's name
     table = (Path(run.outputs["report-path"]) / "report.md").read_text()
     assert table in run.summary and f"**Verdict: {v['label'].upper()}**" in run.summary
-    assert re.search(r"^\| rtn:4 \| [\d.]+ \|", run.summary, re.M)
+    assert re.search(r"^\| rtn:4 \| [\d.]+ ± [\d.]+ \|", run.summary, re.M)  # a score with its standard error
     # the report folder is what the upload step uploads, under the artifact name the audit chose
     upload = [w for u, w in run.uses if u.startswith("actions/upload-artifact@")]
     assert upload and upload[0]["path"] == run.outputs["report-path"] and upload[0]["name"] == run.steps["audit"]["artifact-name"]
@@ -462,6 +462,10 @@ def test_hub_model_with_token_opens_the_card_pr_and_the_token_appears_nowhere(tm
         assert len(prs) == 1 and run.outputs["pr-url"].endswith(f"/org/unlearned/discussions/{prs[0]['num']}")
         assert run.outputs["pr-url"] in run.summary
         assert run.steps["resolve"]["model-key"] == sha  # the cache is keyed by the commit main resolved to
+        # with a token only the results store is cached: never weights fetched with it
+        restore = next(w for u, w in run.uses if u.startswith("actions/cache/restore@"))
+        assert [p for p in restore["path"].splitlines() if p.strip()] == [run.steps["resolve"]["store-dir"]]
+        assert "store-only-" in restore["key"]
         report = json.loads((Path(run.outputs["report-path"]) / "report.json").read_text())
         assert report["inputs"]["model"]["sha"] == sha
         # masked: the add-mask command is issued, and nothing else ever prints the token
