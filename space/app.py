@@ -73,6 +73,13 @@ WEBHOOK_FORGET = os.environ.get("HUBAUDIT_WEBHOOK_FORGET", "synthetic")
 WEBHOOK_THRESHOLD = float(os.environ.get("HUBAUDIT_WEBHOOK_THRESHOLD", "5"))
 MAX_MODEL_BYTES = int(os.environ["HUBAUDIT_SPACE_MAX_MODEL_BYTES"]) if os.environ.get("HUBAUDIT_SPACE_MAX_MODEL_BYTES") else None
 PAUSE_WORKER = os.environ.get("HUBAUDIT_SPACE_PAUSE_WORKER") == "1"  # tests: queue without running
+MAX_UPLOAD_BYTES = int(os.environ.get("HUBAUDIT_SPACE_MAX_UPLOAD_BYTES", str(20 << 20)))
+MAX_UPLOAD_ITEMS = int(os.environ.get("HUBAUDIT_SPACE_MAX_UPLOAD_ITEMS", "5000"))
+MAX_FORGET_BYTES = int(os.environ.get("HUBAUDIT_SPACE_MAX_FORGET_BYTES", str(200 << 20)))  # a Hub forget set's files
+MAX_FORGET_ITEMS = int(os.environ.get("HUBAUDIT_SPACE_MAX_FORGET_ITEMS", "20000"))
+JOB_TIMEOUT_S = float(os.environ.get("HUBAUDIT_SPACE_JOB_TIMEOUT", "3600"))  # one audit's wall time, at most
+MAX_JOBS_PER_VISITOR = int(os.environ.get("HUBAUDIT_SPACE_MAX_JOBS_PER_VISITOR", "2"))  # queued or running
+MAX_DISK_BYTES = int(os.environ.get("HUBAUDIT_SPACE_MAX_DISK_BYTES", str(40 << 30)))  # Hub cache + jobs + uploads
 POLL_SECONDS = float(os.environ.get("HUBAUDIT_SPACE_POLL", "1"))
 
 store = JobStore(DATA / "jobs.sqlite")
@@ -281,13 +288,40 @@ def check_model(model_id: str) -> str:
         raise InputError(f"`{repo}` has no model weights (`*.safetensors`): is it a transformers model?")
     if "config.json" not in files:
         raise InputError(f"`{repo}` has no config.json: it is not a transformers model repository.")
-    need = 2 * sum(weights.values())  # full precision plus one quantized copy
+    check_size(repo, info.sha, sum(weights.values()), token=False)
+    return f"{repo}@{info.sha}"  # pinned: the audit reads the commit that was checked, whatever is pushed later
+
+
+def check_size(repo: str, sha: str, weight_bytes: int, token) -> None:
+    """Refuse a model this Space cannot hold: the library's own estimate (the model and one quantized copy
+    at the compute dtype: about 4.4x a bf16 checkpoint on CPU) against the memory there is."""
+    from hubaudit.modeling import compute_itemsize, estimate_memory_bytes
+
+    stored = None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        with open(hf_hub_download(repo, "config.json", revision=sha, token=token), encoding="utf-8") as f:
+            cfg = json.load(f)
+        stored = cfg.get("dtype") or cfg.get("torch_dtype")
+    except Exception:  # noqa: BLE001 - unknown dtype: the estimate assumes 16-bit weights
+        pass
+    device = "cuda" if DEVICE in ("auto", "cuda") and _cuda() else "cpu"
+    need = estimate_memory_bytes(weight_bytes, stored, compute_itemsize(device, stored), copies=2)
     limit = MAX_MODEL_BYTES if MAX_MODEL_BYTES is not None else _available_bytes()
     if limit is not None and need > limit:
         raise InputError(f"`{repo}` is too big for this Space's hardware: it needs about {need / 2**30:.1f} GiB "
-                         f"(the weights plus one quantized copy) and {limit / 2**30:.1f} GiB is available. "
-                         f"Run `hubaudit audit {repo}` on a larger machine.")
-    return model_id
+                         f"(the model and one quantized copy, {'float32' if compute_itemsize(device, stored) == 4 else stored}) "
+                         f"and {limit / 2**30:.1f} GiB is available. Run `hubaudit audit {repo}` on a larger machine.")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _available_bytes() -> int | None:
@@ -325,27 +359,42 @@ def upload_to_muse(path: str, dest: Path) -> Path:
     (``"split": "retain"`` for the retain set), one with prompt/gt a VerbMem passage, one with text an
     MIA text (``"split": "holdout"`` for the non-member texts)."""
     parts: dict[str, list] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"Line {n} of the uploaded file is not valid JSON ({e.msg}).") from None
-            if not isinstance(row, dict):
-                raise InputError(f"Line {n} of the uploaded file is not a JSON object.")
-            split = row.get("split", "")
-            if "question" in row and "answer" in row:
-                key = "knowmem/retain_qa" if split == "retain" else "knowmem/forget_qa"
-                parts.setdefault(key, []).append({"question": row["question"], "answer": row["answer"]})
-            elif "prompt" in row and "gt" in row:
-                parts.setdefault("verbmem/forget", []).append({"prompt": row["prompt"], "gt": row["gt"]})
-            elif "text" in row:
-                parts.setdefault("privleak/holdout" if split == "holdout" else "privleak/forget", []).append(
-                    {"text": row["text"]})
-            else:
-                raise InputError(f"Line {n} of the uploaded file has none of question+answer, prompt+gt or text.")
+    name = Path(path).name
+    size = os.path.getsize(path)
+    if size > MAX_UPLOAD_BYTES:
+        raise InputError(f"The uploaded file {name} is {size / 2**20:.1f} MiB; this Space takes at most "
+                         f"{MAX_UPLOAD_BYTES / 2**20:.0f} MiB (run `hubaudit audit` on your own machine for more).")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"The uploaded file {name} is not UTF-8 text: upload a .jsonl file, one JSON object "
+                         "per line.") from None
+    items = 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        items += 1
+        if items > MAX_UPLOAD_ITEMS:
+            raise InputError(f"The uploaded file {name} has more than {MAX_UPLOAD_ITEMS} items; this Space "
+                             "takes at most that many (run `hubaudit audit` on your own machine for more).")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"Line {n} of the uploaded file is not valid JSON ({e.msg}).") from None
+        if not isinstance(row, dict):
+            raise InputError(f"Line {n} of the uploaded file is not a JSON object.")
+        split = row.get("split", "")
+        if "question" in row and "answer" in row:
+            key = "knowmem/retain_qa" if split == "retain" else "knowmem/forget_qa"
+            parts.setdefault(key, []).append({"question": row["question"], "answer": row["answer"]})
+        elif "prompt" in row and "gt" in row:
+            parts.setdefault("verbmem/forget", []).append({"prompt": row["prompt"], "gt": row["gt"]})
+        elif "text" in row:
+            parts.setdefault("privleak/holdout" if split == "holdout" else "privleak/forget", []).append(
+                {"text": row["text"]})
+        else:
+            raise InputError(f"Line {n} of the uploaded file has none of question+answer, prompt+gt or text.")
     if not parts:
         raise InputError("The uploaded file is empty.")
     dest.mkdir(parents=True, exist_ok=True)
@@ -360,24 +409,37 @@ def upload_to_muse(path: str, dest: Path) -> Path:
 # the worker: one audit at a time
 
 
-class JobProgress:
-    """A tqdm-like object hubaudit.audit reports items to (cell, metric, items done), saved to the job."""
+class JobTimeout(BaseException):
+    """An audit ran past the Space's limit (a BaseException: the audit's per-cell error handling, which
+    catches Exception so one failing backend does not end an audit, must not swallow it)."""
 
-    def __init__(self, job_id: str, totals: dict[str, int]):
-        self.job_id, self.totals = job_id, totals
+
+class JobProgress:
+    """A tqdm-like object hubaudit.audit reports items to (cell, metric, items done), saved to the job; it
+    also ends the audit (:class:`JobTimeout`) once ``deadline`` (time.monotonic()) has passed."""
+
+    def __init__(self, job_id: str, totals: dict[str, int], deadline: float | None = None):
+        self.job_id, self.totals, self.deadline = job_id, totals, deadline
         self.state = {"cell": None, "metric": None, "done": 0, "total": None}
         self._last = 0.0
 
+    def _check_time(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise JobTimeout()
+
     def set_description(self, text: str) -> None:
+        self._check_time()
         role, _, spec = text.partition(" ")
         self.state.update(cell={"role": role, "spec": spec}, metric=None, done=0, total=None)
         self._save(force=True)
 
     def set_postfix_str(self, label: str) -> None:
+        self._check_time()
         self.state.update(metric=label, done=0, total=self.totals.get(label))
         self._save(force=True)
 
     def update(self, n: int = 1) -> None:
+        self._check_time()
         self.state["done"] += n
         self._save()
 
@@ -434,26 +496,76 @@ def run_job(job: dict) -> None:
         if webhook and only_card_changed(inp["repo"], inp.get("old_sha"), inp["sha"], token):
             store.finish(jid, "skipped", message="only the model card changed since the last audited commit")
             return
+        if webhook:  # a push may have made the model too big for this Space: refuse before fetching it
+            from huggingface_hub import HfApi
+
+            info = HfApi(token=token).model_info(inp["repo"], revision=inp["sha"], files_metadata=True)
+            check_size(inp["repo"], inp["sha"], sum(s.size or 0 for s in info.siblings or []
+                                                    if s.rfilename.endswith(".safetensors")), token=token)
         fs = load_forget_set(forget_source(inp, job_dir))
+        n_items = sum(fs.sizes().values())
+        if n_items > MAX_FORGET_ITEMS:
+            raise InputError(f"the forget set has {n_items} items; this Space audits at most {MAX_FORGET_ITEMS} "
+                             "(run `hubaudit audit` on your own machine for more)")
         metrics = resolve_metrics(None, fs)
         totals = {m.label: len(getattr(fs, m.needs[0])) + (len(fs.mia_holdout) if m.name == "mia_auc" else 0)
                   for m in metrics}
+        reference = inp.get("reference") or False
+        if webhook and not inp.get("reference"):
+            reference = webhook_reference(inp["repo"], inp["sha"])
         report = run_audit(
-            inp["model"], reference=inp.get("reference") if inp.get("reference") else (None if webhook else False),
+            inp["model"], reference=reference,
             forget=fs, specs=inp["specs"], threshold=float(inp["threshold"]), out=job_dir / "report",
-            store=RESULTS, device=DEVICE, token=token, progress=JobProgress(jid, totals),
+            store=RESULTS, device=DEVICE, token=token,
+            progress=JobProgress(jid, totals, deadline=time.monotonic() + JOB_TIMEOUT_S),
             on_cell=lambda cell: store.add_cell(jid, _cell_json(cell)),
         )
         # a webhook job is done once its result went out (so a restart before that publishes it again)
         message = publish_webhook_result(inp, report) if webhook else None
         store.finish(jid, "done", report=report.to_json(items=False), report_path=str(job_dir / "report" / "report.json"),
                      message=message)
-    except HubauditError as e:
+    except (HubauditError, InputError) as e:
         store.finish(jid, "error", message=str(e))
+    except JobTimeout:
+        store.finish(jid, "error", message=f"stopped after {JOB_TIMEOUT_S / 60:.0f} minutes, this Space's limit for "
+                                           "one audit (fewer specs, or `hubaudit audit` on your own machine)")
     except Exception as e:  # noqa: BLE001 - the page shows a message, the log keeps the traceback
         log.error("job %s failed:\n%s", jid, traceback.format_exc())
         store.finish(jid, "error", message=f"The audit stopped on an internal error ({type(e).__name__}: "
                                            f"{str(e).splitlines()[0] if str(e) else ''}).")
+
+
+def webhook_reference(repo: str, sha: str):
+    """The original model of a webhook audit: the watched card's ``base_model``, only as a public Hub id
+    (never a path on this machine), fetched without the Space's token (someone else's card names it);
+    False when there is none, or it is not a public model."""
+    from huggingface_hub import HfApi
+
+    from hubaudit import HubauditError
+    from hubaudit.audit import open_model
+    from hubaudit.source import HUB_ID, base_model_of
+
+    try:
+        info = HfApi(token=False).model_info(repo, revision=sha)
+    except Exception:  # noqa: BLE001 - a private watched model: its card is read with the token below
+        info = None
+    card = getattr(info, "card_data", None) or getattr(info, "cardData", None) if info is not None else None
+    if card is None:
+        from hubaudit.detect import read_card
+
+        try:
+            card = read_card(f"{repo}@{sha}", token=space_token())[0]
+        except HubauditError:
+            card = {}
+    card = card.to_dict() if hasattr(card, "to_dict") else dict(card or {})
+    base = base_model_of(card)
+    if not base or not HUB_ID.match(base.partition("@")[0]) or "/" not in base.partition("@")[0]:
+        return False
+    try:  # token=False: the original is opened as any visitor would, never with the Space's token
+        return open_model(base, token=False, device=DEVICE)[0]
+    except HubauditError as e:
+        log.warning("webhook audit of %s: base_model %s not used (%s)", repo, base, e)
+        return False
 
 
 def publish_webhook_result(inp: dict, report) -> str:
@@ -470,8 +582,15 @@ def publish_webhook_result(inp: dict, report) -> str:
             from huggingface_hub import HfApi
 
             api = HfApi(token=space_token())
+            title = f"{PR_TITLE_PREFIX}quantization audit of {inp['sha'][:7]} ({report.verdict.label})"
+            # idempotent: a job that posted and then stopped (a crash before it was marked done) runs again
+            # after the restart, and finds its discussion instead of posting a second one
+            me = api.whoami()["name"]
+            for d in api.get_repo_discussions(inp["repo"], author=me, discussion_type="discussion"):
+                if d.title == title:
+                    return f"discussion: {api.endpoint}/{inp['repo']}/discussions/{d.num}"
             d = api.create_discussion(
-                inp["repo"], title=f"{PR_TITLE_PREFIX}quantization audit of {inp['sha'][:7]} ({report.verdict.label})",
+                inp["repo"], title=title,
                 description=verdict_words(report.to_json(items=False)) + "\n\n" + render_section(report))
             return f"discussion: {d.url}"
     except HubauditError as e:
@@ -499,28 +618,131 @@ def _warm_up() -> None:
         log.debug("warm-up failed", exc_info=True)
 
 
-def worker_loop() -> None:
+def worker_loop(stop: threading.Event | None = None) -> None:
+    """Run queued jobs one at a time, forever (or until ``stop`` is set). Nothing that goes wrong outside
+    an audit ends the loop: it is logged, and the loop goes on after a pause."""
     _warm_up()
-    while True:
-        job = store.claim_next()
-        if job is None:
-            _wake.wait(2.0)
-            _wake.clear()
+    while stop is None or not stop.is_set():
+        try:
+            job = store.claim_next()
+            if job is None:
+                _wake.wait(2.0)
+                _wake.clear()
+                continue
+            evict_disk()
+            run_job(job)
+        except Exception:  # noqa: BLE001 - the worker must survive (a locked database, a full disk, a bug)
+            log.error("the worker recovered from an error:\n%s", traceback.format_exc())
+            time.sleep(POLL_SECONDS)
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def evict_disk(budget: int | None = None, hub_cache: str | Path | None = None) -> list[str]:
+    """Keep the Hub cache, the job folders, uploads and download copies under ``budget`` bytes together,
+    deleting the least recently used first: finished jobs' folders and uploads (their results stay in the
+    job database), download copies, and Hub cache repositories. Called before each job (no audit runs).
+    Returns what it deleted."""
+    import shutil
+    import tempfile
+
+    from huggingface_hub import constants, scan_cache_dir
+
+    budget = MAX_DISK_BYTES if budget is None else budget
+    hub_cache = Path(hub_cache or constants.HF_HUB_CACHE)
+    live = store.list(("queued", "running"), limit=1_000_000)
+    active = {j["id"] for j in live}
+    active_uploads = {j["inputs"].get("upload_dir") for j in live}
+    items: list[tuple[float, int, str, object]] = []  # (last used, bytes, label, how to delete)
+    downloads = Path(tempfile.gettempdir()) / "hubaudit-space-downloads"
+    for folder, skip in ((DATA / "jobs", active), (DATA / "uploads", None), (downloads, active)):
+        if not folder.is_dir():
             continue
-        run_job(job)
+        for p in folder.iterdir():
+            if (skip is not None and p.name in skip) or str(p) in active_uploads:
+                continue
+            items.append((p.stat().st_mtime, _tree_bytes(p), str(p), p))
+    try:
+        info = scan_cache_dir(hub_cache) if hub_cache.is_dir() else None
+    except Exception:  # noqa: BLE001 - a cache huggingface_hub cannot read is left alone
+        info = None
+    for repo in (info.repos if info else []):
+        items.append((repo.last_accessed, repo.size_on_disk, f"hub:{repo.repo_id}", repo))
+    total = sum(i[1] for i in items)
+    deleted = []
+    for last, size, label, what in sorted(items, key=lambda i: i[0]):
+        if total <= budget:
+            break
+        try:
+            if isinstance(what, Path):
+                shutil.rmtree(what) if what.is_dir() else what.unlink()
+            else:
+                info.delete_revisions(*[r.commit_hash for r in what.revisions]).execute()
+        except OSError:
+            continue
+        total -= size
+        deleted.append(label)
+    if deleted:
+        log.info("freed disk (budget %.1f GiB): %s", budget / 2**30, ", ".join(deleted))
+    return deleted
 
 
 # ---------------------------------------------------------------------------------------------------
 # the page's handlers
 
 
-def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshold):
+def visitor_key(request) -> str | None:
+    """Who queued a job, for the per-visitor limit: a hash of the client address (the first hop of
+    X-Forwarded-For behind the Space's proxy); never the address itself."""
+    import hashlib
+
+    if request is None:
+        return None
+    fwd = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip() if request.headers else ""
+    host = fwd or (request.client.host if request.client else "")
+    return hashlib.sha256(f"hubaudit:{host}".encode()).hexdigest()[:16] if host else None
+
+
+def check_queue_room(visitor: str | None) -> None:
+    if visitor is None:
+        return
+    mine = store.count_active(visitor)
+    if mine >= MAX_JOBS_PER_VISITOR:
+        raise InputError(f"You already have {mine} audit(s) queued or running; this Space takes at most "
+                         f"{MAX_JOBS_PER_VISITOR} per visitor. Wait for one to finish (its page shows the progress).")
+
+
+def check_dataset(ds: str) -> None:
+    """Refuse a Hub forget set whose files are more than this Space downloads (MAX_FORGET_BYTES)."""
+    import fnmatch
+
+    from huggingface_hub import HfApi
+
+    from hubaudit.source import DATASET_PATTERNS
+
+    repo, _, rev = ds.partition("@")
+    try:
+        info = HfApi(token=False).dataset_info(repo, revision=rev or None, files_metadata=True)
+    except Exception:  # noqa: BLE001 - not found or gated: the audit's own message says which, when it runs
+        return
+    size = sum(s.size or 0 for s in info.siblings or [] if any(fnmatch.fnmatch(s.rfilename, p) for p in DATASET_PATTERNS))
+    if size > MAX_FORGET_BYTES:
+        raise InputError(f"The forget set `{repo}` is {size / 2**20:.0f} MiB; this Space downloads at most "
+                         f"{MAX_FORGET_BYTES / 2**20:.0f} MiB of forget-set files (run `hubaudit audit` on your own "
+                         "machine for more).")
+
+
+def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshold, request: gr.Request = None):
     """Queue an audit; returns (job id, message)."""
     try:
-        model_id = check_model(model_id)
+        visitor = visitor_key(request)
+        check_queue_room(visitor)
+        model_id = check_model(model_id)  # org/name@sha: the commit that was checked is the one audited
         reference = (reference or "").strip()
         if reference:
-            check_model(reference)
+            reference = check_model(reference)
         if not specs:
             raise InputError("Choose at least one quantization spec.")
         try:
@@ -540,6 +762,8 @@ def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshol
             if not _is_shorthand(ds) and ("/" not in repo or not HUB_ID.match(repo)):
                 raise InputError("Enter a Hub dataset id in the MUSE layout (for example `org/my-forget-set`) "
                                  "or a benchmark's name (`tofu-forget10`, `wmdp-bio`).")
+            if not _is_shorthand(ds):
+                check_dataset(ds)
             inputs["forget"] = ds
         elif forget_kind == "Upload JSONL":
             if not upload:
@@ -553,9 +777,18 @@ def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshol
             raise InputError("Choose a forget set.")
     except InputError as e:
         return gr.update(), f"⚠️ {e}"
+    inputs["visitor"] = visitor
     jid = store.add(inputs, kind="ui")
     _wake.set()
     return jid, f"Queued as audit `{jid}`. You can leave: open this page with `?job={jid}` to come back to it."
+
+
+def md_escape(text: str) -> str:
+    """Text from a stranger's model card, shown as plain text in Markdown: no links, images or HTML."""
+    import html
+
+    text = html.escape(str(text), quote=False)
+    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|~>" else ch for ch in text)
 
 
 def _is_shorthand(source: str) -> bool:
@@ -568,9 +801,12 @@ def _is_shorthand(source: str) -> bool:
 def prefill_from_card(model_id, reference, forget_kind, dataset_id):
     """Once a model id is entered: the reference from the card's ``base_model``, and the forget set the
     card points to (``hubaudit.detect``), each only where the visitor has not chosen one yet."""
+    from hubaudit.source import HUB_ID
+
     skip = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
     mid = (model_id or "").strip()
-    if "/" not in mid.partition("@")[0]:
+    repo = mid.partition("@")[0]
+    if "/" not in repo or not HUB_ID.match(repo):  # a Hub id only: never a path on this machine
         return skip
     ref_out, forget_out, ds_out, msg = skip
     if not (reference or "").strip():
@@ -591,8 +827,53 @@ def prefill_from_card(model_id, reference, forget_kind, dataset_id):
                 forget_out = label
             else:
                 forget_out, ds_out = "Hub dataset", gr.update(value=source, visible=True)
-            msg = f"Forget set from the model card: `{source}` ({reason}). Change it if it is not the right one."
+            msg = (f"Forget set from the model card: `{source}` ({md_escape(reason)}). Change it if it is not the "
+                   "right one.")
     return ref_out, forget_out, ds_out, msg
+
+
+def public_report(job: dict) -> dict:
+    """The report a visitor may download: no server paths (the store, the model's cache folder, an upload's
+    folder), and for a webhook audit (perhaps of a private watched model) no per-item outputs. When the
+    job's folder was evicted to free disk, the job database's copy (without per-item records)."""
+    try:
+        with open(job["report_path"], encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, TypeError, ValueError):
+        report = json.loads(json.dumps(job.get("report") or {}))
+    inp = report.get("inputs", {})
+    inp.pop("store", None)
+    for role in ("model", "reference", "retrain"):
+        if isinstance(inp.get(role), dict):
+            inp[role].pop("path", None)
+            if not inp[role].get("repo_id"):
+                inp[role]["name"] = Path(str(inp[role].get("name", ""))).name
+    forget = inp.get("forget") or {}
+    if forget.get("source") and not str(forget["source"]).startswith(("hub:", "builtin:")) and Path(str(forget["source"])).is_absolute():
+        forget["source"] = "upload" if job["inputs"].get("forget") == "upload" else Path(str(forget["source"])).name
+    if job["kind"] == "webhook":
+        for cell in report.get("cells", []):
+            for rows in (cell.get("items") or {}).values():
+                for r in rows:
+                    if isinstance(r, dict):
+                        r.pop("output", None)
+    return report
+
+
+def download_copy(job: dict) -> str:
+    """A per-job copy of :func:`public_report` in a temporary folder outside the data folder: Gradio serves
+    it from its own cache, and nothing under the data folder (databases, uploads, job folders) is ever
+    an allowed path."""
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / "hubaudit-space-downloads" / job["id"]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "report.json"
+    if not path.is_file() or path.stat().st_mtime < (job.get("finished") or 0):
+        tmp = folder / ".report.json.tmp"
+        tmp.write_text(json.dumps(public_report(job), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    return str(path)
 
 
 def render(job_id, seen):
@@ -649,7 +930,7 @@ def render(job_id, seen):
 
         verdict = verdict_words(report)
         card = render_section(AuditReport.from_json(report))
-        download = gr.update(value=job["report_path"], visible=True)
+        download = gr.update(value=download_copy(job), visible=True)
         pr_row = gr.update(visible=bool((report["inputs"]["model"] or {}).get("repo_id")))
     else:
         verdict, card, download, pr_row = "", "", gr.update(visible=False), gr.update(visible=False)
@@ -826,10 +1107,10 @@ def add_webhook_route(app) -> None:
         inputs, why = classify_webhook(payload)
         if inputs is None:
             return JSONResponse({"status": "ignored", "reason": why}, 200)
-        for j in store.list(("queued", "running", "done")):
-            if j["kind"] == "webhook" and j["inputs"].get("model") == inputs["model"]:
-                return JSONResponse({"status": "ignored", "reason": "this commit is already audited", "job": j["id"]})
-        jid = store.add(inputs, kind="webhook")  # committed before we answer: a restart keeps it
+        # committed before we answer (a restart keeps it), and once per commit however often it is delivered
+        jid, new = store.add_unique(inputs, "webhook", inputs["model"])
+        if not new:
+            return JSONResponse({"status": "ignored", "reason": "this commit is already audited", "job": jid})
         _wake.set()
         return JSONResponse({"status": "queued", "job": jid}, 202)
 
@@ -863,8 +1144,10 @@ def main() -> None:
     demo.queue(default_concurrency_limit=1)
     theme = gr.themes.Default(font=[gr.themes.Font("system-ui"), "sans-serif"],
                               font_mono=[gr.themes.Font("ui-monospace"), "monospace"])
+    # No allowed_paths: the data folder (job and results databases, uploads, job folders) is never served;
+    # downloads are per-job copies that Gradio serves from its cache (download_copy).
     app, local_url, _ = demo.launch(prevent_thread_lock=True, share=False, ssr_mode=False, theme=theme, css=CSS,
-                                    allowed_paths=[str(DATA)], show_error=False, footer_links=[])
+                                    blocked_paths=[str(DATA)], show_error=False, footer_links=[])
     add_webhook_route(app)
     print(f"hubaudit Space ready at {local_url} (data in {DATA}; webhooks "
           f"{'on' if WEBHOOK_SECRET else 'off: set WEBHOOK_SECRET'})", flush=True)

@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
+# A webhook job's key (``repo@sha``): one audit per commit, however often the Hub redelivers the push. A job
+# that ends in error gives its key up, so a later delivery can try again.
+_DEDUP = """
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_dedup ON jobs(dedup) WHERE dedup IS NOT NULL;
+"""
 
 
 class JobStore:
@@ -51,6 +56,17 @@ class JobStore:
         try:
             c.execute("PRAGMA journal_mode=WAL")
             c.executescript(_SCHEMA)
+            cols = {r["name"] for r in c.execute("PRAGMA table_info(jobs)")}
+            if "dedup" not in cols:  # a database from before the key: add it, keyed for the live webhook jobs
+                c.execute("ALTER TABLE jobs ADD COLUMN dedup TEXT")
+                seen = set()
+                for r in c.execute("SELECT id, inputs FROM jobs WHERE kind='webhook' AND state IN "
+                                   "('queued','running','done') ORDER BY seq").fetchall():
+                    key = json.loads(r["inputs"]).get("model")
+                    if key and key not in seen:
+                        seen.add(key)
+                        c.execute("UPDATE jobs SET dedup=? WHERE id=?", (key, r["id"]))
+            c.executescript(_DEDUP)
         finally:
             c.close()
 
@@ -71,19 +87,30 @@ class JobStore:
     # -- creating and reading ---------------------------------------------------------------------
     def add(self, inputs: dict, kind: str = "ui") -> str:
         """Insert a queued job and return its id; committed when this returns."""
+        return self.add_unique(inputs, kind, None)[0]
+
+    def add_unique(self, inputs: dict, kind: str, key: str | None) -> tuple[str, bool]:
+        """Insert a queued job unless a job with ``key`` exists (queued, running or done): ``(id, True)`` for
+        a new job, ``(the existing job's id, False)`` otherwise. One transaction: two deliveries of the same
+        push cannot both get in."""
         job_id = secrets.token_hex(6)
         now = time.time()
         with self._lock:
             c = self._conn()
             try:
                 c.execute("BEGIN IMMEDIATE")
+                if key is not None:
+                    row = c.execute("SELECT id FROM jobs WHERE dedup=?", (key,)).fetchone()
+                    if row is not None:
+                        c.execute("COMMIT")
+                        return row["id"], False
                 seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
-                c.execute("INSERT INTO jobs (id, seq, kind, inputs, state, created, updated) VALUES (?,?,?,?,?,?,?)",
-                          (job_id, seq, kind, json.dumps(inputs), "queued", now, now))
+                c.execute("INSERT INTO jobs (id, seq, kind, inputs, state, created, updated, dedup) "
+                          "VALUES (?,?,?,?,?,?,?,?)", (job_id, seq, kind, json.dumps(inputs), "queued", now, now, key))
                 c.execute("COMMIT")
             finally:
                 c.close()
-        return job_id
+        return job_id, True
 
     def get(self, job_id: str) -> dict | None:
         c = self._conn()
@@ -105,6 +132,15 @@ class JobStore:
         try:
             q = f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(states))}) ORDER BY seq LIMIT ?"
             return [_decode(r) for r in c.execute(q, (*states, limit))]
+        finally:
+            c.close()
+
+    def count_active(self, visitor: str) -> int:
+        """Queued or running jobs that ``visitor`` (the hashed key the page stores in the inputs) queued."""
+        c = self._conn()
+        try:
+            return c.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued','running') AND "
+                             "json_extract(inputs, '$.visitor') = ?", (visitor,)).fetchone()[0]
         finally:
             c.close()
 
@@ -166,8 +202,12 @@ class JobStore:
                message: str | None = None) -> None:
         assert state in STATES
         now = time.time()
-        self._write("UPDATE jobs SET state=?, report=?, report_path=?, message=?, finished=?, updated=? WHERE id=?",
-                    (state, None if report is None else json.dumps(report), report_path, message, now, now, job_id))
+        # one statement: the state, the result and where it went are written together; an error gives the
+        # webhook key up (a redelivery may try again)
+        self._write("UPDATE jobs SET state=?, report=?, report_path=?, message=?, finished=?, updated=?, "
+                    "dedup=CASE WHEN ?='error' THEN NULL ELSE dedup END WHERE id=?",
+                    (state, None if report is None else json.dumps(report), report_path, message, now, now, state,
+                     job_id))
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:

@@ -63,7 +63,8 @@ def make_space_hub(root: Path) -> LocalHub:
     pickled = {k: v for k, v in folder_files(m).items() if not k.endswith(".safetensors")}
     pickled["pytorch_model.bin"] = b"\x80\x02not really"
     hub.create_repo("org/pickled", files=pickled)
-    big = {"config.json": folder_files(m)["config.json"], "model.safetensors": os.urandom(3 << 20)}
+    # the library's estimate (model + one quantized copy in float32, 10% and 256 MiB slack): 322 MiB > 290 MiB
+    big = {"config.json": folder_files(m)["config.json"], "model.safetensors": os.urandom(30 << 20)}
     hub.create_repo("org/big", files=big)
     return hub
 
@@ -85,7 +86,7 @@ class SpaceApp:
         self.env.update({
             "HF_TOKEN": SPACE_TOKEN, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(self.port),
             "HUBAUDIT_SPACE_DATA": str(self.root / "data"), "HUBAUDIT_SPACE_POLL": "0.5",
-            "HUBAUDIT_SPACE_BACKENDS": "rtn,cast", "HUBAUDIT_SPACE_MAX_MODEL_BYTES": str(4 << 20),
+            "HUBAUDIT_SPACE_BACKENDS": "rtn,cast", "HUBAUDIT_SPACE_MAX_MODEL_BYTES": str(290 << 20),
             "WEBHOOK_SECRET": WEBHOOK_SECRET, "HUBAUDIT_WATCH": "org/unlearned", "HUBAUDIT_PR_MODELS": "",
             "HUBAUDIT_WEBHOOK_SPECS": "rtn:4", "HUBAUDIT_WEBHOOK_FORGET": "org/forget",
             "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1",
@@ -242,6 +243,8 @@ def test_audit_in_the_browser(space, browser):
     t_final = time.perf_counter() - t0
     job_id = page.locator("#job").get_by_role("textbox").input_value()
     assert job_id and f"job={job_id}" in page.url  # the address bar can be bookmarked to come back
+    # queued pinned to the commit that was checked (a push meanwhile does not change what is audited)
+    assert app.job(job_id)["model"] == f"org/unlearned@{hub.head('org/unlearned')}"
     expect(page.locator("#plot canvas, #plot svg").first).to_be_visible()
     legend = page.locator("#plot .role-legend-label").evaluate_all("els => els.map(e => e.textContent)")
     assert sorted(legend) == sorted(f"{m} ({who})" for m in ("VerbMem forget", "KnowMem forget")
@@ -267,6 +270,17 @@ def test_audit_in_the_browser(space, browser):
     for c in got["cells"]:
         assert c["status"] == "ok", c
         assert c["metrics"] == pytest.approx(want[(c["role"], c["spec"])], abs=1e-6), (c["role"], c["spec"])
+    # the download prints no server path: not the store, not the model's cache folder
+    data = app.root / "data"
+    assert "store" not in got["inputs"] and "path" not in got["inputs"]["model"]
+    assert str(app.root) not in json.dumps(got)
+    # nothing under the data folder is served to anyone: databases, job folders, uploads
+    job_report = data / "jobs" / job_id / "report" / "report.json"
+    assert job_report.is_file() and (data / "jobs.sqlite").is_file()
+    for f in (data / "jobs.sqlite", data / "results.sqlite", job_report):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{app.url}/gradio_api/file={f}", timeout=30)
+        assert refused.value.code in (403, 404), f
     table_text = page.locator("#table").inner_text()
     fp = lib.cell("model", "fp").metrics
     assert f"{fp['knowmem_f']:.1f}" in table_text and f"{fp['verbmem_f']:.1f}" in table_text

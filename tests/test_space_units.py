@@ -1,0 +1,223 @@
+"""The Space's pieces that need no browser: the job store's once-per-commit key, what a visitor may download,
+and what a stranger's card or upload can do to the page."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+SPACE = Path(__file__).resolve().parents[1] / "space"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """space/app.py imported in this process with its data folder in a temporary place and small caps."""
+    data = tmp_path_factory.mktemp("space_data")
+    env = {"HUBAUDIT_SPACE_DATA": str(data), "HUBAUDIT_SPACE_MAX_UPLOAD_BYTES": "4000",
+           "HUBAUDIT_SPACE_MAX_UPLOAD_ITEMS": "5", "HUBAUDIT_SPACE_PAUSE_WORKER": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    sys.path.insert(0, str(SPACE))
+    try:
+        spec = importlib.util.spec_from_file_location("hubaudit_space_app", SPACE / "app.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(str(SPACE))
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_a_commit_is_audited_once_however_many_jobs_came_before(tmp_path):
+    sys.path.insert(0, str(SPACE))
+    try:
+        from jobs import JobStore
+    finally:
+        sys.path.remove(str(SPACE))
+    store = JobStore(tmp_path / "jobs.sqlite")
+    first, new = store.add_unique({"model": "org/m@" + "a" * 40}, "webhook", "org/m@" + "a" * 40)
+    assert new
+    for i in range(150):  # the old check looked at the oldest 100 jobs only
+        store.add({"model": f"org/x{i}"}, kind="ui")
+    again, new = store.add_unique({"model": "org/m@" + "a" * 40}, "webhook", "org/m@" + "a" * 40)
+    assert (again, new) == (first, False)
+    # a job that ended in error gives its key up: a redelivery may try again
+    store.finish(first, "error", message="the Hub was down")
+    retry, new = store.add_unique({"model": "org/m@" + "a" * 40}, "webhook", "org/m@" + "a" * 40)
+    assert new and retry != first
+
+
+def test_an_older_job_database_gets_the_key(tmp_path):
+    """A database from before the key: the column is added and the live webhook jobs keyed (one each)."""
+    db = tmp_path / "jobs.sqlite"
+    with sqlite3.connect(db) as c:
+        c.executescript("""CREATE TABLE jobs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+            inputs TEXT NOT NULL, state TEXT NOT NULL, progress TEXT NOT NULL DEFAULT '{}',
+            cells TEXT NOT NULL DEFAULT '[]', report TEXT, report_path TEXT, message TEXT, created REAL NOT NULL,
+            started REAL, first_cell REAL, finished REAL, updated REAL NOT NULL);""")
+        for i, state in enumerate(("done", "done", "error")):  # the old bug left two jobs for one commit
+            c.execute("INSERT INTO jobs (id, seq, kind, inputs, state, created, updated) VALUES (?,?,?,?,?,0,0)",
+                      (f"j{i}", i, "webhook", json.dumps({"model": "org/m@abc"}), state))
+    sys.path.insert(0, str(SPACE))
+    try:
+        from jobs import JobStore
+    finally:
+        sys.path.remove(str(SPACE))
+    store = JobStore(db)
+    assert store.add_unique({"model": "org/m@abc"}, "webhook", "org/m@abc") == ("j0", False)
+
+
+def test_card_text_is_shown_as_text(app):
+    shown = app.md_escape("tofu [click me](https://evil.example) ![x](https://evil.example/i.png) <img src=x>")
+    assert "](" not in shown.replace("\\](", "") and "<img" not in shown
+    assert "click me" in shown
+
+
+def test_a_path_typed_as_model_id_reads_no_local_card(app, tmp_path):
+    folder = tmp_path / "local"
+    folder.mkdir()
+    (folder / "README.md").write_text("---\nbase_model: org/secret\ndatasets: [locuslab/TOFU]\n---\nTOFU forget10\n")
+    for typed in (str(folder), f"../{folder.name}", "/etc/passwd"):
+        out = app.prefill_from_card(typed, "", app.FORGET_CHOICES[0], "")
+        assert all(o is not None and type(o).__name__ != "str" for o in out), (typed, out)  # every output skipped
+
+
+def test_uploads_binary_too_big_or_too_many_items_get_one_line(app, tmp_path):
+    binary = tmp_path / "forget.jsonl"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary")
+    with pytest.raises(app.InputError, match="forget.jsonl is not UTF-8 text"):
+        app.upload_to_muse(str(binary), tmp_path / "out1")
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(6)))
+    with pytest.raises(app.InputError, match="more than 5 items"):
+        app.upload_to_muse(str(many), tmp_path / "out2")
+    big = tmp_path / "big.jsonl"
+    big.write_text(json.dumps({"text": "x" * 5000}) + "\n")
+    with pytest.raises(app.InputError, match="at most 0 MiB|takes at most"):
+        app.upload_to_muse(str(big), tmp_path / "out3")
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    assert (app.upload_to_muse(str(ok), tmp_path / "out4") / "knowmem" / "forget_qa.jsonl").is_file()
+
+
+def test_the_download_is_a_copy_without_server_paths(app, tmp_path):
+    report = {"inputs": {"store": "/srv/data/results.sqlite",
+                         "model": {"name": "org/m", "repo_id": "org/m", "path": "/srv/hf/models--org--m/snapshots/abc"},
+                         "reference": None, "forget": {"name": "upload:f.jsonl", "source": str(tmp_path / "uploads" / "x")}},
+              "cells": [{"items": {"knowmem_f": [{"score": 1.0, "output": "the private model said this"}]}}]}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    for kind in ("ui", "webhook"):
+        job = {"id": f"job-{kind}", "kind": kind, "report_path": str(path), "finished": 0,
+               "inputs": {"forget": "upload"}}
+        copy = Path(app.download_copy(job))
+        assert not copy.is_relative_to(app.DATA)
+        text = copy.read_text()
+        assert "/srv/" not in text and str(tmp_path) not in text and "store" not in json.loads(text)["inputs"]
+        assert ("the private model said this" in text) == (kind == "ui")  # a webhook audit's outputs stay home
+
+
+def test_the_worker_survives_an_error_outside_an_audit(app, monkeypatch, caplog):
+    import threading
+
+    stop, calls = threading.Event(), []
+
+    def claim():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+        stop.set()
+        return None
+
+    monkeypatch.setattr(app.store, "claim_next", claim)
+    monkeypatch.setattr(app, "_warm_up", lambda: None)
+    monkeypatch.setattr(app, "POLL_SECONDS", 0.01)
+    app.worker_loop(stop)  # returns only because stop was set: the first error did not end it
+    assert len(calls) == 2 and "the worker recovered" in caplog.text
+
+
+def test_an_audit_past_the_time_limit_stops(app):
+    import time
+
+    prog = app.JobProgress("j", {}, deadline=time.monotonic() - 1)
+    with pytest.raises(app.JobTimeout):
+        prog.update(1)
+    assert not isinstance(app.JobTimeout(), Exception)  # the audit's per-cell `except Exception` cannot swallow it
+
+
+def test_one_visitor_cannot_fill_the_queue(app):
+    key = "v" * 16
+    for _ in range(app.MAX_JOBS_PER_VISITOR):
+        app.store.add({"model": "org/m", "visitor": key}, kind="ui")
+    with pytest.raises(app.InputError, match="at most 2 per visitor"):
+        app.check_queue_room(key)
+    app.check_queue_room("w" * 16)  # another visitor still gets in
+
+
+def test_disk_stays_within_its_budget_oldest_first(app, tmp_path, monkeypatch):
+    import tempfile
+    import time
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))  # no download copies from other tests
+
+    old_job, new_job = app.DATA / "jobs" / "oldjob", app.DATA / "jobs" / "newjob"
+    for i, d in enumerate((old_job, new_job)):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "report.json").write_bytes(b"x" * 3000)
+        t = time.time() - 1000 + i * 500
+        os.utime(d, (t, t))
+    deleted = app.evict_disk(budget=4000, hub_cache=tmp_path / "no-hub-cache")
+    assert str(old_job) in deleted and not old_job.exists() and new_job.exists()
+
+
+def test_a_webhook_result_is_posted_once_even_when_publishing_runs_again(app, tmp_path, monkeypatch):
+    """A job that posted its discussion and then stopped before it was marked done runs again after the
+    restart: it finds its discussion instead of posting a second one."""
+    from hubserver import LocalHub, use_endpoint
+    from test_card import make_report
+
+    token = "hf_space_bot_token"
+    with LocalHub(tmp_path / "server") as hub, use_endpoint(hub.endpoint, cache_dir=tmp_path / "cache"):
+        hub.add_token(token, user="space-bot")
+        hub.create_repo("org/unlearned", files={"README.md": b"# m\n", "config.json": b"{}"})
+        monkeypatch.setenv("HF_TOKEN", token)
+        inp = {"repo": "org/unlearned", "sha": "a" * 40, "publish": "discussion"}
+        first = app.publish_webhook_result(inp, make_report())
+        again = app.publish_webhook_result(inp, make_report())
+        assert first.startswith("discussion:") and first == again
+        assert len([d for d in hub.discussions("org/unlearned") if not d["is_pull_request"]]) == 1
+
+
+def test_a_webhook_audit_reads_base_model_only_as_a_public_hub_id(app, tmp_path, monkeypatch):
+    """Someone else's card names the original: a path is never read from this machine, and a Hub id is
+    fetched without the Space's token (a private model the Space can read is not used as the original)."""
+    from factories import make_random_model
+    from hubserver import LocalHub, use_endpoint
+
+    token = "hf_space_bot_token"
+    original = make_random_model(tmp_path / "original", seed=2)
+    files = {str(p.relative_to(original)): p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    with LocalHub(tmp_path / "server") as hub, use_endpoint(hub.endpoint, cache_dir=tmp_path / "cache"):
+        hub.add_token(token, user="space-bot")
+        hub.create_repo("org/original", files=files)
+        hub.create_repo("org/private-original", files=files, private=True, token=token)
+        shas = {}
+        for name, base in (("path", "/etc"), ("public", "org/original"), ("private", "org/private-original")):
+            shas[name] = hub.create_repo(f"org/w-{name}", files={"README.md": f"---\nbase_model: {base}\n---\n".encode(),
+                                                                  "config.json": b"{}"})
+        monkeypatch.setenv("HF_TOKEN", token)
+        assert app.webhook_reference("org/w-path", shas["path"]) is False
+        assert app.webhook_reference("org/w-private", shas["private"]) is False
+        ref = app.webhook_reference("org/w-public", shas["public"])
+        assert ref is not False and ref.repo_id == "org/original"
+        assert not [r for r in hub.requests if "original" in r["path"] and r["user"] == "space-bot"]
