@@ -105,6 +105,17 @@ def _precision(spec: str) -> str:
     return "full precision" if spec == FULL_PRECISION else spec
 
 
+def _card_scores(report: AuditReport) -> list[tuple[str, str, float]]:
+    """``(spec, metric, value rounded to 2 decimals)`` of every finished cell of the audited model, the
+    card's metrics only, full precision first."""
+    out = []
+    for spec in [FULL_PRECISION, *report.specs]:
+        c = report.cell("model", spec)
+        if c is not None and c.status == "ok":
+            out += [(spec, m, round(c.metrics[m], 2)) for m in CARD_METRICS if m in c.metrics]
+    return out
+
+
 def model_index_entry(report: AuditReport) -> dict | None:
     """One ``model-index`` element: a single result (task ``text-generation``, the forget set's Hub dataset
     with its ``revision``, split ``forget``) whose metrics carry the precision in their ``config`` and
@@ -116,14 +127,8 @@ def model_index_entry(report: AuditReport) -> dict | None:
     if hub is None:
         return None
     repo, rev = hub
-    metrics = []
-    for spec in [FULL_PRECISION, *report.specs]:
-        c = report.cell("model", spec)
-        if c is None or c.status != "ok":
-            continue
-        metrics += [{"type": m, "name": f"{LABELS[m]} ({_precision(spec)})", "config": spec,
-                     "value": round(c.metrics[m], 2), "verified": False}
-                    for m in CARD_METRICS if m in c.metrics]
+    metrics = [{"type": m, "name": f"{LABELS[m]} ({_precision(spec)})", "config": spec, "value": v, "verified": False}
+               for spec, m, v in _card_scores(report)]
     if not metrics:
         return None
     dataset = {"type": repo, "name": inp["forget"]["name"], "split": "forget"}
@@ -145,15 +150,10 @@ def eval_results_file(report: AuditReport) -> tuple[str, str] | None:
     if hub is None:
         return None
     repo, rev = hub
-    entries = []
-    for spec in [FULL_PRECISION, *report.specs]:
-        c = report.cell("model", spec)
-        if c is None or c.status != "ok":
-            continue
-        entries += [EvalResultEntry(dataset_id=repo, task_id=m, value=round(c.metrics[m], 2), dataset_revision=rev,
-                                    date=report.created or None, source_url=METHOD_URL, source_name=SOURCE_NAME,
-                                    notes=f"{LABELS[m]}, {_precision(spec)} (hubaudit quantization audit)")
-                    for m in CARD_METRICS if m in c.metrics]
+    entries = [EvalResultEntry(dataset_id=repo, task_id=m, value=v, dataset_revision=rev, date=report.created or None,
+                               source_url=METHOD_URL, source_name=SOURCE_NAME,
+                               notes=f"{LABELS[m]}, {_precision(spec)} (hubaudit quantization audit)")
+               for spec, m, v in _card_scores(report)]
     if not entries:
         return None
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", repo).strip("-.") or "forget"
