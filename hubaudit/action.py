@@ -159,16 +159,14 @@ def artifact_name(model: str) -> str:
 def _fail_on() -> set[str]:
     """The labels that fail the job: input fail-on (default fragile; none for no gate), without fragile
     when the older input fail-on-fragile is false."""
-    from .results import VERDICT_LABELS
+    from .results import VERDICT_LABELS, parse_labels
 
-    text = _input("fail-on", "fragile").lower() or "fragile"
-    labels = {x.strip() for x in text.split(",") if x.strip()}
-    if labels == {"none"}:
-        labels = set()
-    bad = sorted(labels - set(VERDICT_LABELS))
-    if bad:
+    text = _input("fail-on", "fragile") or "fragile"
+    try:
+        labels = set(parse_labels(text))
+    except ValueError:
         raise ActionInputError(f"input fail-on must be labels from {', '.join(VERDICT_LABELS)} separated by commas, "
-                               f"or none; got '{text}'")
+                               f"or none; got '{text}'") from None
     if not _bool_input("fail-on-fragile", True):
         labels.discard("fragile")
     return labels

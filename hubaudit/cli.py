@@ -3,8 +3,8 @@
 Exit codes: 0 done (the verdict is not one ``--fail-on`` names); 1 the verdict is one ``--fail-on``
 names (default: ``fragile``); 2 a user error (one line on stderr saying what to do; ``HUBAUDIT_DEBUG=1``
 shows the traceback); 3 the verdict is ``incomplete`` (nothing quantized could be evaluated, or no metric
-the verdict counts was measured: a gate never passes on no verdict; ``--fail-on none`` turns it off); 70 an internal error (a bug: one line,
-``HUBAUDIT_DEBUG=1`` for the traceback); 130 interrupted.
+the verdict counts was measured: a gate never passes on no verdict; ``--fail-on none`` turns it off); 70
+an internal error (a bug: one line, ``HUBAUDIT_DEBUG=1`` for the traceback); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,21 +18,17 @@ from . import __version__
 from .errors import HubauditError
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 70, 130
-EXIT_FRAGILE = EXIT_GATE  # the name before --fail-on took any label
 
 
 def parse_fail_on(text: str) -> frozenset[str]:
     """``fragile,not-unlearned`` -> the labels that fail the gate; ``none`` -> no gate."""
-    from .results import VERDICT_LABELS
+    from .results import VERDICT_LABELS, parse_labels
 
-    labels = [x.strip().lower() for x in text.split(",") if x.strip()]
-    if labels == ["none"]:
-        return frozenset()
-    bad = [x for x in labels if x not in VERDICT_LABELS]
-    if bad or not labels:
-        raise HubauditError(f"--fail-on: unknown label {', '.join(bad) or repr(text)}; give labels from "
-                            f"{', '.join(VERDICT_LABELS)} separated by commas, or none")
-    return frozenset(labels)
+    try:
+        return parse_labels(text)
+    except ValueError as e:
+        raise HubauditError(f"--fail-on: unknown label {e}; give labels from {', '.join(VERDICT_LABELS)} separated "
+                            "by commas, or none") from None
 
 
 def gate_exit(verdict, fail_on: frozenset[str]) -> int:

@@ -19,13 +19,6 @@ _TOFU_SPLIT = re.compile(r"forget[_\- ]?(01|05|10)(?![0-9])|forget[_\- ]?(1|5|10
 _WMDP_SUB = re.compile(r"wmdp[_\- ]?(bio|cyber|chem)", re.I)
 
 
-def _as_list(card: dict, key: str) -> list[str]:
-    """Plain strings only (a string or a list of strings); other shapes count as absent."""
-    from .cardmeta import card_strings
-
-    return card_strings(card, key)
-
-
 def _tofu_split(text: str) -> tuple[str, str]:
     m = _TOFU_SPLIT.search(text)
     if not m:
@@ -61,9 +54,11 @@ def propose_forget_set(card_data: dict | None, readme_text: str = "") -> tuple[s
         readme_text: the card's text (metadata included or not).
     """
     card = card_data or {}
-    datasets = [d.lower() for d in _as_list(card, "datasets")]
-    tags = [t.lower() for t in _as_list(card, "tags")]
-    base = " ".join(_as_list(card, "base_model"))
+    from .cardmeta import card_strings  # plain strings only: other shapes count as absent
+
+    datasets = [d.lower() for d in card_strings(card, "datasets")]
+    tags = [t.lower() for t in card_strings(card, "tags")]
+    base = " ".join(card_strings(card, "base_model"))
     text = f"{readme_text or ''}\n{base}"
     low = text.lower()
 

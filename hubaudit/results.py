@@ -118,6 +118,21 @@ class Verdict:
         return text
 
 
+def parse_labels(text: str) -> frozenset[str]:
+    """A gate's labels, ``fragile,not-unlearned`` (any case, spaces allowed); ``none`` -> no label.
+
+    Raises:
+        ValueError: with the unknown labels (or the text, when it names none) as its message.
+    """
+    labels = {x.strip().lower() for x in text.split(",") if x.strip()}
+    if labels == {"none"}:
+        return frozenset()
+    bad = sorted(labels - set(VERDICT_LABELS))
+    if bad or not labels:
+        raise ValueError(", ".join(bad) or repr(text))
+    return frozenset(labels)
+
+
 def change_text(change: dict | None) -> str:
     """A per-item change from ``derived["changes"]`` as ``+9.9 [+4.2, +16.5]``; empty when none."""
     if not change or change.get("mean") is None:
