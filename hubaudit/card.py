@@ -20,7 +20,8 @@ from pathlib import Path
 
 from .errors import CardError
 from .quant import FULL_PRECISION
-from .results import LABELS, VERDICT_METRICS, AuditReport, change_text, largest_change
+from .report import regain_cells, spec_label
+from .results import LABELS, AuditReport
 
 SECTION_START, SECTION_END = "<!-- hubaudit:start -->", "<!-- hubaudit:end -->"
 YAML_START, YAML_END = "# hubaudit:start", "# hubaudit:end"
@@ -63,18 +64,9 @@ def render_section(report: AuditReport) -> str:
         if c.status != "ok":
             lines.append(f"| {spec} | {c.status} |" + " |" * (len(metrics) + 1))
             continue
-        found = largest_change(report.derived, spec)
-        if found is not None:
-            m, ch = found
-            regain = f"{change_text(ch)} ({LABELS[m]})"
-            moved = f"{ch['up']} / {ch['down']} of {ch['n']}, p = {ch['p_holm']:.2g}"
-        else:
-            reg = report.derived.get("regained", {}).get(spec, {})
-            forget = [reg[m] for m in VERDICT_METRICS if m in reg]
-            regain, moved = (f"{max(forget):+.1f}" if forget else "–"), "–"
         lines.append("| " + " | ".join([
             "full precision" if spec == FULL_PRECISION else f"`{spec}`",
-            *(_fmt(c.metrics.get(m)) for m in metrics), regain, moved,
+            *(_fmt(c.metrics.get(m)) for m in metrics), *regain_cells(report.derived, spec),
         ]) + " |")
     st = report.derived.get("statistics") or {}
     lines += [
@@ -101,10 +93,6 @@ def _hub_forget_set(report: AuditReport) -> tuple[str, str | None] | None:
     return repo, rev or None
 
 
-def _precision(spec: str) -> str:
-    return "full precision" if spec == FULL_PRECISION else spec
-
-
 def _card_scores(report: AuditReport) -> list[tuple[str, str, float]]:
     """``(spec, metric, value rounded to 2 decimals)`` of every finished cell of the audited model, the
     card's metrics only, full precision first."""
@@ -127,7 +115,7 @@ def model_index_entry(report: AuditReport) -> dict | None:
     if hub is None:
         return None
     repo, rev = hub
-    metrics = [{"type": m, "name": f"{LABELS[m]} ({_precision(spec)})", "config": spec, "value": v, "verified": False}
+    metrics = [{"type": m, "name": f"{LABELS[m]} ({spec_label(spec)})", "config": spec, "value": v, "verified": False}
                for spec, m, v in _card_scores(report)]
     if not metrics:
         return None
@@ -152,7 +140,7 @@ def eval_results_file(report: AuditReport) -> tuple[str, str] | None:
     repo, rev = hub
     entries = [EvalResultEntry(dataset_id=repo, task_id=m, value=v, dataset_revision=rev, date=report.created or None,
                                source_url=METHOD_URL, source_name=SOURCE_NAME,
-                               notes=f"{LABELS[m]}, {_precision(spec)} (hubaudit quantization audit)")
+                               notes=f"{LABELS[m]}, {spec_label(spec)} (hubaudit quantization audit)")
                for spec, m, v in _card_scores(report)]
     if not entries:
         return None

@@ -51,12 +51,17 @@ def estimate_memory_bytes(weight_bytes: int, stored_dtype: str | None, compute_i
     return int(weight_bytes / stored * compute_itemsize * copies * 1.1) + (256 << 20)
 
 
-def compute_itemsize(device: str, stored_dtype: str | None) -> int:
-    """Bytes per parameter an audit computes in on ``device`` (float32 on CPU, else the checkpoint's own
-    16-bit type), as :meth:`ModelSource.compute_dtype` chooses without a dtype given."""
+def default_compute_dtype(device: str, stored_dtype: str | None) -> str:
+    """The dtype an audit computes in without one given: float32 on CPU, else the checkpoint's own
+    (bfloat16 when it does not say)."""
     if device == "cpu":
-        return 4
-    return 4 if stored_dtype == "float32" else 2
+        return "float32"
+    return stored_dtype if stored_dtype in ("float16", "bfloat16", "float32") else "bfloat16"
+
+
+def compute_itemsize(device: str, stored_dtype: str | None) -> int:
+    """Bytes per parameter of :func:`default_compute_dtype`."""
+    return 4 if default_compute_dtype(device, stored_dtype) == "float32" else 2
 
 
 class ModelSource:
@@ -135,10 +140,7 @@ class ModelSource:
 
         if self._dtype is not None:
             return getattr(torch, self._dtype) if isinstance(self._dtype, str) else self._dtype
-        if self.device == "cpu":
-            return torch.float32
-        stored = self.stored_dtype()
-        return getattr(torch, stored) if stored in ("float16", "bfloat16", "float32") else torch.bfloat16
+        return getattr(torch, default_compute_dtype(self.device, self.stored_dtype()))
 
     # -- loading --------------------------------------------------------------------------------
     @property

@@ -90,7 +90,7 @@ def render_markdown(report: AuditReport) -> str:
         row = [spec_label(spec), *(_fmt(c.metrics.get(m), digits=3 if m in UNIT_SCALE else 1)
                                    + (f" ± {_fmt(se[m], digits=3 if m in UNIT_SCALE else 1)}" if m in se else "")
                                    for m in metrics)]
-        row += _regain_cells(d, spec)
+        row += regain_cells(d, spec)
         if ref:
             row.append(_retained_cell(d, spec))
         lines.append("| " + " | ".join(row) + " |")
@@ -145,8 +145,9 @@ def render_markdown(report: AuditReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _regain_cells(d: dict, spec: str) -> list[str]:
-    """The regained column (largest forget-metric change with its interval) and its items/p column."""
+def regain_cells(d: dict, spec: str) -> list[str]:
+    """A spec's regained column (its largest forget-metric change with the interval and the metric) and
+    its items / p column, for report.md and the card; the bare regain for reports without changes."""
     found = largest_change(d, spec)
     if found is None:
         reg = d.get("regained", {}).get(spec, {})
@@ -154,7 +155,7 @@ def _regain_cells(d: dict, spec: str) -> list[str]:
         return [_fmt(max(forget_reg), signed=True) if forget_reg else "–", "–"]
     m, ch = found
     p = ch.get("p_holm")
-    return [f"{change_text(ch)} {LABELS[m]}", f"{ch['up']} / {ch['down']} of {ch['n']}, p = {p:.2g}" if p is not None else "–"]
+    return [f"{change_text(ch)} ({LABELS[m]})", f"{ch['up']} / {ch['down']} of {ch['n']}, p = {p:.2g}" if p is not None else "–"]
 
 
 def _retained_cell(d: dict, spec: str) -> str:

@@ -207,22 +207,21 @@ def _fmt(x, metric=""):
 
 
 def table_frame(cells: list[dict], derived: dict | None = None) -> pd.DataFrame:
+    from hubaudit.results import change_text, largest_change
+
     rows = []
     reg = (derived or {}).get("regained", {})
     for c in cells:
         m = c.get("metrics", {})
         r = reg.get(c["spec"], {}) if c["role"] == "model" else {}
         forget = [r[k] for k in PLOT_METRICS if k in r]
-        changes = ((derived or {}).get("changes") or {}).get(c["spec"], {}) if c["role"] == "model" else {}
-        best = max((k for k in PLOT_METRICS if k in changes), key=lambda k: changes[k]["mean"], default=None)
+        best = largest_change(derived or {}, c["spec"]) if c["role"] == "model" else None
         rows.append({
             "model": {"model": "audited", "reference": "original", "retrain": "retrained"}.get(c["role"], c["role"]),
             "precision": "full precision" if c["spec"] == "fp" else c["spec"],
             "status": c["status"] if c["status"] == "ok" else f"{c['status']}: {c.get('reason') or ''}",
             **{LABELS[k]: _fmt(m.get(k), k) for k in TABLE_METRICS},
-            "regained (forget)": (f"{changes[best]['mean']:+.1f} [{changes[best]['ci'][0]:+.1f}, {changes[best]['ci'][1]:+.1f}]"
-                                  if best and changes[best].get("ci") and changes[best]["ci"][0] is not None
-                                  else f"{max(forget):+.1f}" if forget else ""),
+            "regained (forget)": change_text(best[1]) if best else f"{max(forget):+.1f}" if forget else "",
             "seconds": f"{c.get('seconds', 0):.1f}" + (" (stored)" if c.get("reused") else ""),
         })
     return pd.DataFrame(rows, columns=["model", "precision", "status", *(LABELS[k] for k in TABLE_METRICS),
@@ -250,18 +249,32 @@ class InputError(Exception):
     pass
 
 
+def hub_repo(text: str) -> str | None:
+    """The ``org/name`` of text written as a Hub id ``org/name[@revision]``, else None (a path, a bare name,
+    anything else): what the Space ever sends to the Hub, never read from this machine."""
+    from hubaudit.source import HUB_ID
+
+    repo, at, rev = (text or "").strip().partition("@")
+    return repo if "/" in repo and HUB_ID.match(repo) and (rev or not at) else None
+
+
+def downloads_dir() -> Path:
+    """Where per-job download copies live: a temporary folder outside the data folder."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "hubaudit-space-downloads"
+
+
 def check_model(model_id: str) -> str:
     """The normalized ``org/name[@rev]``; raise InputError with a message a visitor understands."""
     from huggingface_hub import HfApi
     from huggingface_hub import errors as he
 
-    from hubaudit.source import HUB_ID
-
     model_id = (model_id or "").strip()
     repo, _, rev = model_id.partition("@")
     if not model_id:
         raise InputError("Enter a model id from the Hub, for example `org/my-unlearned-model` (or `org/name@revision`).")
-    if "/" not in repo or not HUB_ID.match(repo) or (("@" in model_id) and not rev):
+    if hub_repo(model_id) is None:
         raise InputError(f"`{model_id}` is not a Hub model id: use `org/name` or `org/name@revision`.")
     try:
         info = HfApi(token=False).model_info(repo, revision=rev or None, files_metadata=True)
@@ -295,7 +308,7 @@ def check_model(model_id: str) -> str:
 def check_size(repo: str, sha: str, weight_bytes: int, token) -> None:
     """Refuse a model this Space cannot hold: the library's own estimate (the model and one quantized copy
     at the compute dtype: about 4.4x a bf16 checkpoint on CPU) against the memory there is."""
-    from hubaudit.modeling import compute_itemsize, estimate_memory_bytes
+    from hubaudit.modeling import compute_itemsize, default_compute_dtype, estimate_memory_bytes
 
     stored = None
     try:
@@ -311,7 +324,7 @@ def check_size(repo: str, sha: str, weight_bytes: int, token) -> None:
     limit = MAX_MODEL_BYTES if MAX_MODEL_BYTES is not None else _available_bytes()
     if limit is not None and need > limit:
         raise InputError(f"`{repo}` is too big for this Space's hardware: it needs about {need / 2**30:.1f} GiB "
-                         f"(the model and one quantized copy, {'float32' if compute_itemsize(device, stored) == 4 else stored}) "
+                         f"(the model and one quantized copy, {default_compute_dtype(device, stored)}) "
                          f"and {limit / 2**30:.1f} GiB is available. Run `hubaudit audit {repo}` on a larger machine.")
 
 
@@ -543,7 +556,7 @@ def webhook_reference(repo: str, sha: str):
 
     from hubaudit import HubauditError
     from hubaudit.audit import open_model
-    from hubaudit.source import HUB_ID, base_model_of
+    from hubaudit.source import base_model_of
 
     try:
         info = HfApi(token=False).model_info(repo, revision=sha)
@@ -559,7 +572,7 @@ def webhook_reference(repo: str, sha: str):
             card = {}
     card = card.to_dict() if hasattr(card, "to_dict") else dict(card or {})
     base = base_model_of(card)
-    if not base or not HUB_ID.match(base.partition("@")[0]) or "/" not in base.partition("@")[0]:
+    if not base or hub_repo(base) is None:
         return False
     try:  # token=False: the original is opened as any visitor would, never with the Space's token
         return open_model(base, token=False, device=DEVICE)[0]
@@ -646,7 +659,6 @@ def evict_disk(budget: int | None = None, hub_cache: str | Path | None = None) -
     job database), download copies, and Hub cache repositories. Called before each job (no audit runs).
     Returns what it deleted."""
     import shutil
-    import tempfile
 
     from huggingface_hub import constants, scan_cache_dir
 
@@ -656,8 +668,7 @@ def evict_disk(budget: int | None = None, hub_cache: str | Path | None = None) -
     active = {j["id"] for j in live}
     active_uploads = {j["inputs"].get("upload_dir") for j in live}
     items: list[tuple[float, int, str, object]] = []  # (last used, bytes, label, how to delete)
-    downloads = Path(tempfile.gettempdir()) / "hubaudit-space-downloads"
-    for folder, skip in ((DATA / "jobs", active), (DATA / "uploads", None), (downloads, active)):
+    for folder, skip in ((DATA / "jobs", active), (DATA / "uploads", None), (downloads_dir(), active)):
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
@@ -755,11 +766,8 @@ def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshol
         if forget_kind in FORGET_SOURCE:
             inputs["forget"] = FORGET_SOURCE[forget_kind]
         elif forget_kind == "Hub dataset":
-            from hubaudit.source import HUB_ID
-
             ds = (dataset_id or "").strip()
-            repo = ds.partition("@")[0]
-            if not _is_shorthand(ds) and ("/" not in repo or not HUB_ID.match(repo)):
+            if not _is_shorthand(ds) and hub_repo(ds) is None:
                 raise InputError("Enter a Hub dataset id in the MUSE layout (for example `org/my-forget-set`) "
                                  "or a benchmark's name (`tofu-forget10`, `wmdp-bio`).")
             if not _is_shorthand(ds):
@@ -801,12 +809,9 @@ def _is_shorthand(source: str) -> bool:
 def prefill_from_card(model_id, reference, forget_kind, dataset_id):
     """Once a model id is entered: the reference from the card's ``base_model``, and the forget set the
     card points to (``hubaudit.detect``), each only where the visitor has not chosen one yet."""
-    from hubaudit.source import HUB_ID
-
     skip = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
     mid = (model_id or "").strip()
-    repo = mid.partition("@")[0]
-    if "/" not in repo or not HUB_ID.match(repo):  # a Hub id only: never a path on this machine
+    if hub_repo(mid) is None:  # a Hub id only: never a path on this machine
         return skip
     ref_out, forget_out, ds_out, msg = skip
     if not (reference or "").strip():
@@ -864,9 +869,7 @@ def download_copy(job: dict) -> str:
     """A per-job copy of :func:`public_report` in a temporary folder outside the data folder: Gradio serves
     it from its own cache, and nothing under the data folder (databases, uploads, job folders) is ever
     an allowed path."""
-    import tempfile
-
-    folder = Path(tempfile.gettempdir()) / "hubaudit-space-downloads" / job["id"]
+    folder = downloads_dir() / job["id"]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "report.json"
     if not path.is_file() or path.stat().st_mtime < (job.get("finished") or 0):
