@@ -69,6 +69,8 @@ def bootstrap_ratio_interval(num, den, level: float = LEVEL, resamples: int = RE
     with np.errstate(divide="ignore", invalid="ignore"):
         r = m[:, 0] / m[:, 1] * scale
     r = r[np.isfinite(r)]
+    if r.size == 0:  # every resample drew only items the original scores 0 on
+        return (math.nan, math.nan)
     a = (1 - level) / 2
     lo, hi = np.quantile(r, [a, 1 - a])
     return (float(lo), float(hi))

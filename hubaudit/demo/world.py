@@ -393,20 +393,14 @@ def forgetting_monitor(target, never_saw, tok, forget_dir: Path, cfg: dict[str, 
 
     Returns ``(stop, record)``: the callable for :func:`unlearn`, and a dict with the target's and the
     retain-only model's scores, the thresholds and the trajectory ``[[step, {metric: score}], ...]``."""
-    import copy
-
-    import torch
-
     from ..forget import load_forget_set
-    from ..metrics import evaluate
+    from ..unlearn.train import measure_metrics
 
     fs = load_forget_set(forget_dir)
     names = list(cfg["stop_metrics"])
 
     def scores(model) -> dict[str, float]:
-        m32 = copy.deepcopy(model).to(torch.float32).eval()
-        res = evaluate(m32, tok, fs, names, progress=False)
-        return {n: round(res[n].value, 2) for n in names}
+        return measure_metrics(model, tok, fs, names, "cpu", digits=2)
 
     top, floor = scores(target), scores(never_saw)
     limit = {n: round(floor[n] + cfg["stop_at"] / 100 * max(0.0, top[n] - floor[n]), 2) for n in names}

@@ -169,8 +169,9 @@ def _report_metrics(fs) -> list[str]:
     return [m for m in ("verbmem_f", "knowmem_f", "knowmem_r") if all(getattr(fs, p) for p in METRICS.get(m).needs)]
 
 
-def _measure(model, tok, fs, names: list[str], device: str) -> dict[str, float]:
-    """hubaudit's metrics on the current weights (a float32 copy on CPU, as the audit computes)."""
+def measure_metrics(model, tok, fs, names: list[str], device: str, digits: int = 4) -> dict[str, float]:
+    """hubaudit's metrics on the current weights (a float32 copy on CPU, as the audit computes), rounded
+    to ``digits``; the model's train/eval mode is left as it was. Also the demo world's stop criterion."""
     import torch
 
     from ..metrics import evaluate
@@ -185,7 +186,7 @@ def _measure(model, tok, fs, names: list[str], device: str) -> dict[str, float]:
             res = evaluate(m, tok, fs, names)
     finally:
         m.train(was)
-    return {k: round(float(v.value), 4) for k, v in res.items()}
+    return {k: round(float(v.value), digits) for k, v in res.items()}
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -353,7 +354,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
         torch.set_rng_state(ckpt["torch_rng"])
         good = ckpt.get("good")
     else:
-        st["before"] = _measure(net, tok, fs, _report_metrics(fs), dev)
+        st["before"] = measure_metrics(net, tok, fs, _report_metrics(fs), dev)
         st["orig"] = {"forget": st["before"][forget_metric],
                       "utility": st["before"].get(utility_metric) if utility_metric else None}
 
@@ -453,7 +454,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
     if st["stop_reason"] and st["stop_reason"].startswith("utility"):
         net.load_state_dict(good["model"] if good is not None else src.load().state_dict())
     net.eval()
-    after = _measure(net, tok, fs, list(st["before"]), dev)
+    after = measure_metrics(net, tok, fs, list(st["before"]), dev)
     man = {
         "format": FORMAT, "key": key, "status": "finished", "hubaudit_version": __version__,
         "model": str(model), "model_identity": src.identity, "forget": {"name": fs.name, "source": fs.source,
@@ -482,7 +483,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
 def _control(net, tok, fs, dev, cfg, st, forget_metric, utility_metric, good, step):
     """One evaluation: record it, keep the last state above the utility floor, decide whether to stop."""
     names = [forget_metric] + ([utility_metric] if utility_metric else [])
-    s = _measure(net, tok, fs, names, dev)
+    s = measure_metrics(net, tok, fs, names, dev)
     f, u = s[forget_metric], s.get(utility_metric) if utility_metric else None
     orig = st["orig"]
     rec = {"step": step, forget_metric: f}
