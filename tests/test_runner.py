@@ -29,7 +29,10 @@ def _both(model, tok, prompts, max_new, stops, prefix, batch_size):
 
 @pytest.mark.parametrize("batch_size", [None, 3])
 def test_fast_generation_equals_model_generate(random_world, batch_size):
-    src = ModelSource(random_world["model"], device="cpu")
+    """The loop's logic (prefix cache, rows leaving, stop strings), token for token. In float32: a random
+    model's next-token logits are near ties, which 16-bit arithmetic flips with the batch's padding (the
+    bf16 test below uses a trained model)."""
+    src = ModelSource(random_world["model"], device="cpu", dtype="float32")
     fs = load_forget_set(random_world["forget"])
     prefix, prompts = _knowmem_prompts(fs, extra_unprefixed=True)
     fast, slow = _both(src.model, src.tokenizer, prompts, 24, STOPS, prefix, batch_size)
@@ -88,6 +91,25 @@ def test_fast_generation_on_a_trained_model(tiny_world):
     assert a == [cut_at_stop(t, STOPS) for t in slow.texts]
     assert sum(bool(x.strip()) for x in a) > len(a) // 2  # real answers, not empty strings
     assert fast.new_tokens < len(prompts) * 32  # rows stopped early
+
+
+@pytest.mark.slow
+def test_bf16_fast_path_equals_a_one_at_a_time_generate_loop(tiny_world):
+    """The cell an audit computes by default on a bf16-capable machine (a bf16 checkpoint, computed in
+    bf16) gives, item for item, the texts of MUSE's protocol: ``model.generate`` one prompt at a time."""
+    import torch
+
+    src = ModelSource(tiny_world.target, device="cpu", dtype="bfloat16")
+    assert src.model.dtype == torch.bfloat16
+    fs = load_forget_set(tiny_world.forget_dir)
+    prefix, prompts = _knowmem_prompts(fs)
+    fast = LMRunner(src.model, src.tokenizer).generate(prompts, 32, STOPS, shared_prefix=prefix)
+    loop = LMRunner(src.model, src.tokenizer, batch_size=1, fast=False).generate(prompts, 32, STOPS)
+    assert [cut_at_stop(t, STOPS) for t in fast.texts] == [cut_at_stop(t, STOPS) for t in loop.texts]
+    verb = [x.prompt for x in fs.verbmem]
+    fast = LMRunner(src.model, src.tokenizer).generate(verb, 48)
+    loop = LMRunner(src.model, src.tokenizer, batch_size=1, fast=False).generate(verb, 48)
+    assert fast.texts == loop.texts
 
 
 class _OtherCacheApi:
@@ -169,3 +191,67 @@ def test_no_fast_path_is_said_once_with_its_reason(random_world, caplog):
     assert res["mia_auc"].decoding is None  # scoring only: no decoding to speak of
     fast = evaluate(src.model, src.tokenizer, fs, ["verbmem_f"])["verbmem_f"]
     assert fast.decoding == {"path": "fast"} and fast.value == res["verbmem_f"].value
+
+
+def _whole_logits_logprobs(model, tok, text):
+    """log p(token_t | tokens_<t) from the model's own full logits, one text at a time."""
+    import torch
+
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0].tolist()
+
+
+def test_scoring_in_slices_equals_whole_logits_and_never_holds_them(random_world, monkeypatch):
+    """Log-probabilities come from the hidden states through the output layer a slice of positions at
+    a time: the same values as the model's whole logits, and no logits tensor larger than one slice."""
+    import hubaudit.logprobs as logprobs_mod
+
+    src = ModelSource(random_world["model"], device="cpu")
+    fs = load_forget_set(random_world["forget"])
+    texts = list(fs.mia_forget) + list(fs.mia_holdout)
+    runner = LMRunner(src.model, src.tokenizer, batch_size=2)
+    assert runner.scoring_path() == ("sliced", None)
+    vocab = src.model.config.vocab_size
+    monkeypatch.setattr(logprobs_mod, "SLICE_BYTES", 4 * vocab * 8)  # 8 positions (4 of each row) per slice
+    held = []
+    hook = src.model.get_output_embeddings().register_forward_hook(lambda m, i, o: held.append(o.numel()))
+    try:
+        lps, _ = runner.token_logprobs(texts)
+    finally:
+        hook.remove()
+    longest = max(len(src.tokenizer(t)["input_ids"]) for t in texts)
+    assert held and max(held) <= 8 * vocab < longest * vocab  # a slice at a time, never a whole text
+    for text, lp in zip(texts, lps):
+        whole = _whole_logits_logprobs(src.model, src.tokenizer, text)
+        assert len(lp) == len(whole)
+        assert max(abs(a - b) for a, b in zip(lp, whole)) < 1e-4
+
+
+def test_a_model_that_transforms_its_logits_is_scored_on_its_own_logits(random_world):
+    """A model whose forward changes its logits after the output layer (soft-capping, as Gemma 2 does)
+    is scored on the logits its forward returns, and the runner says why."""
+    import torch
+
+    src = ModelSource(random_world["model"], device="cpu", dtype="float32")
+    fs = load_forget_set(random_world["forget"])
+    model = src.model
+
+    def softcap(module, args, out):
+        out.logits = torch.tanh(out.logits / 2.0) * 2.0
+        return out
+
+    hook = model.register_forward_hook(softcap)
+    try:
+        runner = LMRunner(model, src.tokenizer)
+        path, reason = runner.scoring_path()
+        assert path == "whole" and "transforms its logits" in reason
+        text = fs.mia_forget[0]
+        lp = runner.token_logprobs([text])[0][0]
+        capped = _whole_logits_logprobs(model, src.tokenizer, text)
+    finally:
+        hook.remove()
+    plain = _whole_logits_logprobs(model, src.tokenizer, text)
+    assert max(abs(a - b) for a, b in zip(lp, capped)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(lp, plain)) > 0.01  # the cap mattered, so it was honoured

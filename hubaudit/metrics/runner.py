@@ -124,7 +124,10 @@ class LMRunner:
 
     def bytes_per_token(self, scoring: bool) -> int:
         """Memory one token of a batch needs beyond the weights: its KV cache in every layer, one layer's
-        activations, and (scoring) its float32 logits, log-softmax included."""
+        activations, and (scoring) its float32 log-probability; on the ``whole`` scoring path also its
+        float32 logits over the vocabulary, log-softmax included (the ``sliced`` path holds those for one
+        slice of positions only: a fixed ``logprobs.SLICE_BYTES``, taken off the free memory in
+        :meth:`_budget`)."""
         c = self.model.config
         c = c.get_text_config(decoder=True) if hasattr(c, "get_text_config") else c
         hidden = getattr(c, "hidden_size", 4096)
@@ -138,7 +141,7 @@ class LMRunner:
         elem = elem if elem in (2, 4) else 2  # quantized weights: activations are 16-bit
         per = 2 * layers * kv_heads * head_dim * elem + (4 * hidden + 3 * inter) * elem
         if scoring:
-            per += 3 * vocab * 4
+            per += 4 + (3 * vocab * 4 if self.scoring_path()[0] == "whole" else 0)
         return per
 
     def _budget(self, extra: int) -> int:
@@ -152,7 +155,12 @@ class LMRunner:
         free = available_memory("cuda" if self.device.type == "cuda" else "cpu")
         if not free:
             return cap
-        return max(256, min(cap, int(0.5 * free / self.bytes_per_token(scoring=extra == 0))))
+        scoring = extra == 0
+        if scoring and self.scoring_path()[0] == "sliced":
+            from ..logprobs import SLICE_BYTES
+
+            free -= 3 * SLICE_BYTES  # one slice's logits, their float32 copy and logsumexp's work
+        return max(256, min(cap, int(0.5 * max(free, 0) / self.bytes_per_token(scoring=scoring))))
 
     def _batches(self, lengths: list[int], extra: int) -> list[list[int]]:
         """Indices grouped into batches, longest first; a batch holds ``batch_size`` items or as many
@@ -416,6 +424,8 @@ class LMRunner:
 
     def token_logprobs_ids(self, rows: Sequence[Sequence[int]], progress=None) -> list[list[float]]:
         """:meth:`token_logprobs` on token ids: one forward pass per batch, log-probs in one gather."""
+        from ..logprobs import token_logprobs
+
         torch = self._torch
         ids = [list(r)[: self.max_len] for r in rows]
         out: list[list[float] | None] = [None] * len(ids)
@@ -423,15 +433,21 @@ class LMRunner:
         def run(batch: list[int]):
             input_ids, mask = self._pad([ids[i] for i in batch], left=False)
             with torch.inference_mode():
-                logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-                target = input_ids[:, 1:]
-                lp = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-            lp = lp.cpu()
+                lp = token_logprobs(self.model, input_ids, mask).cpu()
             for r, i in enumerate(batch):
                 out[i] = lp[r, : len(ids[i]) - 1].tolist()
 
         self._run_batches([len(x) for x in ids], 0, run, progress)
         return [o or [] for o in out]
+
+    def scoring_path(self) -> tuple[str, str | None]:
+        """``("sliced", None)`` when log-probabilities come from the model's hidden states through its
+        output layer a slice of positions at a time (never a float32 ``[batch, positions, vocabulary]``
+        tensor), else ``("whole", reason)``: the model's own logits, all at once (a model whose forward
+        transforms its logits). See :mod:`hubaudit.logprobs`."""
+        from ..logprobs import slicing_check
+
+        return slicing_check(self.model)
 
     def continuation_logprobs(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                               progress=None) -> list[list[float]]:

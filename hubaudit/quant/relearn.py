@@ -113,6 +113,8 @@ def relearn(model, rows: list[list[int]], pad_id: int, steps: int, lr: float, ba
     """``steps`` AdamW steps of causal-LM loss on ``rows`` (float32, constant lr, seeded order). In place."""
     import torch
 
+    from ..logprobs import token_logprobs
+
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model.float()
@@ -138,7 +140,9 @@ def relearn(model, rows: list[list[int]], pad_id: int, steps: int, lr: float, ba
             ids[i, : len(r)] = torch.tensor(r)
             labels[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
-        loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+        labels = labels.to(device)
+        lp = token_logprobs(model, ids.to(device), mask.to(device), labels)  # sliced: no [B, T, vocab] tensor
+        loss = -lp.sum() / (labels[:, 1:] != -100).sum().clamp(min=1)  # mean token NLL, as the LM loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
