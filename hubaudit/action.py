@@ -202,6 +202,12 @@ def audit_argv(out: Path) -> list[str]:
         if not 0 < alpha < 1:
             raise ActionInputError(f"input alpha must be a number between 0 and 1, got '{_input('alpha')}'")
         argv.append(f"--alpha={_input('alpha')}")
+    from .modeling import DTYPE_CHOICES
+
+    dtype = _input("dtype", "auto").lower() or "auto"
+    if dtype not in DTYPE_CHOICES:
+        raise ActionInputError(f"input dtype must be one of {', '.join(DTYPE_CHOICES)}, got '{_input('dtype')}'")
+    argv.append(f"--dtype={dtype}")
     argv.append(f"--fail-on={','.join(sorted(fail_on)) or 'none'}")
     argv += ["--", model]  # after --: a model named like an option stays the model
     return argv

@@ -504,6 +504,7 @@ def audit(
     store: str | Path | ResultStore | None | bool = None,
     fresh: bool = False,
     device: str = "auto",
+    dtype: str = "auto",
     batch_size: int | None = None,
     metric_config: MetricConfig | None = None,
     allow_pickle: bool = False,
@@ -535,6 +536,10 @@ def audit(
             False for none.
         fresh: ignore stored results (still store the new ones).
         device: ``auto``, ``cpu`` or ``cuda``.
+        dtype: the compute dtype of every model: ``auto`` (the checkpoint's own where the device computes
+            it natively: bf16 on a GPU or on a CPU with AMX / AVX512-BF16; else float32), ``float32``,
+            ``bfloat16`` or ``float16``. The report says what ``auto`` chose and why; stored results are
+            kept apart per dtype.
         batch_size: items per batch (default: from a token budget).
         metric_config: metric settings (MUSE defaults).
         allow_pickle / trust_remote_code: off by default, for safety.
@@ -563,12 +568,16 @@ def audit(
         raise HubauditError(f"--threshold must be a number of points >= 0, got {threshold}")
     if not 0 < alpha < 1:
         raise HubauditError(f"--alpha must be between 0 and 1 (exclusive), got {alpha}")
+    from .modeling import DTYPE_CHOICES
+
+    if dtype not in DTYPE_CHOICES:
+        raise HubauditError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got '{dtype}'")
     if auc_retrain is not None and not 0 < auc_retrain < 1:
         raise HubauditError(f"--auc-retrain must be between 0 and 1, got {auc_retrain}")
     fs = load_forget_set(forget)
     metric_objs = resolve_metrics(metrics, fs)
     cfg = metric_config or MetricConfig()
-    kw = dict(device=device, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    kw = dict(device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     src, card = open_model(model, token=token, **kw)
     reference_note = None
     if reference is None:
@@ -653,6 +662,7 @@ def audit(
         "alpha": alpha,
         "device": src.device,
         "dtype": str(src.compute_dtype()).replace("torch.", ""),
+        "dtype_reason": src.compute_dtype_reason(),
         "store": None if result_store is None else str(result_store.path),
         "fresh": fresh,
     }

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import HubauditError
+from .modeling import DTYPE_CHOICES
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 70, 130
 
@@ -84,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--no-store", action="store_true", help="do not read or write the results store")
     a.add_argument("--fresh", action="store_true", help="ignore stored results and recompute every cell")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
+    a.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="compute dtype (default auto: the checkpoint's own where the hardware computes it "
+                        "natively, bf16 on GPUs and on CPUs with AMX/AVX512-BF16; else float32)")
     a.add_argument("--batch-size", type=int, metavar="N", help="items per batch (default: from a token budget)")
     a.add_argument("--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or the saved login); never printed")
     a.add_argument("--no-memory-check", action="store_true", help="load even when the estimate says it will not fit")
@@ -224,6 +228,7 @@ def cmd_audit(args) -> int:
         store=False if args.no_store else args.store,
         fresh=args.fresh,
         device=args.device,
+        dtype=args.dtype,
         batch_size=args.batch_size,
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,

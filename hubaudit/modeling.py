@@ -51,12 +51,63 @@ def estimate_memory_bytes(weight_bytes: int, stored_dtype: str | None, compute_i
     return int(weight_bytes / stored * compute_itemsize * copies * 1.1) + (256 << 20)
 
 
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def native_half(device: str) -> dict[str, str | None]:
+    """Which 16-bit dtypes ``device`` computes natively, each with what says so (None: not native).
+
+    CUDA: bfloat16 where torch says the GPU supports it (Ampere and newer), float16 always. CPU: bfloat16
+    with AMX tiles or AVX512-BF16 (oneDNN's bf16 kernels; elsewhere torch emulates it, slower than
+    float32), float16 with AMX-FP16. Set ``HUBAUDIT_NO_NATIVE_HALF=1`` to treat every device as having
+    none (float32 unless asked)."""
+    import os
+
+    import torch
+
+    if os.environ.get("HUBAUDIT_NO_NATIVE_HALF"):
+        return {"bfloat16": None, "float16": None}
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name()
+        return {"bfloat16": name if torch.cuda.is_bf16_supported() else None, "float16": name}
+    cpu = getattr(torch, "cpu", None)
+
+    def has(flag: str) -> bool:
+        probe = getattr(cpu, flag, None)
+        try:
+            return bool(probe()) if probe else False
+        except Exception:  # noqa: BLE001 - a probe that fails means no
+            return False
+
+    bf16 = "AMX" if has("_is_amx_tile_supported") else "AVX512-BF16" if has("_is_avx512_bf16_supported") else None
+    return {"bfloat16": bf16, "float16": "AMX-FP16" if has("_is_amx_fp16_supported") else None}
+
+
+def choose_compute_dtype(device: str, stored_dtype: str | None, requested: str | None = None) -> tuple[str, str]:
+    """The dtype an audit computes in, and why, in words.
+
+    ``requested`` (``float32``, ``bfloat16``, ``float16``) is taken as given. ``auto`` or None: the
+    checkpoint's own dtype where the device computes it natively (a bf16 checkpoint in bf16 on a GPU or
+    on a CPU with AMX / AVX512-BF16: the weights as published, at the hardware's speed), else float32
+    (exact for 16-bit weights). A checkpoint that does not say its dtype is taken as bfloat16 on a GPU."""
+    if requested and requested != "auto":
+        return requested, "asked for (--dtype)"
+    where = "GPU" if device.startswith("cuda") else "CPU"
+    native = native_half(device)
+    stored = stored_dtype if stored_dtype in ("float32", "bfloat16", "float16") else None
+    if stored == "float32":
+        return "float32", "auto: the checkpoint is float32"
+    want = stored or ("bfloat16" if where == "GPU" else None)
+    if want is None:
+        return "float32", "auto: the checkpoint does not say its dtype; float32 on the CPU"
+    if native.get(want):
+        return want, f"auto: the checkpoint's {want}, native on this {where} ({native[want]})"
+    return "float32", f"auto: the checkpoint is {want}, which this {where} does not compute natively; float32 (exact)"
+
+
 def default_compute_dtype(device: str, stored_dtype: str | None) -> str:
-    """The dtype an audit computes in without one given: float32 on CPU, else the checkpoint's own
-    (bfloat16 when it does not say)."""
-    if device == "cpu":
-        return "float32"
-    return stored_dtype if stored_dtype in ("float16", "bfloat16", "float32") else "bfloat16"
+    """The dtype an audit computes in without one given (:func:`choose_compute_dtype`'s ``auto``)."""
+    return choose_compute_dtype(device, stored_dtype)[0]
 
 
 def compute_itemsize(device: str, stored_dtype: str | None) -> int:
@@ -70,8 +121,8 @@ class ModelSource:
     Args:
         path: a local folder with ``config.json``, tokenizer files and weights.
         device: ``"auto"`` (CUDA when there is one), ``"cpu"`` or ``"cuda"``.
-        dtype: the compute dtype; ``None`` chooses float32 on CPU (bf16 weights upcast exactly) and the
-            stored dtype on a GPU.
+        dtype: the compute dtype (a name or a torch dtype); ``None`` or ``"auto"``: the checkpoint's own
+            where the device computes it natively, else float32 (:func:`choose_compute_dtype`).
         allow_pickle: accept ``*.bin``/``*.pt`` weights (they can run code when loaded).
         trust_remote_code: let the folder's own Python code define the model.
         revision: a Hub commit sha when the folder is a snapshot; with ``repo_id`` it is the model's
@@ -138,9 +189,15 @@ class ModelSource:
     def compute_dtype(self):
         import torch
 
-        if self._dtype is not None:
+        if self._dtype is not None and self._dtype != "auto":
             return getattr(torch, self._dtype) if isinstance(self._dtype, str) else self._dtype
         return getattr(torch, default_compute_dtype(self.device, self.stored_dtype()))
+
+    def compute_dtype_reason(self) -> str:
+        """Why :meth:`compute_dtype` is what it is, in words (the report says it)."""
+        if self._dtype is not None and self._dtype != "auto":
+            return "asked for (--dtype)"
+        return choose_compute_dtype(self.device, self.stored_dtype())[1]
 
     # -- loading --------------------------------------------------------------------------------
     @property

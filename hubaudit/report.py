@@ -65,7 +65,7 @@ def render_markdown(report: AuditReport) -> str:
     lines.append(
         f"Forget set `{inp['forget']['name']}` ({', '.join(f'{k} {n}' for k, n in inp['forget']['sizes'].items())}); "
         f"reference (original): {'`' + ref['name'] + '`' if ref else 'none'}; threshold {v.threshold:g} points; "
-        f"{inp['device']} {inp['dtype']}."
+        f"{inp['device']} {inp['dtype']}{' (' + inp['dtype_reason'] + ')' if inp.get('dtype_reason') else ''}."
     )
     lines.append("")
     head = ["precision", *(LABELS[m] for m in metrics), "regained (max forget) [95% CI]", "items up / down, p"]

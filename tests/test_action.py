@@ -96,7 +96,7 @@ def test_action_metadata_is_a_well_formed_composite_action():
     a = load_yaml(ACTION)
     assert a["name"] and a["description"] and a["runs"]["using"] == "composite"
     issue_inputs = {"model", "reference", "forget-set", "backends", "threshold", "alpha", "fail-on", "fail-on-fragile",
-                    "card", "hf-token", "python-version", "extras"}
+                    "card", "hf-token", "python-version", "extras", "dtype"}
     issue_outputs = {"verdict", "max-regained", "worst-spec", "interval-low", "interval-high", "p-value", "report-path",
                      "pr-url"}
     assert issue_inputs <= set(a["inputs"]) and issue_outputs <= set(a["outputs"])
@@ -414,6 +414,7 @@ def test_action_on_the_robust_control_passes(tiny_world, tmp_path, shared_store)
     ({"fail-on-fragile": "maybe"}, "input fail-on-fragile must be true or false"),
     ({"fail-on": "fragil"}, "input fail-on must be labels from"),
     ({"alpha": "2"}, "input alpha must be a number between 0 and 1"),
+    ({"dtype": "fp8"}, "input dtype must be one of auto, float32, bfloat16, float16"),
     ({"threshold": "five"}, "input threshold must be a number"),
     ({"model": ""}, "input model is required"),
 ])
