@@ -73,6 +73,7 @@ def effective_weight(module: torch.nn.Module, in_features: int) -> torch.Tensor:
     buffers = list(module.buffers())
     ref = p if p is not None and p.dtype.is_floating_point else next((b for b in buffers if b.dtype.is_floating_point), p)
     dtype = ref.dtype if ref is not None and ref.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+    dtype = getattr(module, "compute_dtype", None) if isinstance(getattr(module, "compute_dtype", None), torch.dtype) else dtype
     with torch.no_grad():
         eye = torch.eye(in_features, dtype=dtype)
         out = module(eye) - module(torch.zeros_like(eye))

@@ -41,9 +41,14 @@ def unpadded(input_ids, mask):
 
 
 def spy(src):
-    """Record the (unpadded) rows the model is given by generate() and by plain forward passes."""
+    """Record the (unpadded) rows the model is given by generate() and by plain forward passes (scoring
+    runs the model without its output layer, ``base_model``, so that is watched too)."""
+    from hubaudit.logprobs import slicing_check
+
     model, seen = src.model, {"generate": [], "forward": []}
-    gen, fwd = model.generate, model.forward
+    slicing_check(model)  # its probe (once per model) is not a prompt
+    gen, fwd, base = model.generate, model.forward, model.base_model
+    base_fwd = base.forward
 
     def generate(*a, input_ids=None, attention_mask=None, **kw):
         seen["generate"] += unpadded(input_ids, attention_mask)
@@ -56,9 +61,18 @@ def spy(src):
     def forward(*a, input_ids=None, attention_mask=None, **kw):
         if not seen.get("in_generate"):
             seen["forward"] += unpadded(input_ids, attention_mask)
-        return fwd(*a, input_ids=input_ids, attention_mask=attention_mask, **kw)
+        seen["in_forward"] = True
+        try:
+            return fwd(*a, input_ids=input_ids, attention_mask=attention_mask, **kw)
+        finally:
+            seen["in_forward"] = False
 
-    model.generate, model.forward = generate, forward
+    def base_forward(*a, input_ids=None, attention_mask=None, **kw):
+        if not seen.get("in_generate") and not seen.get("in_forward"):
+            seen["forward"] += unpadded(input_ids, attention_mask)
+        return base_fwd(*a, input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    model.generate, model.forward, base.forward = generate, forward, base_forward
     return seen
 
 

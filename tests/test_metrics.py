@@ -33,8 +33,10 @@ def test_min_k_and_auc_orientation():
 
 @pytest.mark.parametrize("batch_size", [None, 5])
 def test_batched_scores_equal_one_at_a_time(random_world, batch_size):
-    """Left-padded batches give the same outputs and scores as MUSE's item-by-item loop."""
-    src = ModelSource(random_world["model"], device="cpu")
+    """Left-padded batches give the same outputs and scores as MUSE's item-by-item loop. In float32: a
+    random model's next-token logits are near ties, which 16-bit arithmetic flips with the padding (the
+    bf16 comparison is on a trained model, in test_runner)."""
+    src = ModelSource(random_world["model"], device="cpu", dtype="float32")
     fs = load_forget_set(random_world["forget"])
     cfg = MetricConfig(verbmem_max_new_tokens=40)
     names = ["verbmem_f", "knowmem_f", "knowmem_r", "mia_auc"]

@@ -51,14 +51,14 @@ def test_rtn_backend_quantizes_linears_and_keeps_lm_head(random_world):
     q, info = backend.quantize(src, spec)
     layer = q.model.layers[0].mlp.down_proj.weight
     orig = src.model.model.layers[0].mlp.down_proj.weight
-    assert torch.equal(layer, rtn_quantize(orig, 4)) and not torch.equal(layer, orig)
+    assert torch.equal(layer, rtn_quantize(orig, 4).to(layer.dtype)) and not torch.equal(layer, orig)
     assert torch.equal(q.lm_head.weight, src.model.lm_head.weight)
     assert torch.equal(q.model.embed_tokens.weight, src.model.model.embed_tokens.weight)
     assert info["linear_layers_quantized"] == 2 * 7 and info["granularity"] == "per tensor"
     # the full-precision model the source holds is untouched
     assert torch.equal(src.model.model.layers[0].mlp.down_proj.weight, orig)
     qh, info = get_backend("rtn:4:head")[0].quantize(src, QuantSpec.parse("rtn:4:head"))
-    assert torch.equal(qh.lm_head.weight, rtn_quantize(src.model.lm_head.weight, 4))
+    assert torch.equal(qh.lm_head.weight, rtn_quantize(src.model.lm_head.weight, 4).to(qh.lm_head.weight.dtype))
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -81,12 +81,15 @@ def test_specs_parse_in_order_without_duplicates():
     assert [str(s) for s in parse_specs("rtn:4, cast:bf16,rtn:4,RTN:8:g128")] == ["rtn:4", "cast:bf16", "rtn:8:g128"]
 
 
-def test_cast_to_the_compute_type_reuses_the_full_precision_cell(random_world):
+@pytest.mark.parametrize("dtype, same_spec, other_spec", [("float32", "cast:fp32", "cast:bf16"),
+                                                           ("bfloat16", "cast:bf16", "cast:fp32")])
+def test_cast_to_the_compute_type_reuses_the_full_precision_cell(random_world, dtype, same_spec, other_spec):
     import hubaudit
 
     report = hubaudit.audit(random_world["model"], forget=random_world["forget"], specs="cast:fp32,cast:bf16",
-                            metrics="knowmem_f", store=False, progress=False, device="cpu")
-    fp, same, bf16 = (report.cell("model", s) for s in ("fp", "cast:fp32", "cast:bf16"))
+                            metrics="knowmem_f", store=False, progress=False, device="cpu", dtype=dtype)
+    fp, same, other = (report.cell("model", s) for s in ("fp", same_spec, other_spec))
     assert same.backend["settings"]["identical_to_full_precision"] is True
     assert same.metrics == fp.metrics and same.items == fp.items
-    assert bf16.backend["settings"] == {"dtype": "bfloat16"} and bf16.status == "ok"
+    assert other.backend["settings"] == {"dtype": other_spec.replace("cast:bf16", "bfloat16").replace("cast:fp32", "float32")}
+    assert other.status == "ok"
