@@ -14,6 +14,12 @@ scores (they must agree to 0.01). Then an audit of the model (full precision and
 peak memory next to the model's own size: an audit holds the full-precision model, one quantized
 copy and one batch's activations.
 
+Achieved compute: every metric's tokens x 2 x parameters (the input embedding excluded: a lookup) over
+its seconds, in GFLOPS, next to the machine's own matmul peak in the same dtype, measured here first
+(the best of a few [2048 x hidden] x [hidden x 4 hidden] products). ``--dtype`` chooses the compute dtype
+as ``hubaudit audit --dtype`` does (default ``auto``: bf16 for a bf16 checkpoint on a bf16-capable CPU or
+GPU); run it twice (``--dtype float32`` and ``auto``) for the figures in both.
+
 Not a test: it times things. Its figures go into the README's performance section.
 """
 
@@ -31,7 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class ForwardTimer:
-    """Times every forward pass of a model (CUDA-synchronized) and counts the tokens it was given."""
+    """Times every forward pass of a model (CUDA-synchronized) and counts the tokens it was given.
+
+    Scoring runs the model without its output layer and then the output layer slice by slice
+    (``hubaudit.logprobs``), so the model, its decoder and its output layer are all watched; a call
+    inside another watched call (the decoder inside the model's forward) is not counted twice."""
 
     def __init__(self, model):
         import torch
@@ -41,23 +51,37 @@ class ForwardTimer:
         self.seconds = 0.0
         self.calls = self.tokens = self.real_tokens = 0
         self._t0 = None
-        self._hooks = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
-                       model.register_forward_hook(self._post)]
+        self._depth = 0
+        head = model.get_output_embeddings()
+        base = getattr(model, "base_model", model)
+        self._hooks = []
+        for m, counts_tokens in ((model, True), (base, True), (head, False)):
+            if m is None or (m is base and base is model):
+                continue
+            self._hooks += [m.register_forward_pre_hook(lambda mod, a, kw, c=counts_tokens: self._pre(a, kw, c),
+                                                        with_kwargs=True),
+                            m.register_forward_hook(lambda mod, a, out: self._post())]
 
     def _sync(self):
         if self.cuda:
             self.torch.cuda.synchronize()
 
-    def _pre(self, module, args, kwargs):
+    def _pre(self, args, kwargs, counts_tokens: bool):
+        self._depth += 1
+        if self._depth > 1:
+            return
         self._sync()
-        ids = kwargs.get("input_ids", args[0] if args else None)
+        ids = kwargs.get("input_ids", args[0] if args else None) if counts_tokens else None
         mask = kwargs.get("attention_mask")
         if ids is not None:
             self.tokens += ids.numel()
             self.real_tokens += int(mask[:, -ids.shape[1]:].sum()) if mask is not None else ids.numel()
         self._t0 = time.perf_counter()
 
-    def _post(self, module, args, out):
+    def _post(self):
+        self._depth -= 1
+        if self._depth > 0:
+            return
         self._sync()
         self.seconds += time.perf_counter() - self._t0
         self.calls += 1
@@ -111,44 +135,78 @@ def limited(fs, n: int | None):
     return fs
 
 
+def matmul_peak(dtype, hidden: int, device: str = "cpu") -> float:
+    """GFLOPS of the best of five [2048 x hidden] x [hidden x 4 hidden] matmuls in ``dtype``: what this
+    machine's kernels give at a model's own shapes (a batch of tokens through an MLP projection)."""
+    import torch
+
+    a = torch.randn(2048, hidden, dtype=dtype, device=device)
+    b = torch.randn(hidden, 4 * hidden, dtype=dtype, device=device)
+    best = float("inf")
+    for _ in range(6):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) / 4)
+    return 2 * 2048 * hidden * 4 * hidden / best / 1e9
+
+
+def flop_params(model) -> int:
+    """Parameters a token's forward pass multiplies by: all but the input embedding (a lookup); with tied
+    embeddings the output layer uses them, so they count once."""
+    emb = model.get_input_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())
+    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is emb
+    return total if tied else total - emb.numel()
+
+
 def gib(x) -> str:
     return f"{x / 2**30:.2f} GiB" if x else "-"
 
 
 def bench_model(label: str, model_dir: Path, forget, limit: int | None, audit: bool, one_by_one: bool,
-                metrics_pass: bool = True) -> None:
+                metrics_pass: bool = True, dtype: str = "auto") -> None:
     import torch
 
     from hubaudit.forget import load_forget_set
     from hubaudit.modeling import ModelSource
 
     fs = limited(load_forget_set(forget), limit)
-    src = ModelSource(model_dir)
+    src = ModelSource(model_dir, dtype=dtype)
     model, tok = src.model, src.tokenizer
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"\n== {label}: {model_dir} ({n_params / 1e6:.1f}M parameters, {src.device} {src.compute_dtype()}; "
-          f"forget set {len(fs.verbmem)} passages, {len(fs.forget_qa)}+{len(fs.retain_qa)} questions, "
-          f"{len(fs.mia_forget)}+{len(fs.mia_holdout)} MIA texts)")
+    print(f"\n== {label}: {model_dir} ({n_params / 1e6:.1f}M parameters, {src.device} {src.compute_dtype()}: "
+          f"{src.compute_dtype_reason()}; forget set {len(fs.verbmem)} passages, {len(fs.forget_qa)}+"
+          f"{len(fs.retain_qa)} questions, {len(fs.mia_forget)}+{len(fs.mia_holdout)} MIA texts)")
     if metrics_pass:
-        _metrics_pass(model, tok, fs, forget, one_by_one)
+        peak = matmul_peak(src.compute_dtype(), model.config.hidden_size, src.device)
+        print(f"matmul peak here, {str(src.compute_dtype()).replace('torch.', '')}: {peak:.0f} GFLOPS; "
+              f"{flop_params(model) / 1e6:.1f}M parameters per token")
+        _metrics_pass(model, tok, fs, forget, one_by_one, flop_params(model), peak)
     if audit:
         del model
         src.release()
-        _audit_memory(model_dir, forget if not limit else fs, n_params, src.device)
+        _audit_memory(model_dir, forget if not limit else fs, n_params, src.device, dtype,
+                      src.compute_dtype().itemsize)
     del src
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
 
-def _metrics_pass(model, tok, fs, forget, one_by_one: bool) -> None:
+def _metrics_pass(model, tok, fs, forget, one_by_one: bool, n_flop: int, peak: float) -> None:
     from hubaudit.forget import load_forget_set
     from hubaudit.metrics import MetricConfig, evaluate
     from hubaudit.metrics.reference import evaluate_one_at_a_time
 
     print(f"{'metric':<10} {'items':>5} {'tokens':>7} {'fast s':>7} {'tok/s':>7} {'fwd s':>7} {'floor x':>7} "
-          f"{'pad %':>5} {'1-by-1 s':>8} {'speed-up':>8} {'score':>8} {'1-by-1':>8}")
+          f"{'pad %':>5} {'GFLOPS':>7} {'% peak':>6} {'1-by-1 s':>8} {'speed-up':>8} {'score':>8} {'1-by-1':>8}")
     cfg = MetricConfig()
     timer = ForwardTimer(model)
     tf = ts = tfw = 0.0
+    n_tokens = 0
     ok = True
     for name in ("verbmem_f", "knowmem_f", "knowmem_r", "mia_auc"):
         evaluate(model, tok, limited(load_forget_set(forget), 2), [name], cfg)  # warm-up (first-call costs)
@@ -169,17 +227,20 @@ def _metrics_pass(model, tok, fs, forget, one_by_one: bool) -> None:
             tail = f"{slow:>8.2f} {slow / fast:>7.1f}x {res.value:>8.3f} {slow_value:>8.3f} {'ok' if agree else 'DIFFERS'}"
         else:
             tail = f"{'-':>8} {'-':>8} {res.value:>8.3f} {'-':>8}"
+        n_tokens += res.tokens
+        gflops = res.tokens * 2 * n_flop / fast / 1e9
         print(f"{name:<10} {res.n:>5} {res.tokens:>7} {fast:>7.2f} {res.tokens / fast:>7.0f} {fwd:>7.2f} "
-              f"{fast / fwd:>6.2f}x {pad * 100:>5.1f} {tail}")
+              f"{fast / fwd:>6.2f}x {pad * 100:>5.1f} {gflops:>7.1f} {100 * gflops / peak:>5.1f}% {tail}")
     speed = f"{ts / tf:>7.1f}x" if one_by_one else f"{'-':>8}"
-    print(f"{'all':<10} {'':>5} {'':>7} {tf:>7.2f} {'':>7} {tfw:>7.2f} {tf / tfw:>6.2f}x {'':>5} "
-          f"{ts if one_by_one else 0:>8.2f} {speed}")
+    gflops = n_tokens * 2 * n_flop / tf / 1e9
+    print(f"{'all':<10} {'':>5} {n_tokens:>7} {tf:>7.2f} {'':>7} {tfw:>7.2f} {tf / tfw:>6.2f}x {'':>5} "
+          f"{gflops:>7.1f} {100 * gflops / peak:>5.1f}% {ts if one_by_one else 0:>8.2f} {speed}")
     timer.close()
     if one_by_one and not ok:
         print("!! the fast and the one-at-a-time scores differ")
 
 
-def _audit_memory(model_dir, forget, n_params: int, device: str) -> None:
+def _audit_memory(model_dir, forget, n_params: int, device: str, dtype: str, itemsize: int) -> None:
     """Peak memory of an audit (full precision and rtn:4, no reference) next to the model's size."""
     import gc
 
@@ -191,10 +252,10 @@ def _audit_memory(model_dir, forget, n_params: int, device: str) -> None:
     with PeakMemory() as pm:
         t0 = time.perf_counter()
         report = hubaudit.audit(model_dir, forget=forget, specs="rtn:4", store=False, reference=False,
-                                progress=False)
+                                progress=False, dtype=dtype)
         wall = time.perf_counter() - t0
     on_disk = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
-    compute = n_params * (4 if device == "cpu" else 2)
+    compute = n_params * itemsize
     print(f"audit fp + rtn:4: {wall:.1f} s, peak RSS {gib(pm.peak_rss)} ({gib(pm.peak_rss - before)} above the "
           f"process before the audit, {gib(before)})"
           + (f", peak CUDA {gib(pm.peak_cuda)}" if pm.peak_cuda else "")
@@ -215,6 +276,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=0, help="items per part for the other models (0: all)")
     p.add_argument("--no-audit", action="store_true", help="skip the audit (peak memory) part")
     p.add_argument("--no-one-by-one", action="store_true", help="skip the one-at-a-time protocol")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="compute dtype, as hubaudit audit --dtype (default auto)")
     p.add_argument("--cache", default=str(ROOT / "hubaudit-demo" / "bench"), help="where the large model is kept")
     args = p.parse_args()
 
@@ -229,19 +292,19 @@ def main() -> None:
 
             world = build_world(ROOT / "hubaudit-demo" / "world")
             bench_model("demo target", world.target, args.forget or world.forget_dir, args.limit,
-                        not args.no_audit, not args.no_one_by_one)
+                        not args.no_audit, not args.no_one_by_one, dtype=args.dtype)
         elif name == "1b":  # TinyLlama's shape, random weights: the audit's peak memory at 1B parameters
             folder = build_large(Path(args.cache) / "llama-2048x22", 2048, 22, args.large_vocab)
             bench_model("1.1B random Llama", folder, args.forget or "synthetic", args.huge_limit,
-                        True, False, metrics_pass=False)
+                        True, False, metrics_pass=False, dtype=args.dtype)
         elif name == "large":
             folder = build_large(Path(args.cache) / f"llama-{args.large_hidden}x{args.large_layers}",
                                  args.large_hidden, args.large_layers, args.large_vocab)
             bench_model("large random Llama", folder, args.forget or "synthetic", args.large_limit,
-                        not args.no_audit, not args.no_one_by_one)
+                        not args.no_audit, not args.no_one_by_one, dtype=args.dtype)
         else:
             bench_model(name, Path(name), args.forget or "synthetic", args.limit, not args.no_audit,
-                        not args.no_one_by_one)
+                        not args.no_one_by_one, dtype=args.dtype)
 
 
 if __name__ == "__main__":
