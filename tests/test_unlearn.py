@@ -114,6 +114,41 @@ def test_method_terms_use_the_right_pieces():
         losses.forget_term("xx", model, ref, b)
 
 
+@pytest.mark.parametrize("method", ["ga_gdr", "npo_klr"])
+def test_terms_through_slices_equal_the_definitions_value_and_gradient(method, monkeypatch):
+    """The trainer's terms (output layer a slice of positions at a time, checkpointed) give the values and
+    the gradients of the definitions on the model's whole logits."""
+    import hubaudit.logprobs as lp_mod
+
+    vocab = 40
+    monkeypatch.setattr(lp_mod, "SLICE_BYTES", 4 * vocab * 3 * 2)  # 2 positions of each of 3 rows per slice
+    model, ref = _tiny_llama(0, vocab), _tiny_llama(1, vocab)
+    b = _batch(vocab=vocab)
+    assert lp_mod.slicing_check(model)[0] == "sliced"
+
+    def whole():
+        logits = model(input_ids=b[0], attention_mask=b[1]).logits
+        f = losses.ga_loss(logits, b[2]) if method == "ga_gdr" else losses.npo_loss(
+            losses.sequence_logprob(logits, b[2]),
+            losses.sequence_logprob(ref(input_ids=b[0], attention_mask=b[1]).logits, b[2]).detach(), 0.1)
+        r = losses.mean_token_nll(logits, b[2]).mean() if method == "ga_gdr" else losses.kl_loss(
+            logits, ref(input_ids=b[0], attention_mask=b[1]).logits.detach(), b[2])
+        return f + r
+
+    def sliced():
+        return losses.forget_term(method, model, ref, b, 0.1) + losses.retain_term(method, model, ref, b)
+
+    grads = []
+    for fn in (whole, sliced):
+        model.zero_grad()
+        value = fn()
+        value.backward()
+        grads.append((value.item(), [p.grad.clone() for p in model.parameters()]))
+    (v1, g1), (v2, g2) = grads
+    assert v2 == pytest.approx(v1, rel=1e-5, abs=1e-6)
+    assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(g1, g2))
+
+
 # ---------------------------------------------------------------------------------------------------- SURE
 
 

@@ -73,39 +73,45 @@ def kl_loss(logits, logits_ref, labels):
     return (kl * valid).sum() / valid.sum().clamp(min=1)
 
 
-def _logits(model, ids, mask):
-    return model(input_ids=ids, attention_mask=mask).logits
+def _token_logprobs(model, batch):
+    """Per-token log-probabilities ``[B, T-1]`` (0 where the label is -100) and the mask of real tokens,
+    through :mod:`hubaudit.logprobs`: the output layer a slice of positions at a time (checkpointed), so
+    no float32 ``[B, T, vocabulary]`` tensor is held for the backward pass. The same values as
+    :func:`token_nll` on the model's logits."""
+    from ..logprobs import token_logprobs
+
+    ids, mask, labels = batch
+    return token_logprobs(model, ids, mask, labels), (labels[:, 1:] != -100).float()
 
 
 def forget_term(method: str, model, ref_model, batch, beta: float = 0.1):
     """The forget part of ``method``'s loss on one batch ``(ids, mask, labels)``."""
     import torch
 
-    ids, mask, labels = batch
-    logits = _logits(model, ids, mask)
-    if method.startswith("ga"):
-        return ga_loss(logits, labels)
-    if method.startswith("npo"):
-        with torch.no_grad():
-            ref = sequence_logprob(_logits(ref_model, ids, mask), labels)
-        return npo_loss(sequence_logprob(logits, labels), ref, beta)
-    raise ValueError(f"unknown unlearning method {method!r}; choose one of {', '.join(METHODS)}")
+    if not (method.startswith("ga") or method.startswith("npo")):
+        raise ValueError(f"unknown unlearning method {method!r}; choose one of {', '.join(METHODS)}")
+    lp, valid = _token_logprobs(model, batch)
+    if method.startswith("ga"):  # ga_loss: minus the mean over rows of the mean token NLL
+        return (lp.sum(1) / valid.sum(1).clamp(min=1)).mean()
+    with torch.no_grad():
+        ref = _token_logprobs(ref_model, batch)[0].sum(1)
+    return npo_loss(lp.sum(1), ref, beta)
 
 
 def retain_term(method: str, model, ref_model, batch):
     """The retain part of ``method``'s loss (None for plain ``ga``/``npo``): NLL (GDR) or KL to the
     reference (KLR)."""
-    import torch
-
     if not (method.endswith("_gdr") or method.endswith("_klr")):
         return None
+    if method.endswith("_gdr"):  # mean_token_nll, averaged over rows
+        lp, valid = _token_logprobs(model, batch)
+        return (-lp.sum(1) / valid.sum(1).clamp(min=1)).mean()
+    from ..logprobs import kl_per_token
+
     ids, mask, labels = batch
-    logits = _logits(model, ids, mask)
-    if method.endswith("_gdr"):
-        return mean_token_nll(logits, labels).mean()
-    with torch.no_grad():
-        ref = _logits(ref_model, ids, mask)
-    return kl_loss(logits, ref, labels)
+    kl = kl_per_token(model, ref_model, ids, mask, labels)  # kl_loss, a slice of positions at a time
+    valid = (labels[:, 1:] != -100).float()
+    return kl.sum() / valid.sum().clamp(min=1)
 
 
 def needs_reference(method: str) -> bool:
