@@ -164,6 +164,52 @@ def flop_params(model) -> int:
     return total if tied else total - emb.numel()
 
 
+MIA_TOKENS = {"n": 0, "cache": None}  # --mia-tokens
+
+
+def long_mia_set(forget, tokenizer_dir: Path, n_tokens: int, folder: Path) -> Path:
+    """A MUSE-layout copy of ``forget`` whose MIA texts (forget, holdout, retain) are ``n_tokens`` long in
+    ``tokenizer_dir``'s tokenizer: each is the set's own texts and passages of its side, joined in a
+    rotated order and cut at ``n_tokens`` (MUSE News' MIA texts are about 2,000 tokens). The other parts
+    are the set's own."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from hubaudit.forget import PARTS, load_forget_set
+
+    fs = load_forget_set(forget)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    passages = [p.prompt + p.gt for p in fs.verbmem or []]
+
+    def lengthen(texts: list[str], extra: list[str]) -> list[str]:
+        pool = list(texts) + list(extra)
+        out = []
+        for i in range(len(texts)):
+            ids: list[int] = []
+            k = i
+            while len(ids) < n_tokens:
+                ids += tok(pool[k % len(pool)] + "\n\n", add_special_tokens=False)["input_ids"]
+                k += 1
+            out.append(tok.decode(ids[:n_tokens]))
+        return out
+
+    for part, (_, rel) in PARTS.items():
+        rows = getattr(fs, part)
+        if rows is None:
+            continue
+        if part == "mia_forget":
+            rows = lengthen(rows, passages)
+        elif part in ("mia_holdout", "mia_retain"):
+            rows = lengthen(rows, [])
+        else:
+            rows = [x if isinstance(x, str) else {k: v for k, v in x.__dict__.items()} for x in rows]
+        path = folder / (rel + ".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, default=list))
+    return folder
+
+
 def gib(x) -> str:
     return f"{x / 2**30:.2f} GiB" if x else "-"
 
@@ -175,6 +221,9 @@ def bench_model(label: str, model_dir: Path, forget, limit: int | None, audit: b
     from hubaudit.forget import load_forget_set
     from hubaudit.modeling import ModelSource
 
+    if MIA_TOKENS["n"]:
+        forget = long_mia_set(forget, model_dir, MIA_TOKENS["n"],
+                              Path(MIA_TOKENS["cache"]) / f"forget-mia{MIA_TOKENS['n']}-{Path(model_dir).name}")
     fs = limited(load_forget_set(forget), limit)
     src = ModelSource(model_dir, dtype=dtype)
     model, tok = src.model, src.tokenizer
@@ -276,10 +325,14 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=0, help="items per part for the other models (0: all)")
     p.add_argument("--no-audit", action="store_true", help="skip the audit (peak memory) part")
     p.add_argument("--no-one-by-one", action="store_true", help="skip the one-at-a-time protocol")
+    p.add_argument("--mia-tokens", type=int, default=0,
+                   help="make every MIA text this many tokens long (MUSE News': about 2,000), in a MUSE-layout "
+                        "copy of the forget set under --cache; 0: the set's own texts")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="compute dtype, as hubaudit audit --dtype (default auto)")
     p.add_argument("--cache", default=str(ROOT / "hubaudit-demo" / "bench"), help="where the large model is kept")
     args = p.parse_args()
+    MIA_TOKENS.update(n=args.mia_tokens, cache=args.cache)
 
     import torch
 
