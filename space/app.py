@@ -37,6 +37,8 @@ import pandas as pd  # noqa: E402
 
 from jobs import JobStore  # noqa: E402
 
+from hubaudit.report import md_escape  # noqa: E402  (text from a stranger's card, escaped)
+
 log = logging.getLogger("hubaudit.space")
 
 # ---------------------------------------------------------------------------------------------------
@@ -789,14 +791,6 @@ def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshol
     jid = store.add(inputs, kind="ui")
     _wake.set()
     return jid, f"Queued as audit `{jid}`. You can leave: open this page with `?job={jid}` to come back to it."
-
-
-def md_escape(text: str) -> str:
-    """Text from a stranger's model card, shown as plain text in Markdown: no links, images or HTML."""
-    import html
-
-    text = html.escape(str(text), quote=False)
-    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|~>" else ch for ch in text)
 
 
 def _is_shorthand(source: str) -> bool:
