@@ -701,7 +701,7 @@ class _Sweep:
                                   store=self.store, fresh=self.fresh, reference_note=a["note"], chat_template=None,
                                   started=time.perf_counter())
             name = f"{m.repo_id}@{m.revision[:8]}" if m.repo_id else f"{Path(m.name).name}@{m.identity.split(':')[-1][:8]}"
-            folder = self.out / "reports" / _safe_name(name)
+            folder = self.out / "reports" / _safe_name(f"{name}@{fs.name}@{fs_hash[:8]}")  # a model per forget set
             write_report(report, folder)
             row.status, row.report, row.report_dir = "ok", report, str(folder.relative_to(self.out))
             if self.card == "pr" and m.repo_id:

@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
