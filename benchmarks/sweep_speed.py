@@ -7,7 +7,8 @@ a local Ray on this machine: the ratio, what Ray costs per task, and what one ce
 
 Prints: the sequential sweep's wall time (``use_ray=False``), the Ray sweep's wall time with and without
 starting Ray, their ratio, Ray's own cost (starting and stopping a local Ray; starting an actor; one
-actor call that does nothing, the mean of 200), and per cell: seconds, tokens processed, tokens per
+actor call that does nothing, the mean of 200; a worker with torch, transformers and hubaudit imported,
+once per model), and per cell: seconds, tokens processed, tokens per
 second, peak memory. Each run has its own empty results store, so every cell is computed.
 
 Not a test: it times things. Its figures go into the README's plan for sweeping the Hub.
@@ -50,9 +51,27 @@ def ray_costs(num_cpus: int, calls: int = 200) -> dict:
         ray.get(a.call.remote())
     t_call = (time.perf_counter() - t0) / calls
     ray.kill(a)
+
+    @ray.remote(num_cpus=1)
+    class Loaded:  # what a sweep's worker pays once per model before its first cell: a process with torch,
+        def __init__(self):  # transformers and hubaudit imported
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+
+            import hubaudit.sweep  # noqa: F401
+
+        def call(self):
+            return None
+
+    t0 = time.perf_counter()
+    b = Loaded.remote()
+    ray.get(b.call.remote())
+    t_loaded = time.perf_counter() - t0
+    ray.kill(b)
     t0 = time.perf_counter()
     ray.shutdown()
-    return {"init_s": t_init, "shutdown_s": time.perf_counter() - t0, "actor_start_s": t_actor, "call_s": t_call}
+    return {"init_s": t_init, "shutdown_s": time.perf_counter() - t0, "actor_start_s": t_actor, "call_s": t_call,
+            "worker_with_imports_s": t_loaded}
 
 
 def run(models: list[Path], forget: Path, specs: str, use_ray: bool, num_cpus: int, tmp: Path) -> tuple[float, object]:
@@ -112,7 +131,8 @@ def main() -> None:
     print(f"local Ray sweep:               {t_ray:7.1f} s  ({t_ray_run:.1f} s without starting and stopping Ray)")
     print(f"ratio sequential / Ray:        {t_seq / t_ray:7.2f}x ({t_seq / t_ray_run:.2f}x without the start)")
     print(f"Ray: start {costs['init_s']:.1f} s, stop {costs['shutdown_s']:.1f} s, an actor {costs['actor_start_s']:.2f} s, "
-          f"a call {costs['call_s'] * 1e3:.2f} ms; scores identical: {same}")
+          f"a call {costs['call_s'] * 1e3:.2f} ms; a worker with torch, transformers and hubaudit imported "
+          f"{costs['worker_with_imports_s']:.1f} s (once per model); scores identical: {same}")
     print("per cell (sequential run): spec, seconds, tokens, tokens/s, peak RSS GiB")
     for c in out["per_cell"]:
         print(f"  {c['spec']:8} {c['seconds']:6.2f} {c['tokens']:7d} {c['tokens_per_s'] or 0:9.0f} {c['peak_rss_gib']:6.2f}")

@@ -270,9 +270,9 @@ class CellWorker:
 
     def __init__(self, load: str, identity: str, device: str, fs, metrics: list[str], cfg: MetricConfig,
                  batch_size: int | None = None, allow_pickle: bool = False, trust_remote_code: bool = False,
-                 known: list[tuple] = ()):
+                 known: list[tuple] = (), token: str | None = None):
         self.load, self.identity, self.fs, self.metric_names = load, identity, fs, metrics
-        self.kw = dict(device=device, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        self.kw = dict(device=device, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, token=token)
         self.store = _RecordingStore(known)
         self.auditor = Auditor(fs, cfg, self.store, batch_size=batch_size, progress=False)
         self.src = None
@@ -306,8 +306,9 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "--", text.strip("/").replace("@", "--")).strip("-.") or "model"
 
 
-def _start_ray(address: str | None, num_cpus: int | None):
-    """Ray, connected: to ``address`` (``auto``, ``ray://host:10001``), else a local one on this machine.
+def _start_ray(address: str | None, num_cpus: int | None, token: str | None = None):
+    """Ray, connected: to ``address`` (``auto``, ``ray://host:10001``), else a local one on this machine, whose
+    workers inherit ``token`` as ``HF_TOKEN`` (set only while Ray starts; never a task argument, never written).
     Returns (ray module, whether we started it) or (None, False) without Ray installed."""
     try:
         import ray
@@ -322,7 +323,16 @@ def _start_ray(address: str | None, num_cpus: int | None):
         if address:
             ray.init(address=address, **{k: v for k, v in kw.items() if k != "include_dashboard"})
         else:
-            ray.init(address="local", num_cpus=num_cpus, **kw)  # a new one, never someone's `ray start` by chance
+            before = os.environ.get("HF_TOKEN")
+            if token:
+                os.environ["HF_TOKEN"] = token
+            try:
+                ray.init(address="local", num_cpus=num_cpus, **kw)  # a new one, never someone's `ray start` by chance
+            finally:
+                if before is None:
+                    os.environ.pop("HF_TOKEN", None)
+                else:
+                    os.environ["HF_TOKEN"] = before
     except ConnectionError as e:
         raise SweepError(f"cannot connect to the Ray cluster at --ray-address {address} ({str(e).splitlines()[0]}); "
                          "check the address (auto on a cluster node, ray://HEAD:10001 from outside)") from None
@@ -419,8 +429,6 @@ def sweep(
     out = check_out_dir(out)
     cfg = metric_config or MetricConfig()
     result_store = ResultStore(store)
-    if token and ray_address is None:
-        os.environ.setdefault("HF_TOKEN", token)  # local workers inherit it; never written anywhere
     ray = None
     started_ray = False
     try:
@@ -448,7 +456,7 @@ def sweep(
         if dry_run:
             return SweepResult(run.rows, out, run.stats)
         if run.todo and ray is None and use_ray is not False:  # a local Ray, only when there is work
-            ray, started_ray = _start_ray(None, num_cpus)
+            ray, started_ray = _start_ray(None, num_cpus, token)
             if ray is None:
                 print(f"hubaudit: {SCALE_OUT}", file=sys.stderr)
             run.ray = ray
@@ -484,7 +492,7 @@ class _Sweep:
         self.cells: dict[tuple, CellResult] = {}  # (identity, fs hash, spec) -> finished cell
         self.todo: dict[tuple, dict] = {}  # (identity, fs hash) -> {"model": PlannedModel, "fs":, "specs": [...]}
         self.stats = {"models": 0, "cells": 0, "reused_cells": 0, "computed_cells": 0, "error_cells": 0,
-                      "worker_restarts": 0, "workers": 0}
+                      "skipped_cells": 0, "worker_restarts": 0, "workers": 0}
 
     # -- planning --
     def _planned(self, text: str, cache: dict) -> PlannedModel:
@@ -570,6 +578,8 @@ class _Sweep:
         self.cells[key] = cell
         if cell.status == "error":
             self.stats["error_cells"] += 1
+        elif cell.status == "skipped":  # a backend not usable on that worker: not stored, asked again next time
+            self.stats["skipped_cells"] += 1
         elif not cell.reused:
             self.stats["computed_cells"] += 1
         else:
@@ -609,8 +619,8 @@ class _Sweep:
                 if bar:
                     bar.set_postfix_str(f"{t['model'].name} {spec}")
                 try:
-                    if worker is None:
-                        worker = CellWorker(*self._worker_args(t))
+                    if worker is None:  # in this process: the token is passed on (a Ray worker reads HF_TOKEN)
+                        worker = CellWorker(*self._worker_args(t), token=self.token)
                     self._record(key, worker.cell(spec))
                 except HubauditError as e:
                     self._failed(key, str(e))

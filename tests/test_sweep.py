@@ -74,18 +74,28 @@ def ray_session():
     ray.shutdown()
 
 
+def _in_cell() -> set[int]:
+    """Ray worker processes running a cell now: Ray names a process by the actor method it runs."""
+    pids = set()
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            if (p / "cmdline").read_bytes().startswith(b"ray::CellWorker.cell"):
+                pids.add(int(p.name))
+        except OSError:
+            continue
+    return pids
+
+
 def _kill_first_cell(stop: threading.Event, killed: list) -> None:
-    """Kill (SIGKILL) the first Ray worker process found running a cell: Ray names a process by the
-    actor method it runs (``ray::CellWorker.cell``)."""
+    """SIGKILL the first worker seen in a cell, once it has been in it for 0.3 s (its first cell, which
+    loads the model and takes seconds): in the middle of the cell, not at its end."""
+    seen: dict[int, float] = {}
     while not stop.is_set():
-        for p in Path("/proc").glob("[0-9]*"):
-            try:
-                cmd = (p / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmd.startswith(b"ray::CellWorker.cell"):
-                os.kill(int(p.name), signal.SIGKILL)
-                killed.append(int(p.name))
+        now = time.time()
+        for pid in _in_cell():
+            if now - seen.setdefault(pid, now) >= 0.3:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
                 return
         time.sleep(0.02)
 
