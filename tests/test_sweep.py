@@ -1,9 +1,9 @@
 """hubaudit sweep: many models x specs on a local Ray (2 CPUs), one results store written by the driver only.
 
-Three tiny models, two of them unlearned from one original (which is evaluated once), x 2 specs: a worker
-killed in the middle of a cell is restarted and the sweep still ends with every cell exactly once; an
-interrupted sweep resumes and computes only what was missing; a model that cannot be audited is an
-``error`` row and the sweep goes on; the sweep's figures are the audit's own.
+Three tiny models, two of them unlearned from one original (which is evaluated once), x 2 specs, through
+the CLI: interrupted (Ctrl-C) and resumed, computing only what was missing, while a worker is killed in
+the middle of a cell: the sweep ends with every cell exactly once, and a model's figures are the audit's
+own. A model that cannot be audited is an ``error`` row and the sweep goes on.
 """
 
 import json
@@ -65,15 +65,6 @@ def shared_store(tmp_path_factory):
     return tmp_path_factory.mktemp("sweep_store") / "store.sqlite"
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray (2 CPUs, no dashboard) for the in-process sweeps of this module; shut down after."""
-    ray = pytest.importorskip("ray", reason="the sweep extra (pip install 'hubaudit[sweep]')")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
 def _in_cell() -> set[int]:
     """Ray worker processes running a cell now: Ray names a process by the actor method it runs."""
     pids = set()
@@ -100,74 +91,6 @@ def _kill_first_cell(stop: threading.Event, killed: list) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.slow
-def test_sweep_survives_a_killed_worker(world, ray_session, shared_store, tmp_path):
-    from hubaudit.sweep import sweep
-
-    store, out = shared_store, tmp_path / "out"
-    assert not _cells(store), "this test must run first on the module's store"
-    stop, killed = threading.Event(), []
-    watcher = threading.Thread(target=_kill_first_cell, args=(stop, killed), daemon=True)
-    watcher.start()
-    try:
-        res = sweep(world["models"], forget=str(world["forget"]), specs=SPECS, store=store, out=out, progress=False)
-    finally:
-        stop.set()
-        watcher.join()
-    assert killed, "no worker was seen running a cell"
-    assert res.stats["worker_restarts"] >= 1
-    # every cell exactly once: 4 models (the shared original once) x (full precision + 2 specs)
-    cells = _cells(store)
-    ids = world["ids"]
-    assert sorted(cells) == sorted((i, s) for i in ids.values() for s in ("fp", "rtn:4", "rtn:8"))
-    assert res.stats["cells"] == res.stats["computed_cells"] == 12 and res.stats["error_cells"] == 0
-    lb = res.leaderboard
-    assert sorted(lb["model"]) == sorted(str(world[k]) for k in ("v1", "v2", "other"))
-    assert (lb["verdict"] != "error").all()
-    assert (lb["n_items"] == 12).all()
-    assert ((lb["regained_low"] <= lb["regained"]) & (lb["regained"] <= lb["regained_high"])).all()
-    has_ref = lb.set_index("model")["retained"]
-    assert has_ref.notna()[str(world["v1"])] and has_ref.isna()[str(world["other"])]  # retained needs the original
-    md = (out / "leaderboard.md").read_text()
-    for row in lb.itertuples():
-        assert (out / row.report / "report.json").is_file() and f"({row.report}/report.md)" in md
-    plan = json.loads((out / "sweep.json").read_text())
-    assert [m["reference_identity"] for m in plan["models"]] == [ids["orig"], ids["orig"], None]
-
-    # a model's sweep report holds the same cells, figures and verdict as `hubaudit audit` of it
-    from hubaudit import audit
-
-    swept = res.rows[0].report
-    alone = audit(world["v1"], reference=world["orig"], forget=world["forget"], specs=SPECS, store=store, progress=False)
-    assert alone.timings["reused_cells"] == 6  # the sweep's cells are the audit's: found in the store, keys and all
-    assert swept.verdict == alone.verdict
-    assert swept.derived == alone.derived
-    assert [(c.role, c.spec, c.metrics) for c in swept.cells] == [(c.role, c.spec, c.metrics) for c in alone.cells]
-
-
-@pytest.mark.slow
-def test_failing_models_become_error_rows(world, ray_session, shared_store, tmp_path):
-    import shutil
-
-    from hubaudit.sweep import sweep
-
-    broken = tmp_path / "broken"
-    shutil.copytree(world["other"], broken)
-    for f in broken.glob("*.safetensors"):
-        f.write_bytes(b"not a safetensors file")
-    models = tmp_path / "models.txt"
-    models.write_text(f"{broken} none\n{tmp_path / 'missing'}\n{world['other']} none\n")
-    res = sweep(models, forget=str(world["forget"]), specs="rtn:4", store=shared_store, out=tmp_path / "out",
-                progress=False)
-    by = {r.model: r for r in res.rows}
-    assert by[str(broken)].status == "error" and "could not be evaluated" in by[str(broken)].reason
-    assert by[str(tmp_path / "missing")].status == "error" and "not found" in by[str(tmp_path / "missing")].reason
-    assert by[str(world["other"])].status == "ok"
-    lb = res.leaderboard.set_index("model")
-    assert lb.loc[str(broken), "verdict"] == "error" and "could not be evaluated" in lb.loc[str(broken), "summary"]
-    assert lb.loc[str(world["other"]), "verdict"] != "error"
-
-
 def _cli(world, store, out):
     return [sys.executable, "-m", "hubaudit", "sweep", str(world["models"]), "--forget", str(world["forget"]),
             "--backends", SPECS, "--store", str(store), "--out", str(out), "--num-cpus", "2", "--quiet"]
@@ -186,11 +109,13 @@ def _session_processes(sid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_resumes(world, tmp_path):
-    """Ctrl-C in the middle (SIGINT to `hubaudit sweep` on its own local Ray): exit 130, finished cells kept, no
-    process left behind; the same command again computes only the missing cells and writes the leaderboard."""
+def test_interrupted_sweep_resumes_and_survives_a_killed_worker(world, shared_store, tmp_path):
+    """`hubaudit sweep` on its own local Ray (2 CPUs): Ctrl-C in the middle exits 130, keeps the finished cells
+    and leaves no process behind; the same command again computes only the missing cells while one of its
+    workers is killed in the middle of a cell, and still ends with every cell exactly once."""
     pytest.importorskip("ray", reason="the sweep extra (pip install 'hubaudit[sweep]')")
-    store, out = tmp_path / "store.sqlite", tmp_path / "out"
+    store, out = shared_store, tmp_path / "out"
+    assert not _cells(store), "this test must run first on the module's store"
     proc = subprocess.Popen(_cli(world, store, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
@@ -213,15 +138,78 @@ def test_interrupted_sweep_resumes(world, tmp_path):
     done = {k[:2] for k in before if k[3] == "_cell"}
     assert 3 <= len(done) < 12
 
-    r = subprocess.run(_cli(world, store, out), capture_output=True, text=True, timeout=600)
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_first_cell, args=(stop, killed), daemon=True)
+    watcher.start()
+    try:
+        r = subprocess.run(_cli(world, store, out), capture_output=True, text=True, timeout=600)
+    finally:
+        stop.set()
+        watcher.join()
     assert r.returncode == 0, r.stderr[-2000:]
+    assert killed, "no worker was seen running a cell"
     after = _rows(store)
     for key, created in before.items():  # nothing finished before the interrupt was computed again
         assert after[key] == created, key
-    stats = json.loads((out / "sweep.json").read_text())["stats"]
+    plan = json.loads((out / "sweep.json").read_text())
+    stats = plan["stats"]
+    assert stats["worker_restarts"] >= 1 and stats["error_cells"] == 0
     assert stats["computed_cells"] == 12 - len(done) and stats["reused_cells"] == len(done)
-    assert len({k[:2] for k in after if k[3] == "_cell"}) == 12
-    assert (out / "leaderboard.parquet").is_file() and "| **" in (out / "leaderboard.md").read_text()
+    # every cell exactly once: 4 models (the shared original once) x (full precision + 2 specs)
+    ids = world["ids"]
+    assert sorted(_cells(store)) == sorted((i, s) for i in ids.values() for s in ("fp", "rtn:4", "rtn:8"))
+    assert [m["reference_identity"] for m in plan["models"]] == [ids["orig"], ids["orig"], None]
+
+    import pandas as pd
+
+    lb = pd.read_parquet(out / "leaderboard.parquet")
+    assert sorted(lb["model"]) == sorted(str(world[k]) for k in ("v1", "v2", "other"))
+    assert (lb["verdict"] != "error").all()
+    assert (lb["n_items"] == 12).all()
+    assert ((lb["regained_low"] <= lb["regained"]) & (lb["regained"] <= lb["regained_high"])).all()
+    has_ref = lb.set_index("model")["retained"]
+    assert has_ref.notna()[str(world["v1"])] and has_ref.isna()[str(world["other"])]  # retained needs the original
+    md = (out / "leaderboard.md").read_text()
+    for row in lb.itertuples():
+        assert (out / row.report / "report.json").is_file() and f"({row.report}/report.md)" in md
+
+    # a model's sweep report holds the same cells, figures and verdict as `hubaudit audit` of it
+    from hubaudit import audit
+    from hubaudit.results import AuditReport
+
+    v1 = lb.set_index("model").loc[str(world["v1"]), "report"]
+    swept = AuditReport.from_json(json.loads((out / v1 / "report.json").read_text()))
+    alone = audit(world["v1"], reference=world["orig"], forget=world["forget"], specs=SPECS, store=store, progress=False)
+    assert alone.timings["reused_cells"] == 6  # the sweep's cells are the audit's: found in the store, keys and all
+    assert swept.verdict == alone.verdict
+    assert json.loads(json.dumps(swept.derived)) == json.loads(json.dumps(alone.derived))
+    assert [(c.role, c.spec, c.metrics) for c in swept.cells] == [(c.role, c.spec, c.metrics) for c in alone.cells]
+
+
+@pytest.mark.slow
+def test_failing_models_become_error_rows(world, shared_store, tmp_path):
+    """A model that cannot be read (broken weights, in its Ray worker) or found becomes an error row with its
+    reason, and the sweep goes on (the good model's cells come from the store the test above filled)."""
+    import shutil
+
+    pytest.importorskip("ray", reason="the sweep extra (pip install 'hubaudit[sweep]')")
+    from hubaudit.sweep import sweep
+
+    broken = tmp_path / "broken"
+    shutil.copytree(world["other"], broken)
+    for f in broken.glob("*.safetensors"):
+        f.write_bytes(b"not a safetensors file")
+    models = tmp_path / "models.txt"
+    models.write_text(f"{broken} none\n{tmp_path / 'missing'}\n{world['other']} none\n")
+    res = sweep(models, forget=str(world["forget"]), specs="rtn:4", store=shared_store, out=tmp_path / "out",
+                num_cpus=2, progress=False)
+    by = {r.model: r for r in res.rows}
+    assert by[str(broken)].status == "error" and "could not be evaluated" in by[str(broken)].reason
+    assert by[str(tmp_path / "missing")].status == "error" and "not found" in by[str(tmp_path / "missing")].reason
+    assert by[str(world["other"])].status == "ok"
+    lb = res.leaderboard.set_index("model")
+    assert lb.loc[str(broken), "verdict"] == "error" and "could not be evaluated" in lb.loc[str(broken), "summary"]
+    assert lb.loc[str(world["other"]), "verdict"] != "error"
 
 
 # -- inputs a user gets wrong: one line, exit 2 --------------------------------------------------------
