@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -300,10 +299,6 @@ class CellWorker:
 
 
 # -- the sweep -------------------------------------------------------------------------------------------
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "--", text.strip("/").replace("@", "--")).strip("-.") or "model"
 
 
 def _start_ray(address: str | None, num_cpus: int | None, token: str | None = None):
@@ -688,7 +683,7 @@ class _Sweep:
     # -- results --
     def finish(self) -> None:
         """Every model whose cells are all in: its report (the audit's own derivation) and files."""
-        from .report import write_report
+        from .report import safe_name, write_report
 
         for a in self.audits:
             row = a["row"]
@@ -711,7 +706,7 @@ class _Sweep:
                                   store=self.store, fresh=self.fresh, reference_note=a["note"], chat_template=None,
                                   started=time.perf_counter())
             name = f"{m.repo_id}@{m.revision[:8]}" if m.repo_id else f"{Path(m.name).name}@{m.identity.split(':')[-1][:8]}"
-            folder = self.out / "reports" / _safe_name(f"{name}@{fs.name}@{fs_hash[:8]}")  # a model per forget set
+            folder = self.out / "reports" / safe_name(f"{name}@{fs.name}@{fs_hash[:8]}", "model")  # per forget set
             write_report(report, folder)
             row.status, row.report, row.report_dir = "ok", report, str(folder.relative_to(self.out))
             if self.card == "pr" and m.repo_id:
