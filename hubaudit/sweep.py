@@ -36,7 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from .audit import (DEFAULT_ALPHA, DEFAULT_SPECS, DEFAULT_THRESHOLD, Auditor, _Plan, build_report, open_model)
+from .audit import (DEFAULT_ALPHA, DEFAULT_SPECS, DEFAULT_THRESHOLD, Auditor, _chat_template_used, _Plan, build_report,
+                    open_model)
 from .errors import HubauditError
 from .forget import load_forget_set
 from .metrics import MetricConfig, resolve_metrics
@@ -263,6 +264,11 @@ class _RecordingStore(ResultStore):
         self.new.append((model, spec, forget, metric, metric_key, record))
 
 
+def _chat_key(cfg: MetricConfig) -> tuple[str, str]:
+    """Where a model's chat-template description is stored (beside its full-precision cell)."""
+    return "_chat_template", json.dumps({"chat_template": cfg.chat_template})
+
+
 class CellWorker:
     """Loads one model once and runs its cells (on Ray: one actor per model). Never writes the results store:
     each :meth:`cell` returns the finished cell and the store records it made."""
@@ -290,6 +296,9 @@ class CellWorker:
         metrics = resolve_metrics(self.metric_names, self.fs)
         self.store.new = []
         cell = self.auditor.run_cell(_Plan("model", self.src, spec, metrics))
+        if spec == FULL_PRECISION and cell.status == "ok":  # what the report says of the prompts (TOFU)
+            self.store.put(self.identity, spec, self.auditor.fs_hash, *_chat_key(self.auditor.cfg),
+                           {"value": _chat_template_used(self.src, self.auditor.cfg, metrics)})
         records, self.store.new = self.store.new, []
         return {"cell": cell, "records": records, "pid": os.getpid()}
 
@@ -486,6 +495,7 @@ class _Sweep:
         self.audits: list[dict] = []  # per row: model, reference (PlannedModel), fs, metrics, reference_note
         self.cells: dict[tuple, CellResult] = {}  # (identity, fs hash, spec) -> finished cell
         self.todo: dict[tuple, dict] = {}  # (identity, fs hash) -> {"model": PlannedModel, "fs":, "specs": [...]}
+        self._lookups: dict[str, Auditor] = {}
         self.stats = {"models": 0, "cells": 0, "reused_cells": 0, "computed_cells": 0, "error_cells": 0,
                       "skipped_cells": 0, "worker_restarts": 0, "workers": 0}
 
@@ -544,14 +554,16 @@ class _Sweep:
         key = (who.identity, fs_hash, spec)
         if key in self.cells or spec in self.todo.get(key[:2], {}).get("specs", ()):
             return
-        auditor = Auditor(fs, self.cfg, self.store, self.fresh)
-        found = auditor.lookup(_Plan("model", who, spec, resolve_metrics(metric_names, fs)))
+        if fs_hash not in self._lookups:  # one per forget set (an Auditor hashes its set once)
+            self._lookups[fs_hash] = Auditor(fs, self.cfg, self.store, self.fresh)
+        found = self._lookups[fs_hash].lookup(_Plan("model", who, spec, resolve_metrics(metric_names, fs)))
         self.stats["cells"] += 1
         if found is not None:
             self.cells[key] = found
             self.stats["reused_cells"] += 1
             return
-        t = self.todo.setdefault(key[:2], {"model": who, "fs": fs, "metrics": metric_names, "specs": []})
+        t = self.todo.setdefault(key[:2], {"model": who, "fs": fs, "fs_hash": fs_hash, "metrics": metric_names,
+                                           "specs": []})
         t["specs"].append(spec)
 
     def describe(self) -> list[dict]:
@@ -586,7 +598,7 @@ class _Sweep:
 
     def _worker_args(self, t: dict) -> tuple:
         m = t["model"]
-        known = [] if self.fresh else self.store.records(m.identity, t["fs"].content_hash())
+        known = [] if self.fresh else self.store.records(m.identity, t["fs_hash"])
         return (m.load, m.identity, self.device, t["fs"], t["metrics"], self.cfg, self.batch_size, self.allow_pickle,
                 self.trust_remote_code, known)
 
@@ -703,7 +715,9 @@ class _Sweep:
             report = build_report(cells, src=m, ref=ref, ret=None, fs=fs,
                                   metric_objs=resolve_metrics(a["metrics"], fs), cfg=self.cfg, specs=self.specs,
                                   threshold=self.threshold, alpha=self.alpha, auc_retrain=self.auc_retrain,
-                                  store=self.store, fresh=self.fresh, reference_note=a["note"], chat_template=None,
+                                  store=self.store, fresh=self.fresh, reference_note=a["note"],
+                                  chat_template=(self.store.get(m.identity, FULL_PRECISION, fs_hash, *_chat_key(self.cfg))
+                                                 or {}).get("value"),
                                   started=time.perf_counter())
             name = f"{m.repo_id}@{m.revision[:8]}" if m.repo_id else f"{Path(m.name).name}@{m.identity.split(':')[-1][:8]}"
             folder = self.out / "reports" / safe_name(f"{name}@{fs.name}@{fs_hash[:8]}", "model")  # per forget set
