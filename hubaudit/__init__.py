@@ -21,8 +21,9 @@ from .errors import HubauditError  # noqa: E402
 from .forget import ForgetSet, load_forget_set  # noqa: E402
 from .quant import QuantSpec  # noqa: E402
 from .results import AuditReport, CellResult, Verdict  # noqa: E402
+from .sweep import sweep  # noqa: E402  (the function shadows the module name, as audit does)
 
 __all__ = [
     "__version__", "audit", "DEFAULT_SPECS", "DEFAULT_THRESHOLD", "HubauditError", "ForgetSet",
-    "load_forget_set", "QuantSpec", "AuditReport", "CellResult", "Verdict",
+    "load_forget_set", "QuantSpec", "AuditReport", "CellResult", "Verdict", "sweep",
 ]

@@ -152,8 +152,9 @@ def artifact_name(model: str) -> str:
 
     ref = parse_model_ref(model.strip())
     text = f"{ref.repo_id}@{ref.revision or ''}" if ref.is_hub else (ref.path.name if ref.path else "")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
-    return "hubaudit-" + (name[:80] or "model")
+    from .report import safe_name
+
+    return "hubaudit-" + (safe_name(text)[:80] or "model")
 
 
 def _fail_on() -> set[str]:

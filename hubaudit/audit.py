@@ -100,10 +100,9 @@ class Auditor:
         self.progress = progress
         self.on_cell = on_cell
 
-    def run_cell(self, plan: _Plan) -> CellResult:
-        """One cell: stored metrics are reused, missing ones computed (and stored at once)."""
+    def _stored(self, plan: _Plan) -> tuple[dict, dict, dict | None]:
+        """(metric keys, stored records by metric name, the stored ``_cell`` record) of a cell."""
         src, spec = plan.source, plan.spec
-        cell = CellResult(role=plan.role, spec=spec)
         keys = {m.name: metric_key(m, self.cfg, src, spec) for m in plan.metrics}
         found: dict[str, dict] = {}
         info = None
@@ -113,6 +112,24 @@ class Auditor:
                 if rec is not None:
                     found[m.name] = rec
             info = self.store.get(src.identity, spec, self.fs_hash, "_cell", "")
+        return keys, found, info
+
+    def lookup(self, plan: _Plan) -> CellResult | None:
+        """The cell from the store when every metric of it is there (nothing is loaded), else None. The
+        plan's source needs only ``identity``, ``device`` and ``compute_dtype()`` (a sweep asks this before
+        it sends the cell to a worker)."""
+        if self.store is None or self.fresh:
+            return None
+        _, found, _ = self._stored(plan)
+        if any(m.name not in found for m in plan.metrics):
+            return None
+        return self.run_cell(plan)
+
+    def run_cell(self, plan: _Plan) -> CellResult:
+        """One cell: stored metrics are reused, missing ones computed (and stored at once)."""
+        src, spec = plan.source, plan.spec
+        cell = CellResult(role=plan.role, spec=spec)
+        keys, found, info = self._stored(plan)
         missing = [m for m in plan.metrics if m.name not in found]
         if missing:
             self._compute(plan, cell, missing, keys, found)
@@ -617,7 +634,26 @@ def audit(
 
     auditor = Auditor(fs, cfg, result_store, fresh, batch_size, progress, on_cell)
     cells = auditor.run(plans)
+    report = build_report(cells, src=src, ref=ref, ret=ret, fs=fs, metric_objs=metric_objs, cfg=cfg, specs=spec_list,
+                          threshold=threshold, alpha=alpha, auc_retrain=auc_retrain, store=result_store, fresh=fresh,
+                          reference_note=reference_note, chat_template=_chat_template_used(src, cfg, metric_objs),
+                          started=t_start)
+    if out is not None:
+        from .report import write_report
 
+        write_report(report, out)
+    return report
+
+
+def build_report(cells: list[CellResult], *, src, ref, ret, fs: ForgetSet, metric_objs: list[Metric],
+                 cfg: MetricConfig, specs: list[str], threshold: float, alpha: float, auc_retrain: float | None,
+                 store: ResultStore | None, fresh: bool, reference_note: str | None, chat_template: dict | None,
+                 started: float) -> AuditReport:
+    """The :class:`AuditReport` of finished cells: PrivLeak's baseline, the derived figures, the verdict and
+    the inputs. ``src``/``ref``/``ret`` are the models (:class:`ModelSource`, or anything with its ``name``,
+    ``path``, ``identity``, ``repo_id``, ``revision``, ``device`` and ``compute_dtype()``); used by
+    :func:`audit` and by a sweep, whose cells were computed elsewhere."""
+    spec_list = specs
     retrain_cell = next((c for c in cells if c.role == "retrain" and c.status == "ok" and "mia_auc" in c.metrics), None)
     if retrain_cell is not None:
         auc_ret, auc_src = retrain_cell.metrics["mia_auc"], f"retrained model {ret.name}"
@@ -657,24 +693,19 @@ def audit(
         "specs": spec_list,
         "metrics": [m.name for m in metric_objs],
         "metric_settings": {m.name: m.settings(cfg) for m in metric_objs},
-        "chat_template": _chat_template_used(src, cfg, metric_objs),
+        "chat_template": chat_template,
         "threshold": threshold,
         "alpha": alpha,
         "device": src.device,
         "dtype": str(src.compute_dtype()).replace("torch.", ""),
-        "dtype_reason": src.compute_dtype_reason(),
-        "store": None if result_store is None else str(result_store.path),
+        "dtype_reason": src.compute_dtype_reason() if hasattr(src, "compute_dtype_reason") else None,
+        "store": None if store is None else str(store.path),
         "fresh": fresh,
     }
-    report = AuditReport(
+    return AuditReport(
         inputs=inputs, cells=cells, derived=derived, verdict=verdict, hubaudit_version=_version(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        timings={"total_seconds": time.perf_counter() - t_start,
+        timings={"total_seconds": time.perf_counter() - started,
                  "computed_cells": sum(1 for c in cells if not c.reused and c.status == "ok"),
                  "reused_cells": sum(1 for c in cells if c.reused)},
     )
-    if out is not None:
-        from .report import write_report
-
-        write_report(report, out)
-    return report

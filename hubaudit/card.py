@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import CardError
 from .quant import FULL_PRECISION
-from .report import regain_cells, spec_label
+from .report import regain_cells, safe_name, spec_label
 from .results import LABELS, AuditReport
 
 SECTION_START, SECTION_END = "<!-- hubaudit:start -->", "<!-- hubaudit:end -->"
@@ -144,7 +144,7 @@ def eval_results_file(report: AuditReport) -> tuple[str, str] | None:
                for spec, m, v in _card_scores(report)]
     if not entries:
         return None
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", repo).strip("-.") or "forget"
+    name = safe_name(repo, "forget")
     text = yaml.safe_dump(eval_result_entries_to_yaml(entries), sort_keys=False, allow_unicode=True, width=1000)
     return f"{EVAL_RESULTS_DIR}/hubaudit-{name}.yaml", text
 

@@ -125,7 +125,103 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("backends", help="list quantization backends and whether they run here")
     _unlearn_parser(sub)
+    _sweep_parsers(sub)
     return p
+
+
+def _sweep_parsers(sub) -> None:
+    s = sub.add_parser("sweep", help="audit many models on Ray (a local one by default) and write a leaderboard",
+                       description="Audit every model of MODELS.txt (or of a Hub --search) x every spec, on Ray: a "
+                                   "local ray.init() without --ray-address, a cluster with it. Every finished cell "
+                                   "goes to the results store at once; a rerun computes only what is missing. Writes "
+                                   "reports/, leaderboard.parquet, leaderboard.md and sweep.json into --out.")
+    s.add_argument("models", nargs="?", metavar="MODELS.txt",
+                   help="one org/name[@rev] or folder per line, optionally followed by its reference and its forget "
+                        "set (- for the default, none for no reference); # comments")
+    s.add_argument("--search", metavar="QUERY",
+                   help="models from the Hub instead: tag=...,base_model=org/name,author=...,q=TEXT,limit=N")
+    s.add_argument("--reference", metavar="REF", help="the original of every model (default: each card's base_model)")
+    s.add_argument("--forget", metavar="SOURCE", default=None, help="the forget set of every model (default synthetic)")
+    s.add_argument("--backends", metavar="SPEC,...", default=None,
+                   help="quantization specs (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128)")
+    s.add_argument("--threshold", type=float, default=None, metavar="X", help="points regained for fragile (default 5)")
+    s.add_argument("--alpha", type=float, default=None, metavar="A", help="family-wise error level (default 0.05)")
+    s.add_argument("--metrics", metavar="NAME,...", default=None, help="metrics (default: all the forget set supports)")
+    s.add_argument("--auc-retrain", type=float, metavar="AUC", help="PrivLeak baseline AUC")
+    s.add_argument("--out", metavar="DIR", default="hubaudit-sweep", help="output folder (default hubaudit-sweep)")
+    s.add_argument("--store", metavar="FILE", help="results store (default: ~/.cache/hubaudit/results.sqlite)")
+    s.add_argument("--fresh", action="store_true", help="recompute every cell")
+    s.add_argument("--ray-address", metavar="ADDR",
+                   help="a Ray cluster: auto (on a cluster node) or ray://HEAD:10001; default: a local Ray here")
+    s.add_argument("--no-ray", action="store_true", help="run in this process, one model after another")
+    s.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the local Ray (default: all)")
+    s.add_argument("--gpus-per-model", type=float, metavar="G", help="GPUs each model's worker declares (default 1 on CUDA)")
+    s.add_argument("--cpus-per-model", type=float, default=1, metavar="C", help="CPUs each model's worker declares (default 1)")
+    s.add_argument("--max-retries", type=int, default=2, metavar="N",
+                   help="restarts of a worker that died mid-cell, per model (default 2)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
+    s.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="compute dtype, as hubaudit audit --dtype (default auto; give it on a cluster whose "
+                        "workers' hardware differs from this machine's)")
+    s.add_argument("--batch-size", type=int, metavar="N", help="items per batch (default: from a token budget)")
+    s.add_argument("--card", choices=["none", "pr"], default="none",
+                   help="pr: open (or update) a pull request with each Hub model's card")
+    s.add_argument("--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or the saved login); never printed")
+    s.add_argument("--allow-pickle", action="store_true", help="accept pickle (*.bin) weights, which can run code")
+    s.add_argument("--trust-remote-code", action="store_true", help="run the model folders' own Python code")
+    s.add_argument("--dry-run", action="store_true", help="resolve the models and write the plan (sweep.json) only")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    lb = sub.add_parser("leaderboard", help="publish a sweep's leaderboard to a Hub dataset")
+    lsub = lb.add_subparsers(dest="lb_command", metavar="ACTION")
+    pub = lsub.add_parser("publish", help="push leaderboard.parquet, leaderboard.md and the reports to a Hub dataset "
+                                          "(a pull request when the dataset is not yours)")
+    pub.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Hub dataset")
+    pub.add_argument("--out", metavar="DIR", default="hubaudit-sweep", help="the sweep's output folder (default hubaudit-sweep)")
+    pub.add_argument("--pr", action="store_true", help="open a pull request even on a dataset of your own")
+    pub.add_argument("--token", metavar="TOKEN", help="Hub token with write access (default: HF_TOKEN or the saved login)")
+
+
+def cmd_sweep(args) -> int:
+    from .audit import DEFAULT_ALPHA, DEFAULT_SPECS, DEFAULT_THRESHOLD
+    from .sweep import sweep
+
+    if args.models is None and args.search is None:
+        raise HubauditError("give a models file (one org/name[@rev] or folder per line) or --search QUERY")
+    if args.no_ray and args.ray_address:
+        raise HubauditError("--no-ray and --ray-address exclude each other")
+    res = sweep(
+        args.models, search=args.search, reference=args.reference, forget=args.forget,
+        specs=args.backends if args.backends is not None else DEFAULT_SPECS,
+        threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD,
+        alpha=args.alpha if args.alpha is not None else DEFAULT_ALPHA, metrics=args.metrics,
+        auc_retrain=args.auc_retrain, out=args.out, store=args.store, fresh=args.fresh, device=args.device,
+        dtype=args.dtype, batch_size=args.batch_size, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+        token=args.token, ray_address=args.ray_address, use_ray=False if args.no_ray else None, num_cpus=args.num_cpus,
+        gpus_per_model=args.gpus_per_model, cpus_per_model=args.cpus_per_model, max_retries=args.max_retries,
+        card=args.card, dry_run=args.dry_run, progress=not args.quiet,
+    )
+    if args.dry_run:
+        print(f"Plan: {res.out / 'sweep.json'} ({len(res.rows)} models, {res.stats['cells']} cells, "
+              f"{res.stats['reused_cells']} already in the store)")
+        return EXIT_OK
+    st = res.stats
+    print((res.out / "leaderboard.md").read_text(encoding="utf-8"))
+    print(f"{st['models']} models, {st['cells']} cells: {st['computed_cells']} computed, {st['reused_cells']} from the "
+          f"store, {st['error_cells']} failed, {st['skipped_cells']} skipped (backend unavailable); {st['worker_restarts']} "
+          f"worker restarts; {st['seconds']:.0f} s")
+    print(f"Leaderboard: {res.out / 'leaderboard.md'}, {res.out / 'leaderboard.parquet'}; reports in {res.out / 'reports'}")
+    return EXIT_OK
+
+
+def cmd_leaderboard(args) -> int:
+    from .leaderboard import publish_leaderboard
+
+    if args.lb_command != "publish":
+        raise HubauditError("usage: hubaudit leaderboard publish --repo ORG/NAME [--out DIR]")
+    res = publish_leaderboard(args.out, args.repo, token=args.token, pr=True if args.pr else None)
+    print(f"Pull request: {res['pr_url']}" if res["pr_url"] else f"Published: {res['commit_url']}")
+    return EXIT_OK
 
 
 def _unlearn_parser(sub) -> None:
@@ -357,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     handler = {"audit": cmd_audit, "card": cmd_card, "demo": cmd_demo, "backends": cmd_backends,
-               "unlearn": cmd_unlearn}[args.command]
+               "unlearn": cmd_unlearn, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard}[args.command]
     try:
         return handler(args)
     except HubauditError as e:

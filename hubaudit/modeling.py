@@ -68,6 +68,8 @@ def native_half(device: str) -> dict[str, str | None]:
     if os.environ.get("HUBAUDIT_NO_NATIVE_HALF"):
         return {"bfloat16": None, "float16": None}
     if device.startswith("cuda"):
+        if not torch.cuda.is_available():  # planning for GPUs elsewhere (a sweep's driver): Ampere or newer
+            return {"bfloat16": "assumed for a GPU not on this machine", "float16": "assumed for a GPU"}
         name = torch.cuda.get_device_name()
         return {"bfloat16": name if torch.cuda.is_bf16_supported() else None, "float16": name}
     cpu = getattr(torch, "cpu", None)

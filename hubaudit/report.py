@@ -43,6 +43,23 @@ def _fmt(x, signed=False, digits=1) -> str:
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
+def safe_name(text: str, fallback: str = "") -> str:
+    """``text`` as one file or folder name: runs of anything but letters, digits, ``.``, ``_`` and ``-``
+    become ``-`` (no ``/``, no ``..``); ``fallback`` when nothing is left."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or fallback
+
+
+def md_escape(text: str) -> str:
+    """Text from a stranger's model card (or a model's name), shown as plain text in Markdown: no links,
+    images or HTML."""
+    import html
+
+    text = html.escape(str(text), quote=False)
+    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|~>" else ch for ch in text)
+
+
 def spec_label(spec: str) -> str:
     return "full precision" if spec == FULL_PRECISION else spec
 

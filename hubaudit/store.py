@@ -109,6 +109,20 @@ class ResultStore:
                 (model, spec, forget, metric, metric_key, time.time(), json.dumps(record)),
             )
 
+    def records(self, model: str, forget: str) -> list[tuple]:
+        """Every stored row of one model on one forget set, as ``put``'s arguments (a sweep hands them to the
+        worker that computes the model's missing cells)."""
+        with self._errors("read"):
+            rows = self._db.execute("SELECT model, spec, forget, metric, metric_key, record FROM results "
+                                    "WHERE model=? AND forget=?", (model, forget)).fetchall()
+        out = []
+        for *key, record in rows:
+            try:
+                out.append((*key, json.loads(record)))
+            except ValueError:
+                continue
+        return out
+
     def count(self) -> int:
         with self._errors("read"):
             return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]

@@ -110,7 +110,7 @@ def cmd_freeze(args: list[str]) -> int:
     py = subprocess.run([args[0], "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                         check=True, capture_output=True, text=True).stdout.strip()
     lines = [
-        "# The exact versions `bash test.sh` passed with: the base install and every extra (test, quant, space).",
+        "# The exact versions `bash test.sh` passed with: the base install and every extra (test, quant, space, sweep).",
         f"# Python {py}, {platform.system()} {platform.machine()}, {date.today().isoformat()}. Do not edit by hand:",
         "# refresh with `bash scripts/lock.sh` (installs the newest releases, runs the whole suite, rewrites",
         "# this file and space/requirements.txt only when it passes). torch is pinned by its public version",

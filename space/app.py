@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -36,6 +37,8 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from jobs import JobStore  # noqa: E402
+
+from hubaudit.report import md_escape  # noqa: E402  (text from a stranger's card, escaped)
 
 log = logging.getLogger("hubaudit.space")
 
@@ -81,6 +84,8 @@ JOB_TIMEOUT_S = float(os.environ.get("HUBAUDIT_SPACE_JOB_TIMEOUT", "3600"))  # o
 MAX_JOBS_PER_VISITOR = int(os.environ.get("HUBAUDIT_SPACE_MAX_JOBS_PER_VISITOR", "2"))  # queued or running
 MAX_DISK_BYTES = int(os.environ.get("HUBAUDIT_SPACE_MAX_DISK_BYTES", str(40 << 30)))  # Hub cache + jobs + uploads
 POLL_SECONDS = float(os.environ.get("HUBAUDIT_SPACE_POLL", "1"))
+# The Leaderboard tab: a public Hub dataset written by `hubaudit leaderboard publish` (read without a token)
+LEADERBOARD = os.environ.get("HUBAUDIT_LEADERBOARD", "").strip()
 
 store = JobStore(DATA / "jobs.sqlite")
 RESULTS = DATA / "results.sqlite"
@@ -791,14 +796,6 @@ def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshol
     return jid, f"Queued as audit `{jid}`. You can leave: open this page with `?job={jid}` to come back to it."
 
 
-def md_escape(text: str) -> str:
-    """Text from a stranger's model card, shown as plain text in Markdown: no links, images or HTML."""
-    import html
-
-    text = html.escape(str(text), quote=False)
-    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|~>" else ch for ch in text)
-
-
 def _is_shorthand(source: str) -> bool:
     """A benchmark's name that the library's readers know (``tofu-forget10``, ``wmdp-bio`` ...)."""
     from hubaudit.forget import tofu, wmdp
@@ -996,6 +993,72 @@ def _oauth_possible() -> bool:
         return False
 
 
+# ---------------------------------------------------------------------------------------------------
+# the leaderboard tab
+
+ALL = "all"
+LB_HEADERS = ["model", "commit", "method", "base model", "forget set", "verdict", "regained", "95% CI", "items", "p",
+              "worst spec", "retained %", "utility", "report"]
+LB_TYPES = ["markdown", "str", "str", "str", "str", "str", "number", "str", "number", "number", "str", "number",
+            "number", "markdown"]
+
+
+def read_board():
+    """The published leaderboard (HUBAUDIT_LEADERBOARD), read without the Space's token."""
+    from hubaudit.errors import HubauditError
+    from hubaudit.leaderboard import read_leaderboard
+
+    if not LEADERBOARD or hub_repo(LEADERBOARD) is None:
+        raise InputError("No leaderboard is configured here (set HUBAUDIT_LEADERBOARD to a public Hub dataset written "
+                         "by `hubaudit leaderboard publish`).")
+    try:
+        return read_leaderboard(LEADERBOARD, token=False)
+    except HubauditError as e:
+        raise InputError(f"The leaderboard `{LEADERBOARD}` cannot be read: {md_escape(e)}") from None
+
+
+def board_frame(frame: pd.DataFrame, forget: str = ALL, verdict: str = ALL) -> pd.DataFrame:
+    """The rows to show: filtered by forget set and verdict; names escaped; links only to Hub pages built here
+    (the model at its audited commit, the report in the leaderboard's dataset)."""
+    from huggingface_hub import constants
+
+    if forget not in (None, ALL):
+        frame = frame[frame["forget"] == forget]
+    if verdict not in (None, ALL):
+        frame = frame[frame["verdict"] == verdict]
+    rows = []
+    for r in frame.to_dict("records"):
+        name, repo = md_escape(r["model"]), hub_repo(str(r["model"]))
+        commit = str(r.get("commit") or "")
+        if repo and re.fullmatch(r"[0-9a-f]{40}", commit):
+            name = f"[{name}]({constants.ENDPOINT}/{repo}/tree/{commit})"
+        report = str(r.get("report") or "")
+        link = (f"[report]({constants.ENDPOINT}/datasets/{LEADERBOARD}/blob/main/{report}/report.md)"
+                if re.fullmatch(r"reports/[A-Za-z0-9._-]+", report) else "")
+        lo, hi = r.get("regained_low"), r.get("regained_high")
+        ci = f"[{lo:+.1f}, {hi:+.1f}]" if pd.notna(lo) and pd.notna(hi) else ""
+        rows.append([name, commit[:8], md_escape(r.get("method") or ""), md_escape(r.get("base_model") or ""),
+                     md_escape(r["forget"]), r["verdict"], r.get("regained"), ci, r.get("n_items"), r.get("p_value"),
+                     md_escape(r.get("worst_spec") or ""), r.get("retained"), r.get("utility"), link])
+    return pd.DataFrame(rows, columns=LB_HEADERS)
+
+
+def show_board(forget: str = ALL, verdict: str = ALL):
+    """(message, table, forget-set choices, verdict choices) for the tab."""
+    try:
+        frame = read_board()
+    except InputError as e:
+        return str(e), pd.DataFrame(columns=LB_HEADERS), gr.update(), gr.update()
+    forgets = [ALL, *sorted(frame["forget"].dropna().unique())]
+    verdicts = [ALL, *sorted(frame["verdict"].dropna().unique())]
+    forget = forget if forget in forgets else ALL
+    verdict = verdict if verdict in verdicts else ALL
+    shown = board_frame(frame, forget, verdict)
+    msg = (f"{len(shown)} of {len(frame)} models from the dataset `{md_escape(LEADERBOARD)}` (written by `hubaudit sweep`"
+           " and `hubaudit leaderboard publish`). Click a column header to sort.")
+    return (msg, shown, gr.update(choices=forgets, value=forget), gr.update(choices=verdicts, value=verdict))
+
+
 def build_ui() -> gr.Blocks:
     available, unavailable = backend_menu()
     with gr.Blocks(title="hubaudit: does the unlearning survive quantization?", analytics_enabled=False) as demo:
@@ -1005,52 +1068,53 @@ def build_ui() -> gr.Blocks:
             "([Zhang et al., ICLR 2025](https://arxiv.org/abs/2410.16454)). This Space quantizes a model several "
             "ways, measures how much of the forget set comes back (MUSE's VerbMem and KnowMem), and says whether "
             "the unlearning is fragile.")
-        with gr.Row():
-            if _oauth_possible():
-                gr.LoginButton(elem_id="login")
-            else:
-                gr.Markdown("Sign-in (for opening a pull request) is available when the app runs as a Space.")
-        with gr.Row():
-            with gr.Column(scale=3):
-                model = gr.Textbox(label="Unlearned model (Hub id, optionally @revision)",
-                                   placeholder="org/my-unlearned-model@main", elem_id="model")
-                reference = gr.Textbox(label="Original model before unlearning (optional; from the card's base_model)",
-                                       placeholder="org/original-model", elem_id="reference")
-                forget = gr.Radio(FORGET_CHOICES, value=FORGET_CHOICES[0], label="Forget set", elem_id="forget")
-                dataset = gr.Textbox(label="Hub dataset id (MUSE layout)", placeholder="org/my-forget-set",
-                                     visible=False, elem_id="dataset")
-                upload = gr.File(label="JSONL: question+answer, prompt+gt or text per line", file_types=[".jsonl"],
-                                 visible=False, elem_id="upload")
-            with gr.Column(scale=2):
-                specs = gr.CheckboxGroup(available, value=[s for s in DEFAULT_UI_SPECS if s in available],
-                                         label="Quantization (backend:bits) available on this hardware", elem_id="specs")
-                if unavailable:
-                    items = "".join(f"<label><input type='checkbox' disabled> <code>{s}</code>: {why}</label>"
-                                    for s, why in unavailable)
-                    gr.HTML(f"<details class='unavailable' open><summary>Not available here</summary>{items}</details>",
-                            elem_id="unavailable")
-                threshold = gr.Number(5, label="Threshold: points regained that make the model fragile",
-                                      minimum=0, elem_id="threshold")
-                go = gr.Button("Audit", variant="primary", elem_id="audit")
-        message = gr.Markdown(elem_id="message")
-        job_box = gr.Textbox(label="Audit id (open this page with ?job=ID to come back)", elem_id="job")
-        status = gr.Markdown(elem_id="status")
-        progress = gr.Markdown(elem_id="progress")
-        verdict = gr.Markdown(elem_id="verdict")
-        table = gr.Dataframe(label="Results", interactive=False, elem_id="table", wrap=True)
-        plot = gr.LinePlot(x="precision", y="score", color="series", label="Forget metrics by precision",
-                           x_title="precision (full precision first)", y_title="ROUGE-L F1 x 100",
-                           color_title="metric (model)", tooltip="all", elem_id="plot",
-                           caption="Higher = more of the forget set is known. A line that rises from full precision "
-                                   "is knowledge that quantization brings back; the original model's lines are "
-                                   "marked (original).")
-        with gr.Accordion("Model card section, as it will look", open=True):
-            card = gr.Markdown(elem_id="card")
-        download = gr.DownloadButton("Download report.json", visible=False, elem_id="download")
-        with gr.Row(visible=False) as pr_row:
-            pr_btn = gr.Button("Open a pull request on this model's card", elem_id="open-pr")
-            pr_msg = gr.Markdown(elem_id="pr-message")
-        seen = gr.State("")
+        with gr.Tab("Audit", id="audit-tab"):
+            with gr.Row():
+                if _oauth_possible():
+                    gr.LoginButton(elem_id="login")
+                else:
+                    gr.Markdown("Sign-in (for opening a pull request) is available when the app runs as a Space.")
+            with gr.Row():
+                with gr.Column(scale=3):
+                    model = gr.Textbox(label="Unlearned model (Hub id, optionally @revision)",
+                                       placeholder="org/my-unlearned-model@main", elem_id="model")
+                    reference = gr.Textbox(label="Original model before unlearning (optional; from the card's base_model)",
+                                           placeholder="org/original-model", elem_id="reference")
+                    forget = gr.Radio(FORGET_CHOICES, value=FORGET_CHOICES[0], label="Forget set", elem_id="forget")
+                    dataset = gr.Textbox(label="Hub dataset id (MUSE layout)", placeholder="org/my-forget-set",
+                                         visible=False, elem_id="dataset")
+                    upload = gr.File(label="JSONL: question+answer, prompt+gt or text per line", file_types=[".jsonl"],
+                                     visible=False, elem_id="upload")
+                with gr.Column(scale=2):
+                    specs = gr.CheckboxGroup(available, value=[s for s in DEFAULT_UI_SPECS if s in available],
+                                             label="Quantization (backend:bits) available on this hardware", elem_id="specs")
+                    if unavailable:
+                        items = "".join(f"<label><input type='checkbox' disabled> <code>{s}</code>: {why}</label>"
+                                        for s, why in unavailable)
+                        gr.HTML(f"<details class='unavailable' open><summary>Not available here</summary>{items}</details>",
+                                elem_id="unavailable")
+                    threshold = gr.Number(5, label="Threshold: points regained that make the model fragile",
+                                          minimum=0, elem_id="threshold")
+                    go = gr.Button("Audit", variant="primary", elem_id="audit")
+            message = gr.Markdown(elem_id="message")
+            job_box = gr.Textbox(label="Audit id (open this page with ?job=ID to come back)", elem_id="job")
+            status = gr.Markdown(elem_id="status")
+            progress = gr.Markdown(elem_id="progress")
+            verdict = gr.Markdown(elem_id="verdict")
+            table = gr.Dataframe(label="Results", interactive=False, elem_id="table", wrap=True)
+            plot = gr.LinePlot(x="precision", y="score", color="series", label="Forget metrics by precision",
+                               x_title="precision (full precision first)", y_title="ROUGE-L F1 x 100",
+                               color_title="metric (model)", tooltip="all", elem_id="plot",
+                               caption="Higher = more of the forget set is known. A line that rises from full precision "
+                                       "is knowledge that quantization brings back; the original model's lines are "
+                                       "marked (original).")
+            with gr.Accordion("Model card section, as it will look", open=True):
+                card = gr.Markdown(elem_id="card")
+            download = gr.DownloadButton("Download report.json", visible=False, elem_id="download")
+            with gr.Row(visible=False) as pr_row:
+                pr_btn = gr.Button("Open a pull request on this model's card", elem_id="open-pr")
+                pr_msg = gr.Markdown(elem_id="pr-message")
+            seen = gr.State("")
 
         forget.change(lambda k: (gr.update(visible=k == "Hub dataset"), gr.update(visible=k == "Upload JSONL")),
                       forget, [dataset, upload], queue=False)
@@ -1066,6 +1130,18 @@ def build_ui() -> gr.Blocks:
         job_box.change(render, [job_box, gr.State("")], views, concurrency_limit=None, show_progress="hidden")
         pr_btn.click(open_pr, [job_box], pr_msg)
         demo.load(load_job_from_url, None, job_box)
+
+        with gr.Tab("Leaderboard", id="leaderboard-tab", elem_id="leaderboard-tab") as board_tab:
+            board_msg = gr.Markdown(elem_id="board-message")
+            with gr.Row():
+                board_forget = gr.Dropdown([ALL], value=ALL, label="Forget set", elem_id="board-forget")
+                board_verdict = gr.Dropdown([ALL], value=ALL, label="Verdict", elem_id="board-verdict")
+                board_refresh = gr.Button("Refresh", elem_id="board-refresh", scale=0)
+            board = gr.Dataframe(headers=LB_HEADERS, datatype=LB_TYPES, interactive=False, wrap=True,
+                                 elem_id="board", label="Unlearned models under quantization")
+        board_out = [board_msg, board, board_forget, board_verdict]
+        for event in (board_tab.select, board_refresh.click, board_forget.input, board_verdict.input):
+            event(show_board, [board_forget, board_verdict], board_out, show_progress="hidden")
     return demo
 
 

@@ -1029,6 +1029,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     return self._validate_yaml()
                 if rest == ["repos", "create"] and m == "POST":
                     return self._api_create_repo()
+                if rest == ["models"] and m in ("GET", "HEAD"):
+                    return self._list_models()
                 if len(rest) >= 3 and rest[0] in _SINGULAR:
                     return self._route_repo_api(_SINGULAR[rest[0]], f"{rest[1]}/{rest[2]}", rest[3:])
         raise HubError(404, "Sorry, we can't find the page you are looking for.")
@@ -1128,6 +1130,41 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send_json({"url": f"{self.base_url}/{_URL_PREFIX[repo_type]}{repo_id}", "name": repo_id, "id": repo.uid})
 
     # -- read endpoints --
+
+    def _list_models(self) -> None:
+        """``GET /api/models`` (``HfApi.list_models``): public models whose tags hold every ``filter`` (the card's
+        ``tags``, ``license:X`` and, like the Hub, ``base_model:<id>`` for each ``base_model`` the card names),
+        of ``author``, with ``search`` in the id; ``limit``; one page. Each as ``{_id, id, modelId, author, sha,
+        tags, lastModified, private}``."""
+        hub = self.server.hub
+        q = self.query
+        want = set(q.get("filter", []))
+        author, search = (q.get("author") or [None])[0], (q.get("search") or [None])[0]
+        limit = int((q.get("limit") or ["1000"])[0])
+        out = []
+        for (repo_type, repo_id), repo in sorted(hub._repos.items()):
+            if repo_type != "model" or repo.private or not repo.all_commit_shas():
+                continue
+            if author and repo.namespace != author or search and search.lower() not in repo_id.lower():
+                continue
+            sha = repo.resolve("main")
+            if sha is None:
+                continue
+            tree = repo.commit_obj(sha)["tree"]
+            card = _card_data(hub._object_path(tree["README.md"]["sha256"]).read_bytes()) if "README.md" in tree else None
+            tags = []
+            if card:
+                t = card.get("tags")
+                tags += [str(x) for x in (t if isinstance(t, list) else [t] if t else [])]
+                if card.get("license"):
+                    tags.append(f"license:{card['license']}")
+                base = card.get("base_model")
+                tags += [f"base_model:{b}" for b in (base if isinstance(base, list) else [base] if base else [])]
+            if not want <= set(tags):
+                continue
+            out.append({"_id": repo.uid, "id": repo_id, "modelId": repo_id, "author": repo.namespace, "sha": sha,
+                        "tags": tags, "lastModified": repo.commit_obj(sha)["date"], "private": False})
+        self._send_json(out[:limit])
 
     def _repo_info(self, repo_type: str, repo_id: str, revision: str | None) -> None:
         hub = self.server.hub

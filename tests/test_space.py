@@ -35,6 +35,7 @@ VERDICT = re.compile(r"(Fragile|Robust|Inconclusive|Not unlearned|No verdict)\."
 VERDICT_WORDS = {"fragile": "Fragile.", "robust": "Robust.", "inconclusive": "Inconclusive.",
                  "not-unlearned": "Not unlearned.", "incomplete": "No verdict."}
 WEBHOOK_SECRET = "webhook-secret-for-tests"
+BOARD = "space-bot/leaderboard"  # the Leaderboard tab's dataset (published by test_leaderboard_tab)
 CARD = "---\nlicense: apache-2.0\nbase_model: org/original\n---\n\n# org/unlearned\n\nAn unlearned model.\n"
 
 
@@ -151,7 +152,7 @@ class SpaceApp:
 def space(tmp_path_factory):
     root = tmp_path_factory.mktemp("space")
     hub = make_space_hub(root)
-    app = SpaceApp(hub, root / "app").start()
+    app = SpaceApp(hub, root / "app", HUBAUDIT_LEADERBOARD=BOARD).start()
     yield hub, app, root
     app.stop()
     hub.stop()
@@ -384,3 +385,56 @@ def test_bad_input_gets_a_message_not_a_traceback(space, browser):
     assert got["inputs"]["forget"]["sizes"] == {"forget_qa": 3} and got["inputs"]["metrics"] == ["knowmem_f"]
     assert outside == []
     ctx.close()
+
+
+@pytest.mark.slow
+def test_leaderboard_tab(space, browser, tmp_path):
+    """A sweep's leaderboard, published to the Hub dataset the Space names, in the Leaderboard tab: every row,
+    links to the model at its audited commit and to its report, filters by forget set and verdict."""
+    from playwright.sync_api import expect
+
+    from hubaudit.leaderboard import publish_leaderboard
+    from hubaudit.sweep import SweepEntry, sweep
+
+    hub, app, root = space
+    other = shutil.copytree(root / "src" / "forget", tmp_path / "forget-b")  # same items: its cells are reused
+    with use_endpoint(hub.endpoint, cache_dir=root / "lib-cache"):
+        res = sweep([SweepEntry("org/unlearned"), SweepEntry("org/unlearned", forget=str(other)),
+                     SweepEntry("org/no-such-model")], forget=str(root / "src" / "forget"), specs="rtn:4",
+                    out=tmp_path / "sweep", store=tmp_path / "store.sqlite", use_ray=False, progress=False)
+        publish_leaderboard(tmp_path / "sweep", BOARD, token=SPACE_TOKEN)
+    lb = res.leaderboard
+    assert sorted(lb["verdict"] == "error") == [False, False, True]
+    verdict = lb.loc[lb["forget"] == "forget-b", "verdict"].item()
+    sha = hub.head("org/unlearned")
+
+    outside: list = []
+    ctx, page = offline_page(browser, app, outside)
+    page.goto(app.url)
+    page.get_by_role("tab", name="Leaderboard").click()
+    rows = page.locator("#board").get_by_role("row").filter(has_not=page.get_by_role("columnheader"))
+    expect(rows).to_have_count(3, timeout=60_000)
+    expect(page.locator("#board-message")).to_contain_text(f"3 of 3 models from the dataset")
+    model_links = page.locator("#board").get_by_role("link", name="org/unlearned")
+    expect(model_links).to_have_count(2)
+    assert model_links.first.get_attribute("href") == f"{hub.endpoint}/org/unlearned/tree/{sha}"
+    reports = page.locator("#board").get_by_role("link", name="report")
+    expect(reports).to_have_count(2)
+    hrefs = {reports.nth(i).get_attribute("href") for i in range(2)}
+    assert hrefs == {f"{hub.endpoint}/datasets/{BOARD}/blob/main/{r}/report.md" for r in lb["report"].dropna()}
+    expect(rows.filter(has_text="org/no-such-model")).to_contain_text("error")
+
+    def choose(elem: str, option: str) -> None:
+        page.locator(f"#{elem} input").first.click()
+        page.get_by_role("option", name=option, exact=True).click()
+
+    choose("board-verdict", "error")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("org/no-such-model")
+    choose("board-verdict", "all")
+    choose("board-forget", "forget-b")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(verdict)
+    page.screenshot(path=str(ARTIFACTS / "space-leaderboard.png"), full_page=True) if ARTIFACTS.is_dir() else None
+    ctx.close()
+    assert outside == []

@@ -1,0 +1,747 @@
+"""Audit many models at once: ``hubaudit sweep`` on Ray (a local ``ray.init()`` when no cluster is named).
+
+The plan is models x specs x forget sets. Its unit of work is a *cell*, one model at one precision on one
+forget set, keyed in the results store exactly as :func:`hubaudit.audit` keys it (model identity, spec,
+forget-set hash, metric key): the original behind six unlearned variants is one model, evaluated once, and
+a cell an earlier audit or sweep finished is never computed again.
+
+How it runs:
+
+- the driver (this process) reads the models, pins each to its commit, looks every cell up in the store,
+  and gives the missing cells of one model to one worker: a Ray actor with declared resources
+  (``num_gpus``, and ``memory`` from :func:`hubaudit.modeling.estimate_memory_bytes`), which loads the
+  model once and runs its cells one after another;
+- a worker returns each finished cell and the store records it made; only the driver writes the SQLite
+  store, the moment a cell comes back (workers never share one SQLite file over a network);
+- a worker that dies mid-cell (killed, out of memory) is restarted by Ray and the cell retried, at most
+  ``max_retries`` times; a model that fails for good becomes an ``error`` row with its reason, and the
+  sweep goes on;
+- once every cell of a model (and of its original) is in, the driver derives the verdict with the audit's
+  own machinery (:func:`hubaudit.audit.build_report`), writes ``reports/<model>/report.*`` and adds the
+  model's row to the leaderboard (:mod:`hubaudit.leaderboard`).
+
+Without Ray installed (``pip install 'hubaudit[sweep]'``) the same plan runs in this process, one model
+after another, and says how to scale out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+from .audit import (DEFAULT_ALPHA, DEFAULT_SPECS, DEFAULT_THRESHOLD, Auditor, _chat_template_used, _Plan, build_report,
+                    open_model)
+from .errors import HubauditError
+from .forget import load_forget_set
+from .metrics import MetricConfig, resolve_metrics
+from .quant import FULL_PRECISION, parse_specs
+from .results import AuditReport, CellResult
+from .store import ResultStore
+
+log = logging.getLogger("hubaudit")
+
+DEFAULT_MAX_RETRIES = 2  # restarts of a worker that died mid-cell (killed, out of memory), per model
+SCALE_OUT = ("Ray is not installed, so the sweep runs in this process, one model after another; to run it on "
+             "every core or GPU here, or on a cluster (--ray-address), install the extra: pip install 'hubaudit[sweep]'")
+
+
+class SweepError(HubauditError):
+    """A sweep's input is wrong (models file, search, Ray address)."""
+
+
+# -- which models ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepEntry:
+    """One line of a models file: a model, and optionally its own reference and forget set.
+
+    ``reference``: None for the sweep's ``--reference`` (else the card's ``base_model``), ``"none"`` for none.
+    ``forget``: None for the sweep's ``--forget``.
+    """
+
+    model: str
+    reference: str | None = None
+    forget: str | None = None
+
+
+def read_models_file(path: str | Path) -> list[SweepEntry]:
+    """``MODELS.txt``: one ``org/name[@rev]`` or folder per line, optionally followed by its reference and
+    its forget set (``-`` keeps the sweep's default, ``none`` as reference audits without one); ``#``
+    starts a comment.
+
+    Raises:
+        SweepError: the file is missing, empty, or a line has more than three fields.
+    """
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SweepError(f"models file {path} not found; give a file with one model per line (or use --search)") from None
+    except OSError as e:
+        raise SweepError(f"cannot read the models file {path} ({e.strerror or e})") from None
+    entries = []
+    for n, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) > 3:
+            raise SweepError(f"{path}:{n}: a line is MODEL [REFERENCE [FORGET]], got {len(fields)} fields; "
+                             "use - for a default")
+        model, ref, forget = (fields + ["-", "-"])[:3]
+        entries.append(SweepEntry(model, None if ref == "-" else ref, None if forget == "-" else forget))
+    if not entries:
+        raise SweepError(f"models file {path} names no model; write one org/name[@rev] or folder per line")
+    return entries
+
+
+def parse_search(text: str) -> dict:
+    """``--search 'tag=unlearning,base_model=org/x,author=org,q=npo,limit=50'`` -> list_models arguments.
+
+    Keys: ``tag`` (repeatable; every tag must match), ``base_model``, ``author``, ``q`` (text in the id),
+    ``limit`` (default 100).
+    """
+    query: dict = {"tags": [], "base_model": None, "author": None, "search": None, "limit": 100}
+    for part in [x.strip() for x in (text or "").split(",") if x.strip()]:
+        key, eq, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not value or key not in ("tag", "base_model", "author", "q", "limit"):
+            raise SweepError(f"--search: '{part}' is not one of tag=..., base_model=..., author=..., q=..., limit=N")
+        if key == "tag":
+            query["tags"].append(value)
+        elif key == "limit":
+            if not value.isdigit() or int(value) < 1:
+                raise SweepError(f"--search: limit must be a positive number, got '{value}'")
+            query["limit"] = int(value)
+        else:
+            query["search" if key == "q" else key] = value
+    if not (query["tags"] or query["base_model"] or query["author"] or query["search"]):
+        raise SweepError("--search needs at least one of tag=..., base_model=..., author=..., q=...")
+    return query
+
+
+def search_models(query: dict, *, token: str | None = None) -> list[dict]:
+    """The Hub's models matching ``query`` (:func:`parse_search`), through ``HfApi.list_models``, each as
+    ``{"id", "sha"}``: the sweep audits exactly these commits, and writes the list to its output.
+
+    ``base_model`` matches the Hub's ``base_model:<id>`` tag (which the Hub derives from the card)."""
+    from huggingface_hub import HfApi
+
+    from .source import hub_errors
+
+    filters = list(query.get("tags") or [])
+    if query.get("base_model"):
+        filters.append(f"base_model:{query['base_model']}")
+    with hub_errors(query.get("author") or "models search"):
+        found = list(HfApi(token=token).list_models(filter=filters or None, author=query.get("author"),
+                                                   search=query.get("search"), limit=query.get("limit") or 100,
+                                                   expand=["sha"]))
+    return [{"id": m.id, "sha": m.sha} for m in found]
+
+
+# -- the plan --------------------------------------------------------------------------------------------
+
+
+class PlannedModel:
+    """A model as the driver knows it before any worker loads it: what the store keys cells by, what the
+    report names it, and what a worker needs to load it (``load``: a folder, or ``repo@sha``).
+
+    Has the :class:`~hubaudit.modeling.ModelSource` attributes :func:`~hubaudit.audit.metric_key` and
+    :func:`~hubaudit.audit.build_report` read."""
+
+    def __init__(self, *, name: str, load: str, identity: str, device: str, stored_dtype: str | None,
+                 weight_bytes: int, card: dict, path: str = "", repo_id: str | None = None,
+                 revision: str | None = None, dtype: str = "auto"):
+        self.name, self.load, self.identity, self.device, self.dtype = name, load, identity, device, dtype
+        self._stored, self.weight_bytes, self.card = stored_dtype, weight_bytes, card
+        self.path, self.repo_id, self.revision, self.snapshot = path, repo_id, revision, None
+
+    def compute_dtype(self):
+        import torch
+
+        from .modeling import choose_compute_dtype
+
+        return getattr(torch, choose_compute_dtype(self.device, self._stored, self.dtype)[0])
+
+    def compute_dtype_reason(self) -> str:
+        from .modeling import choose_compute_dtype
+
+        return choose_compute_dtype(self.device, self._stored, self.dtype)[1]
+
+    def memory_bytes(self) -> int:
+        """What one worker needs for this model: full precision plus one quantized copy (the audit's rule)."""
+        from .modeling import estimate_memory_bytes
+
+        return estimate_memory_bytes(self.weight_bytes, self._stored, self.compute_dtype().itemsize, 2)
+
+
+_SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+def plan_model(text: str, *, device: str, token: str | None = None, allow_pickle: bool = False,
+               trust_remote_code: bool = False, dtype: str = "auto") -> PlannedModel:
+    """Pin a model without loading or downloading its weights: a folder is hashed (its identity); a Hub
+    id is resolved to its commit with one ``model_info`` call (card, file sizes, dtype of the weights)."""
+    from .source import parse_model_ref
+
+    ref = parse_model_ref(text)
+    if not ref.is_hub:
+        src, card = open_model(text, device=device, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        return PlannedModel(name=src.name, load=str(src.path), identity=src.identity, device=device,
+                            stored_dtype=src.stored_dtype(), weight_bytes=src.weight_bytes(), card=card,
+                            path=str(src.path), dtype=dtype)
+    from huggingface_hub import HfApi
+
+    from .errors import ModelLoadError
+    from .source import hub_errors
+
+    with hub_errors(ref.repo_id, ref.revision):
+        info = HfApi(token=token).model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
+    files = {s.rfilename: (s.size or 0) for s in (info.siblings or [])}
+    weights = sum(n for f, n in files.items() if f.endswith(".safetensors"))
+    if not weights:
+        pickles = sum(n for f, n in files.items() if f.endswith((".bin", ".pt", ".pth", ".ckpt")))
+        if not (pickles and allow_pickle):
+            raise ModelLoadError(f"model '{ref.repo_id}' has no safetensors weights at this revision"
+                                 + (" (only pickle weights: pass --allow-pickle if you trust it)" if pickles else ""))
+        weights = pickles
+    params = (getattr(info, "safetensors", None) and getattr(info.safetensors, "parameters", None)) or {}
+    stored = _SAFETENSORS_DTYPES.get(max(params, key=params.get)) if params else None
+    card = getattr(info, "card_data", None)
+    card = card.to_dict() if hasattr(card, "to_dict") else dict(card or {})
+    return PlannedModel(name=ref.repo_id, load=f"{ref.repo_id}@{info.sha}", identity=f"hub:{ref.repo_id}@{info.sha}",
+                        device=device, stored_dtype=stored, weight_bytes=weights, card=card, repo_id=ref.repo_id,
+                        revision=info.sha, dtype=dtype)
+
+
+@dataclass
+class SweepRow:
+    """One model of the sweep: its audit (or why there is none)."""
+
+    model: str
+    forget: str
+    status: str = "pending"  # ok | error
+    reason: str | None = None
+    report: AuditReport | None = None
+    report_dir: str | None = None
+    card: dict = field(default_factory=dict)
+    sha: str | None = None
+    card_pr: str | None = None
+
+
+@dataclass
+class SweepResult:
+    """What :func:`sweep` did: one row per model, where the files are, and how the work ran."""
+
+    rows: list[SweepRow]
+    out: Path
+    stats: dict
+
+    @property
+    def leaderboard(self):
+        """The leaderboard as a pandas DataFrame (the same rows as ``leaderboard.parquet``)."""
+        import pandas as pd
+
+        return pd.read_parquet(self.out / "leaderboard.parquet")
+
+
+# -- the worker ------------------------------------------------------------------------------------------
+
+
+class _RecordingStore(ResultStore):
+    """An in-memory store that remembers what was put, so a worker can send its records to the driver."""
+
+    def __init__(self, known: list[tuple] = ()):
+        super().__init__(":memory:")
+        for rec in known:  # what the driver's store has of this model: reused, not sent back
+            super().put(*rec)
+        self.new: list[tuple] = []
+
+    def put(self, model, spec, forget, metric, metric_key, record):
+        super().put(model, spec, forget, metric, metric_key, record)
+        self.new.append((model, spec, forget, metric, metric_key, record))
+
+
+def _chat_key(cfg: MetricConfig) -> tuple[str, str]:
+    """Where a model's chat-template description is stored (beside its full-precision cell)."""
+    return "_chat_template", json.dumps({"chat_template": cfg.chat_template})
+
+
+class CellWorker:
+    """Loads one model once and runs its cells (on Ray: one actor per model). Never writes the results store:
+    each :meth:`cell` returns the finished cell and the store records it made."""
+
+    def __init__(self, load: str, identity: str, device: str, fs, metrics: list[str], cfg: MetricConfig,
+                 batch_size: int | None = None, allow_pickle: bool = False, trust_remote_code: bool = False,
+                 known: list[tuple] = (), dtype: str = "auto", token: str | None = None):
+        self.load, self.identity, self.fs, self.metric_names = load, identity, fs, metrics
+        self.kw = dict(device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                       token=token)
+        self.store = _RecordingStore(known)
+        self.auditor = Auditor(fs, cfg, self.store, batch_size=batch_size, progress=False)
+        self.src = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def cell(self, spec: str) -> dict:
+        """One cell: ``{"cell": CellResult, "records": [...], "pid": ...}``; metrics this worker already
+        computed for an earlier cell (a spec identical to full precision) are reused."""
+        if self.src is None:
+            self.src = open_model(self.load, **self.kw)[0]
+            if self.src.identity != self.identity:
+                raise HubauditError(f"model '{self.load}' changed since the sweep was planned (identity "
+                                    f"{self.src.identity}, planned {self.identity}); run the sweep again")
+        metrics = resolve_metrics(self.metric_names, self.fs)
+        self.store.new = []
+        cell = self.auditor.run_cell(_Plan("model", self.src, spec, metrics))
+        if spec == FULL_PRECISION and cell.status == "ok":  # what the report says of the prompts (TOFU)
+            self.store.put(self.identity, spec, self.auditor.fs_hash, *_chat_key(self.auditor.cfg),
+                           {"value": _chat_template_used(self.src, self.auditor.cfg, metrics)})
+        records, self.store.new = self.store.new, []
+        return {"cell": cell, "records": records, "pid": os.getpid()}
+
+    def release(self) -> None:
+        if self.src is not None:
+            self.src.release()
+
+
+# -- the sweep -------------------------------------------------------------------------------------------
+
+
+def _start_ray(address: str | None, num_cpus: int | None, token: str | None = None):
+    """Ray, connected: to ``address`` (``auto``, ``ray://host:10001``), else a local one on this machine, whose
+    workers inherit ``token`` as ``HF_TOKEN`` (set only while Ray starts; never a task argument, never written).
+    Returns (ray module, whether we started it) or (None, False) without Ray installed."""
+    try:
+        import ray
+    except ImportError:
+        if address:
+            raise SweepError("--ray-address needs Ray: pip install 'hubaudit[sweep]'") from None
+        return None, False
+    if ray.is_initialized():
+        return ray, False
+    kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        if address:
+            ray.init(address=address, **{k: v for k, v in kw.items() if k != "include_dashboard"})
+        else:
+            before = os.environ.get("HF_TOKEN")
+            if token:
+                os.environ["HF_TOKEN"] = token
+            try:
+                ray.init(address="local", num_cpus=num_cpus, **kw)  # a new one, never someone's `ray start` by chance
+            finally:
+                if before is None:
+                    os.environ.pop("HF_TOKEN", None)
+                else:
+                    os.environ["HF_TOKEN"] = before
+    except ConnectionError as e:
+        raise SweepError(f"cannot connect to the Ray cluster at --ray-address {address} ({str(e).splitlines()[0]}); "
+                         "check the address (auto on a cluster node, ray://HEAD:10001 from outside)") from None
+    return ray, True
+
+
+def sweep(
+    models: Iterable[str | SweepEntry] | str | Path | None = None,
+    *,
+    search: str | dict | None = None,
+    reference=None,
+    forget: str | None = None,
+    specs: Iterable[str] | str = DEFAULT_SPECS,
+    threshold: float = DEFAULT_THRESHOLD,
+    alpha: float = DEFAULT_ALPHA,
+    metrics: Iterable[str] | str | None = None,
+    auc_retrain: float | None = None,
+    out: str | Path = "hubaudit-sweep",
+    store: str | Path | None = None,
+    fresh: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int | None = None,
+    metric_config: MetricConfig | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    token: str | None = None,
+    ray_address: str | None = None,
+    use_ray: bool | None = None,
+    num_cpus: int | None = None,
+    gpus_per_model: float | None = None,
+    cpus_per_model: float = 1,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    card: str = "none",
+    dry_run: bool = False,
+    progress: bool = True,
+) -> SweepResult:
+    """Audit many models: every model x every spec x its forget set, on Ray, into one results store, a
+    report per model and a leaderboard.
+
+    Args:
+        models: a models file (see :func:`read_models_file`), or a list of model ids / folders /
+            :class:`SweepEntry`.
+        search: instead of ``models``, a Hub query (``"tag=unlearning,base_model=org/x"``, see
+            :func:`parse_search`); the query and the commits it resolved to go into ``sweep.json``.
+        reference, forget, specs, threshold, alpha, metrics, auc_retrain, batch_size, metric_config,
+            allow_pickle, trust_remote_code, token: as in :func:`hubaudit.audit`, the default of every model
+            (a models-file line may name its own reference and forget set).
+        out: the folder for ``leaderboard.parquet``, ``leaderboard.md``, ``sweep.json`` and ``reports/``.
+        store: the results store (default: the audit's default file); only this process writes it.
+        fresh: recompute every cell.
+        device: ``auto`` (a GPU per model when the Ray cluster has GPUs), ``cpu`` or ``cuda``.
+        dtype: the compute dtype, as in :func:`hubaudit.audit`. With ``auto`` the driver plans the dtype
+            from the device type and the checkpoint (the store key) by its own hardware; on a cluster
+            whose workers differ from the driver, give it (``bfloat16``) so plan and workers agree.
+        ray_address: a Ray cluster (``auto``, ``ray://head:10001``); default: a local Ray on this machine.
+        use_ray: False runs everything in this process; None uses Ray when it is installed.
+        num_cpus: CPUs of the local Ray (default: all).
+        gpus_per_model / cpus_per_model: resources each model's worker declares (default: 1 GPU on CUDA).
+        max_retries: how often a worker that died mid-cell is restarted and the cell retried.
+        card: ``pr`` opens (or updates) a pull request with each Hub model's card; ``none`` (default).
+        dry_run: resolve the models and write the plan (``sweep.json``), compute nothing.
+        progress: a progress bar over cells.
+
+    Returns:
+        A :class:`SweepResult`.
+
+    Raises:
+        HubauditError: a wrong input (models file, spec, search), before any work.
+    """
+    t0 = time.perf_counter()
+    spec_list = [str(s) for s in parse_specs(specs)]
+    if not threshold >= 0:
+        raise HubauditError(f"--threshold must be a number of points >= 0, got {threshold}")
+    if not 0 < alpha < 1:
+        raise HubauditError(f"--alpha must be between 0 and 1 (exclusive), got {alpha}")
+    if card not in ("none", "pr"):
+        raise HubauditError(f"--card must be none or pr for a sweep, got {card}")
+    if max_retries < 0:
+        raise HubauditError(f"--max-retries must be >= 0, got {max_retries}")
+    from .modeling import DTYPE_CHOICES
+
+    if dtype not in DTYPE_CHOICES:
+        raise HubauditError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got '{dtype}'")
+    query, resolved = None, None
+    if search is not None:
+        if models:
+            raise SweepError("give a models file or --search, not both")
+        query = parse_search(search) if isinstance(search, str) else dict(search)
+        resolved = search_models(query, token=token)
+        if not resolved:
+            raise SweepError(f"--search found no model on the Hub ({json.dumps(query)}); loosen the query")
+        entries = [SweepEntry(f"{m['id']}@{m['sha']}") for m in resolved]
+    elif models is None:
+        raise SweepError("give a models file (one org/name[@rev] or folder per line) or --search")
+    elif isinstance(models, (str, Path)):
+        entries = read_models_file(models)
+    else:
+        entries = [m if isinstance(m, SweepEntry) else SweepEntry(str(m)) for m in models]
+    from .report import check_out_dir
+
+    out = check_out_dir(out)
+    cfg = metric_config or MetricConfig()
+    result_store = ResultStore(store)
+    ray = None
+    started_ray = False
+    try:
+        if ray_address and use_ray is not False:  # a cluster: its GPUs decide where the models run
+            ray, started_ray = _start_ray(ray_address, num_cpus)
+        if device != "auto":
+            unit_device = device
+        elif ray is not None:
+            unit_device = "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+        else:  # the local Ray runs on this machine: its devices are ours
+            from .modeling import resolve_device
+
+            unit_device = resolve_device("auto")
+        gpus = gpus_per_model if gpus_per_model is not None else (1 if unit_device == "cuda" else 0)
+        run = _Sweep(entries, reference=reference, forget=forget, specs=spec_list, threshold=threshold, alpha=alpha,
+                     metrics=metrics, auc_retrain=auc_retrain, out=out, store=result_store, fresh=fresh,
+                     device=unit_device, batch_size=batch_size, cfg=cfg, allow_pickle=allow_pickle,
+                     trust_remote_code=trust_remote_code, token=token, ray=ray, gpus=gpus, cpus=cpus_per_model,
+                     max_retries=max_retries, card=card, progress=progress, dtype=dtype)
+        run.plan()
+        meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "query": query,
+                "resolved": resolved, "specs": spec_list, "device": unit_device, "ray_address": ray_address,
+                "models": run.describe()}
+        (out / "sweep.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        if dry_run:
+            return SweepResult(run.rows, out, run.stats)
+        if run.todo and ray is None and use_ray is not False:  # a local Ray, only when there is work
+            ray, started_ray = _start_ray(None, num_cpus, token)
+            if ray is None:
+                print(f"hubaudit: {SCALE_OUT}", file=sys.stderr)
+            run.ray = ray
+        run.execute()
+        run.finish()
+        from .leaderboard import write_leaderboard
+
+        write_leaderboard(run.rows, out)
+        run.stats["seconds"] = time.perf_counter() - t0
+        meta.update(stats=run.stats, models=run.describe(), ray="none" if ray is None else (ray_address or "local"))
+        (out / "sweep.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        return SweepResult(run.rows, out, run.stats)
+    finally:
+        if started_ray:
+            ray.shutdown()
+        result_store.close()
+
+
+class _Sweep:
+    """The driver's state: the plan, what is pending, and what came back."""
+
+    def __init__(self, entries, *, reference, forget, specs, threshold, alpha, metrics, auc_retrain, out, store,
+                 fresh, device, batch_size, cfg, allow_pickle, trust_remote_code, token, ray, gpus, cpus,
+                 max_retries, card, progress, dtype="auto"):
+        self.entries, self.reference, self.forget, self.specs = entries, reference, forget, specs
+        self.threshold, self.alpha, self.metric_names, self.auc_retrain = threshold, alpha, metrics, auc_retrain
+        self.out, self.store, self.fresh, self.device, self.batch_size = out, store, fresh, device, batch_size
+        self.cfg, self.allow_pickle, self.trust_remote_code, self.token = cfg, allow_pickle, trust_remote_code, token
+        self.ray, self.gpus, self.cpus, self.max_retries, self.card = ray, gpus, cpus, max_retries, card
+        self.progress, self.dtype = progress, dtype
+        self.rows: list[SweepRow] = []
+        self.audits: list[dict] = []  # per row: model, reference (PlannedModel), fs, metrics, reference_note
+        self.cells: dict[tuple, CellResult] = {}  # (identity, fs hash, spec) -> finished cell
+        self.todo: dict[tuple, dict] = {}  # (identity, fs hash) -> {"model": PlannedModel, "fs":, "specs": [...]}
+        self._lookups: dict[str, Auditor] = {}
+        self.stats = {"models": 0, "cells": 0, "reused_cells": 0, "computed_cells": 0, "error_cells": 0,
+                      "skipped_cells": 0, "worker_restarts": 0, "workers": 0}
+
+    # -- planning --
+    def _planned(self, text: str, cache: dict) -> PlannedModel:
+        if text not in cache:
+            try:
+                cache[text] = plan_model(text, device=self.device, token=self.token, allow_pickle=self.allow_pickle,
+                                         trust_remote_code=self.trust_remote_code, dtype=self.dtype)
+            except HubauditError as e:
+                cache[text] = e
+        if isinstance(cache[text], HubauditError):
+            raise cache[text]
+        return cache[text]
+
+    def plan(self) -> None:
+        from .source import base_model_of
+
+        models: dict = {}
+        sets: dict = {}
+        for e in self.entries:
+            fsrc = e.forget or self.forget or "synthetic"
+            row = SweepRow(model=e.model, forget=fsrc)
+            self.rows.append(row)
+            audit = {"row": row}
+            self.audits.append(audit)
+            try:
+                if fsrc not in sets:
+                    fs = load_forget_set(fsrc)
+                    sets[fsrc] = (fs, fs.content_hash(), [m.name for m in resolve_metrics(self.metric_names, fs)])
+                fs, fs_hash, metric_names = sets[fsrc]
+                m = self._planned(e.model, models)
+                row.sha, row.card = m.revision, m.card
+                ref_text, note = e.reference if e.reference is not None else self.reference, None
+                if ref_text is None:
+                    base = base_model_of(m.card)
+                    if base:
+                        ref_text, note = base, f"reference taken from the model card's base_model: {base}"
+                ref = None
+                if ref_text not in (None, False, "none"):
+                    try:
+                        ref = self._planned(str(ref_text), models)
+                    except HubauditError as err:
+                        if note is None:
+                            raise
+                        note = f"the card's base_model '{ref_text}' could not be used ({err})"
+                audit.update(model=m, reference=ref, fs=fs, fs_hash=fs_hash, metrics=metric_names, note=note)
+                for who in [m] + ([ref] if ref is not None else []):
+                    for spec in [FULL_PRECISION, *self.specs]:
+                        self._need(who, fs, fs_hash, metric_names, spec)
+            except HubauditError as err:
+                row.status, row.reason = "error", str(err)
+        self.stats["models"] = len(self.rows)
+
+    def _need(self, who: PlannedModel, fs, fs_hash, metric_names, spec) -> None:
+        key = (who.identity, fs_hash, spec)
+        if key in self.cells or spec in self.todo.get(key[:2], {}).get("specs", ()):
+            return
+        if fs_hash not in self._lookups:  # one per forget set (an Auditor hashes its set once)
+            self._lookups[fs_hash] = Auditor(fs, self.cfg, self.store, self.fresh)
+        found = self._lookups[fs_hash].lookup(_Plan("model", who, spec, resolve_metrics(metric_names, fs)))
+        self.stats["cells"] += 1
+        if found is not None:
+            self.cells[key] = found
+            self.stats["reused_cells"] += 1
+            return
+        t = self.todo.setdefault(key[:2], {"model": who, "fs": fs, "fs_hash": fs_hash, "metrics": metric_names,
+                                           "specs": []})
+        t["specs"].append(spec)
+
+    def describe(self) -> list[dict]:
+        out = []
+        for a in self.audits:
+            row, m, ref = a["row"], a.get("model"), a.get("reference")
+            out.append({"model": row.model, "sha": row.sha, "identity": m.identity if m else None,
+                        "reference": ref.name if ref else None, "reference_identity": ref.identity if ref else None,
+                        "forget": row.forget, "status": row.status, "reason": row.reason,
+                        "memory_bytes": m.memory_bytes() if m else None, "report": row.report_dir})
+        return out
+
+    # -- running --
+    def _record(self, key: tuple, res: dict) -> None:
+        """A cell came back: write its records (the driver is the only writer), keep the cell."""
+        for rec in res["records"]:
+            self.store.put(*rec)
+        cell = res["cell"]
+        self.cells[key] = cell
+        if cell.status == "error":
+            self.stats["error_cells"] += 1
+        elif cell.status == "skipped":  # a backend not usable on that worker: not stored, asked again next time
+            self.stats["skipped_cells"] += 1
+        elif not cell.reused:
+            self.stats["computed_cells"] += 1
+        else:
+            self.stats["reused_cells"] += 1
+
+    def _failed(self, key: tuple, reason: str) -> None:
+        self.cells[key] = CellResult(role="model", spec=key[2], status="error", reason=reason)
+        self.stats["error_cells"] += 1
+
+    def _worker_args(self, t: dict) -> tuple:
+        m = t["model"]
+        known = [] if self.fresh else self.store.records(m.identity, t["fs_hash"])
+        return (m.load, m.identity, self.device, t["fs"], t["metrics"], self.cfg, self.batch_size, self.allow_pickle,
+                self.trust_remote_code, known, self.dtype)
+
+    def execute(self) -> None:
+        total = sum(len(t["specs"]) for t in self.todo.values())
+        bar = None
+        if self.progress and total:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc="sweep", unit="cell")
+        try:
+            if self.ray is None:
+                self._run_here(bar)
+            else:
+                self._run_ray(bar)
+        finally:
+            if bar:
+                bar.close()
+
+    def _run_here(self, bar) -> None:
+        for (ident, fs_hash), t in self.todo.items():
+            worker = None
+            for spec in t["specs"]:
+                key = (ident, fs_hash, spec)
+                if bar:
+                    bar.set_postfix_str(f"{t['model'].name} {spec}")
+                try:
+                    if worker is None:  # in this process: the token is passed on (a Ray worker reads HF_TOKEN)
+                        worker = CellWorker(*self._worker_args(t), token=self.token)
+                    self._record(key, worker.cell(spec))
+                except HubauditError as e:
+                    self._failed(key, str(e))
+                except Exception as e:  # noqa: BLE001 - one model failing must not end the sweep
+                    log.debug("sweep cell failed", exc_info=True)
+                    self._failed(key, f"{type(e).__name__}: {e}")
+                if bar:
+                    bar.update(1)
+            if worker is not None:
+                worker.release()
+            self.stats["workers"] += 1
+
+    def _run_ray(self, bar) -> None:
+        ray = self.ray
+        remote = ray.remote(CellWorker)
+        pending: dict = {}  # object ref -> (key, group)
+        actors: dict = {}  # group -> [actor handle, cells left, pids seen]
+        for group, t in self.todo.items():
+            opts = dict(num_cpus=self.cpus, num_gpus=self.gpus, memory=t["model"].memory_bytes(),
+                        max_restarts=self.max_retries, max_task_retries=self.max_retries)
+            actor = remote.options(**opts).remote(*self._worker_args(t))
+            actors[group] = [actor, len(t["specs"]), set()]
+            self.stats["workers"] += 1
+            pending[actor.pid.remote()] = (None, group)  # its first process: a later one is a restart
+            for spec in t["specs"]:  # one actor runs its calls in order: full precision first
+                pending[actor.cell.remote(spec)] = ((*group, spec), group)
+        try:
+            self._collect(pending, actors, bar)
+        finally:  # interrupted, or done: no worker outlives the sweep
+            for actor, left, _ in actors.values():
+                if left:
+                    ray.kill(actor)
+
+    def _collect(self, pending: dict, actors: dict, bar) -> None:
+        ray = self.ray
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            key, group = pending.pop(ref)
+            if key is None:
+                try:
+                    actors[group][2].add(ray.get(ref))
+                except ray.exceptions.RayError:
+                    pass  # its cells say what happened
+                continue
+            try:
+                res = ray.get(ref)
+                actors[group][2].add(res["pid"])
+                self._record(key, res)
+            except ray.exceptions.RayTaskError as e:  # the cell's own error (a model that cannot load, ...)
+                cause = getattr(e, "cause", None)
+                lines = str(cause if cause is not None else e).strip().splitlines()
+                self._failed(key, lines[-1] if lines else type(e).__name__)
+            except ray.exceptions.RayError as e:  # the worker died more often than max_retries
+                self._failed(key, f"the worker died {self.max_retries + 1} times ({type(e).__name__}); "
+                                  "out of memory? see the Ray logs")
+            if bar:
+                bar.update(1)
+                bar.set_postfix_str(f"{self.todo[group]['model'].name} {key[2]}")
+            actors[group][1] -= 1
+            if actors[group][1] == 0:
+                self.stats["worker_restarts"] += max(0, len(actors[group][2]) - 1)
+                ray.kill(actors[group][0])  # frees its resources for the next model
+
+    # -- results --
+    def finish(self) -> None:
+        """Every model whose cells are all in: its report (the audit's own derivation) and files."""
+        from .report import safe_name, write_report
+
+        for a in self.audits:
+            row = a["row"]
+            if row.status == "error":
+                continue
+            m, ref, fs, fs_hash = a["model"], a["reference"], a["fs"], a["fs_hash"]
+            cells = []
+            for role, who in (("model", m), ("reference", ref)):
+                if who is None:
+                    continue
+                for spec in [FULL_PRECISION, *self.specs]:
+                    cells.append(replace(self.cells[(who.identity, fs_hash, spec)], role=role))
+            base = cells[0]
+            if base.status != "ok":
+                row.status, row.reason = "error", f"the model could not be evaluated: {base.reason}"
+                continue
+            report = build_report(cells, src=m, ref=ref, ret=None, fs=fs,
+                                  metric_objs=resolve_metrics(a["metrics"], fs), cfg=self.cfg, specs=self.specs,
+                                  threshold=self.threshold, alpha=self.alpha, auc_retrain=self.auc_retrain,
+                                  store=self.store, fresh=self.fresh, reference_note=a["note"],
+                                  chat_template=(self.store.get(m.identity, FULL_PRECISION, fs_hash, *_chat_key(self.cfg))
+                                                 or {}).get("value"),
+                                  started=time.perf_counter())
+            name = f"{m.repo_id}@{m.revision[:8]}" if m.repo_id else f"{Path(m.name).name}@{m.identity.split(':')[-1][:8]}"
+            folder = self.out / "reports" / safe_name(f"{name}@{fs.name}@{fs_hash[:8]}", "model")  # per forget set
+            write_report(report, folder)
+            row.status, row.report, row.report_dir = "ok", report, str(folder.relative_to(self.out))
+            if self.card == "pr" and m.repo_id:
+                from .card import publish_card
+
+                try:
+                    row.card_pr = publish_card(report, m.repo_id, token=self.token, pr=True).pr_url
+                except HubauditError as e:
+                    log.warning("hubaudit: the card pull request for %s failed: %s", m.repo_id, e)
+
