@@ -457,7 +457,7 @@ def test_unlearn_on_a_verbmem_only_set_stops_on_its_target_and_says_what_it_reac
     assert man["stop_reason"].startswith("forget target: verbmem_f") and man["steps"] < 80
     t = man["target"]
     assert t["reached"] and t["reached_value"] == man["after"]["verbmem_f"] <= 0.5 * man["before"]["verbmem_f"]
-    assert "steering by VerbMem forget" in printed and f"Forgetting target reached: VerbMem forget" in printed
+    assert "steering by VerbMem forget" in printed and "Forgetting target reached: VerbMem forget" in printed
     assert f"{man['after']['verbmem_f']:.1f}" in printed
     card = (out / "README.md").read_text()
     assert "| forgetting target | reached" in card and "retain passages' token probability" in card

@@ -5,8 +5,9 @@ unlearned model from the original with one of six methods, written from their de
 (:mod:`.losses`): ``ga``, ``ga_gdr``, ``ga_klr``, ``npo``, ``npo_gdr``, ``npo_klr``; optionally with SURE
 (:mod:`.sure`, Zhang et al., arXiv 2410.16454): only the most salient modules or rows train, with a larger
 learning rate, so that the update crosses quantization bins. Controls against over-unlearning ("Unlearning
-with Control", arXiv 2406.09179): early stopping on a retain-utility floor, and forgetting reported next to
-utility. The output is an ordinary Hugging Face model folder with a card; ``audit=True`` audits it.
+with Control", arXiv 2406.09179), chosen from what the original knows (:func:`.train.choose_controls`): a
+forget target on a forget metric the original scores above chance, early stopping on a retain-utility floor,
+and forgetting reported next to utility, with a missed target said as such. The output is an ordinary Hugging Face model folder with a card; ``audit=True`` audits it.
 
 Example::
 
