@@ -197,7 +197,8 @@ def cmd_unlearn(args) -> int:
     scores = ", ".join(f"{k} {res.before[k]:.1f} -> {res.after[k]:.1f}" for k in res.after)
     print(f"Unlearned ({m['config']['method']}{' + SURE' if m['config']['sure'] else ''}, {m['steps']} steps, "
           f"{m['train_seconds']:.0f} s; {m['stop_reason'] or 'ran all steps'}): {scores}")
-    print(f"Controls: {describe_controls(m['control'], m['config']['stop_at'], m['config']['utility_floor'])}")
+    if m.get("control"):
+        print(f"Controls: {describe_controls(m['control'], m['config']['stop_at'], m['config']['utility_floor'])}")
     if m.get("target"):
         print(f"Forgetting target {m['target']['summary']}")
     print(f"Model: {res.out} (README.md, unlearn.json)")

@@ -297,6 +297,9 @@ def test_controls_count_multiple_choice_above_chance_and_report_a_missing_utilit
         choose_controls(fs, {"wmdp_acc": 30.0})
     c = choose_controls(fs, {"wmdp_acc": 60.0})
     assert c["forget_metric"] == "wmdp_acc" and c["utility_metric"] is None and "no utility floor" in c["utility_why"]
+    # retain QA the original does not answer, and no retain passages: no floor, and the reason says why
+    c = choose_controls(_fs(forget_qa=4, retain_qa=4), {"knowmem_f": 50.0, "knowmem_r": 0.0})
+    assert c["utility_metric"] is None and "knows none of the set's retain metrics" in c["utility_why"]
 
 
 def test_a_model_that_knows_nothing_of_the_set_is_refused_with_one_line(random_world, tmp_path, capsys):

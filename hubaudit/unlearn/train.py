@@ -266,6 +266,8 @@ def choose_controls(fs, before: dict[str, float], stop_metric: str | None = None
             uwhy = f"the original scores {score(m)}"
             break
         skipped[m] = f"the original scores {score(m)}, less than {MIN_ORIGINAL:g} points above chance: no utility signal"
+        uwhy = ("the original knows none of the set's retain metrics and the set has no retain passages "
+                "(privleak/retain): no utility floor")
     return {"forget_metric": forget, "forget_chance": chance_level(fs, forget), "forget_why": why,
             "utility_metric": utility, "utility_chance": chance_level(fs, utility) if utility else 0.0,
             "utility_why": uwhy, "skipped": skipped}
