@@ -1,4 +1,4 @@
-"""The table of README's "Unlearning that survives quantization": one row per `hubaudit unlearn --audit` output.
+"""A Markdown table of `hubaudit unlearn --audit` outputs, one row per run (KnowMem forget / VerbMem forget / KnowMem retain).
 
     python benchmarks/unlearn_table.py OUT_DIR [OUT_DIR ...]
 

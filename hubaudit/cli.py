@@ -225,6 +225,8 @@ def cmd_leaderboard(args) -> int:
 
 
 def _unlearn_parser(sub) -> None:
+    from .unlearn.train import STOP_METRICS
+
     u = sub.add_parser("unlearn", help="unlearn a forget set from a model (GA/NPO, retain controls, SURE)",
                        description="Unlearn a forget set from the original model with GA or NPO (plus a retain "
                                    "loss), optionally with SURE, which keeps the unlearning when the model is "
@@ -249,10 +251,14 @@ def _unlearn_parser(sub) -> None:
     u.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default="bfloat16",
                    help="weights' dtype while training (default bfloat16, as the paper)")
     u.add_argument("--utility-floor", type=float, default=0.9, metavar="F",
-                   help="stop, and go back to the last good state, when KnowMem retain falls below F x the "
-                        "original's (default 0.9; 0 for none)")
+                   help="stop, and go back to the last good state, when utility (KnowMem retain, TOFU retain, MMLU, "
+                        "else the retain passages' token probability) falls below F x the original's (default 0.9; "
+                        "0 for none)")
     u.add_argument("--stop-at", type=float, default=None, metavar="PCT",
                    help="stop once the forget score is at most PCT%% of the original's (default: run all steps)")
+    u.add_argument("--stop-metric", default=None, metavar="METRIC",
+                   help=f"forget metric to steer by: {', '.join(STOP_METRICS)} (default: the first of these the "
+                        "original scores at least 10 points above chance on)")
     u.add_argument("--eval-every", type=int, default=25, metavar="N", help="measure forgetting and utility every N steps")
     u.add_argument("--checkpoint-every", type=int, default=50, metavar="N", help="checkpoint every N steps (default 50)")
     u.add_argument("--seed", type=int, default=0)
@@ -269,13 +275,14 @@ def _unlearn_parser(sub) -> None:
 
 
 def cmd_unlearn(args) -> int:
-    from .unlearn.train import UnlearnConfig, unlearn
+    from .unlearn.train import UnlearnConfig, describe_controls, unlearn
 
     cfg = UnlearnConfig(
         method=args.method, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
         retain_weight=args.retain_weight, beta=args.beta, dtype=args.dtype, sure=args.sure,
         threshold=args.threshold, saliency=args.saliency, scope=args.scope, eval_every=args.eval_every,
-        utility_floor=args.utility_floor or None, stop_at=args.stop_at, checkpoint_every=args.checkpoint_every,
+        utility_floor=args.utility_floor or None, stop_at=args.stop_at, stop_metric=args.stop_metric,
+        checkpoint_every=args.checkpoint_every,
         seed=args.seed,
     )
     stop_after = os.environ.get("HUBAUDIT_UNLEARN_STOP_AFTER")  # tests: stop resumably after N steps
@@ -290,6 +297,10 @@ def cmd_unlearn(args) -> int:
     scores = ", ".join(f"{k} {res.before[k]:.1f} -> {res.after[k]:.1f}" for k in res.after)
     print(f"Unlearned ({m['config']['method']}{' + SURE' if m['config']['sure'] else ''}, {m['steps']} steps, "
           f"{m['train_seconds']:.0f} s; {m['stop_reason'] or 'ran all steps'}): {scores}")
+    if m.get("control"):
+        print(f"Controls: {describe_controls(m['control'], m['config']['stop_at'], m['config']['utility_floor'])}")
+    if m.get("target"):
+        print(f"Forgetting target {m['target']['summary']}")
     print(f"Model: {res.out} (README.md, unlearn.json)")
     if res.audit is not None:
         _print_report(res.audit, res.out / "audit")

@@ -287,6 +287,68 @@ def test_a_checkpoint_that_would_run_code_is_refused(random_world, tmp_path):
     assert not marker.exists()
 
 
+# ---------------------------------------------------------------------------------------------------- controls
+
+
+def _fs(**parts):
+    from hubaudit.forget.types import QA, Choice, ForgetSet, Passage
+
+    make = {"verbmem": lambda n: [Passage(f"p{i} ", f"g{i}") for i in range(n)],
+            "forget_qa": lambda n: [QA(f"q{i}", f"a{i}") for i in range(n)],
+            "retain_qa": lambda n: [QA(f"r{i}", f"b{i}") for i in range(n)],
+            "mcq": lambda n: [Choice(f"c{i}", ("w", "x", "y", "z"), 0) for i in range(n)],
+            "mia_retain": lambda n: [f"t{i}" for i in range(n)]}
+    return ForgetSet("s", "here", **{k: make[k](n) for k, n in parts.items()})
+
+
+def test_controls_steer_by_a_metric_the_original_knows_and_say_why():
+    from hubaudit.unlearn.train import RETAIN_PROB, UnlearnError, choose_controls, describe_controls
+
+    fs = _fs(verbmem=4, forget_qa=4, retain_qa=4, mia_retain=4)
+    # the original does not answer the QA (KnowMem 0): VerbMem steers, the retain passages give the utility
+    c = choose_controls(fs, {"verbmem_f": 98.9, "knowmem_f": 0.0, "knowmem_r": 0.0, RETAIN_PROB: 70.0})
+    assert c["forget_metric"] == "verbmem_f" and c["utility_metric"] == RETAIN_PROB
+    assert "knowmem_f" in c["skipped"] and "knowmem_r" in c["skipped"]
+    text = describe_controls(c, 50, 0.9)
+    assert "steering by VerbMem forget" in text and "98.9" in text and "KnowMem forget: the original scores 0.0" in text
+    # when it knows both, KnowMem comes first (documented order), and a named metric wins
+    both = {"verbmem_f": 60.0, "knowmem_f": 55.0, "knowmem_r": 50.0, RETAIN_PROB: 70.0}
+    assert choose_controls(fs, both)["forget_metric"] == "knowmem_f"
+    assert choose_controls(fs, both)["utility_metric"] == "knowmem_r"
+    assert choose_controls(fs, both, "verbmem_f")["forget_metric"] == "verbmem_f"
+    # a metric the original scores near zero on is never chosen, not even when asked for
+    with pytest.raises(UnlearnError, match="--stop-metric knowmem_f: the original scores 0.0"):
+        choose_controls(fs, {"verbmem_f": 98.9, "knowmem_f": 0.0, RETAIN_PROB: 70.0}, "knowmem_f")
+    with pytest.raises(UnlearnError, match="no knowledge of forget set"):
+        choose_controls(fs, {"verbmem_f": 3.0, "knowmem_f": 0.0, RETAIN_PROB: 70.0})
+
+
+def test_controls_count_multiple_choice_above_chance_and_report_a_missing_utility():
+    from hubaudit.unlearn.train import UnlearnError, chance_level, choose_controls
+
+    fs = _fs(mcq=8)
+    assert chance_level(fs, "wmdp_acc") == 25.0 and chance_level(fs, "verbmem_f") == 0.0
+    with pytest.raises(UnlearnError, match="chance 25"):  # 30% of four choices is near chance, not knowledge
+        choose_controls(fs, {"wmdp_acc": 30.0})
+    c = choose_controls(fs, {"wmdp_acc": 60.0})
+    assert c["forget_metric"] == "wmdp_acc" and c["utility_metric"] is None and "no utility floor" in c["utility_why"]
+    # retain QA the original does not answer, and no retain passages: no floor, and the reason says why
+    c = choose_controls(_fs(forget_qa=4, retain_qa=4), {"knowmem_f": 50.0, "knowmem_r": 0.0})
+    assert c["utility_metric"] is None and "knows none of the set's retain metrics" in c["utility_why"]
+
+
+def test_a_model_that_knows_nothing_of_the_set_is_refused_with_one_line(random_world, tmp_path, capsys):
+    from hubaudit.cli import main
+
+    code = main(["unlearn", str(random_world["model"]), "--forget", str(random_world["forget"]), "--method", "ga",
+                 "--steps", "1", "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "shows no knowledge" in err and len(err.strip().splitlines()) == 1
+    assert main(["unlearn", str(random_world["model"]), "--forget", str(random_world["forget"]), "--stop-metric",
+                 "tofu_rouge_f", "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    assert "has no part for it" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------------- slow: on the tiny world
 
 
@@ -407,3 +469,47 @@ def test_cli_unlearn_writes_a_model_folder_with_card_and_audit(tiny_world, tmp_p
     (tmp_path / "busy/notes.txt").write_text("x")
     assert main(["unlearn", str(tiny_world.target), "--out", str(tmp_path / "busy"), "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def _verbmem_only(world, folder):
+    """The tiny world's forget set without its QA: VerbMem forget, and retain passages for utility."""
+    import shutil
+
+    shutil.copytree(world.forget_dir, folder)
+    shutil.rmtree(folder / "knowmem")
+    return folder
+
+
+@pytest.mark.slow
+def test_unlearn_on_a_verbmem_only_set_stops_on_its_target_and_says_what_it_reached(tiny_world, tmp_path, capsys):
+    from hubaudit.cli import main
+
+    fdir = _verbmem_only(tiny_world, tmp_path / "verbmem_only")
+    out = tmp_path / "out"
+    assert main(["unlearn", str(tiny_world.target), "--forget", str(fdir), "--method", "ga_gdr", "--lr", "1e-4",
+                 "--steps", "80", "--eval-every", "2", "--stop-at", "50", "--utility-floor", "0.8", "--out", str(out),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    man = json.loads((out / "unlearn.json").read_text())
+    assert man["control"]["forget_metric"] == "verbmem_f" and man["control"]["utility_metric"] == "retain_prob"
+    assert man["stop_reason"].startswith("forget target: verbmem_f") and man["steps"] < 80
+    t = man["target"]
+    assert t["reached"] and t["reached_value"] == man["after"]["verbmem_f"] <= 0.5 * man["before"]["verbmem_f"]
+    assert "steering by VerbMem forget" in printed and "Forgetting target reached: VerbMem forget" in printed
+    assert f"{man['after']['verbmem_f']:.1f}" in printed
+    card = (out / "README.md").read_text()
+    assert "| forgetting target | reached" in card and "retain passages' token probability" in card
+
+
+@pytest.mark.slow
+def test_a_run_that_misses_its_target_says_so_in_summary_card_and_manifest(tiny_world, tmp_path, capsys):
+    from hubaudit.cli import main
+
+    out = tmp_path / "out"
+    assert main(["unlearn", str(tiny_world.target), "--forget", str(tiny_world.forget_dir), "--method", "ga_gdr",
+                 "--steps", "2", "--eval-every", "1", "--stop-at", "1", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    man = json.loads((out / "unlearn.json").read_text())
+    assert man["target"]["reached"] is False and man["stop_reason"] is None and man["steps"] == 2
+    assert "Forgetting target NOT reached" in printed and "after 2 of 2 steps" in printed
+    assert "| forgetting target | NOT reached" in (out / "README.md").read_text()

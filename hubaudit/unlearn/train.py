@@ -3,14 +3,25 @@
 One run: load the original model (and a frozen copy of it when the method needs a reference), build the
 forget and retain rows from the forget set, optionally compute SURE's saliency mask, then train with AdamW
 at a constant learning rate in the model's training dtype (bfloat16 by default: updates are applied in
-bf16, as the paper's setting does). Every ``eval_every`` steps it measures forgetting (KnowMem forget, or
-VerbMem forget when the set has no QA) and utility (KnowMem retain) with hubaudit's own metrics, and
-stops:
+bf16, as the paper's setting does).
+
+Controls, chosen from what the original actually knows (:func:`choose_controls`): before training the
+original is measured on every forget metric the set supports (KnowMem forget, VerbMem forget, TOFU ROUGE-L
+forget, WMDP accuracy: ``STOP_METRICS``, in that order) and on its retain side. Forgetting is steered by the
+first forget metric on which the original scores at least ``MIN_ORIGINAL`` points above chance (or by
+``stop_metric``, which must be one it knows): a metric the original scores near zero on cannot show
+forgetting and is never chosen. Utility is the first of KnowMem retain, TOFU ROUGE-L retain, MMLU accuracy
+the set has and the original knows, else the retain passages' mean token probability (``retain_prob``:
+exp of minus the mean token NLL of each ``privleak/retain`` text, x 100, averaged), so any set with a
+retain part has a utility floor. The choice and its reason are printed and recorded. Every ``eval_every``
+steps it measures both, and stops:
 
 - on the **utility floor** ("Unlearning with Control", arXiv 2406.09179): when utility falls below
-  ``utility_floor`` x the original's, training stops and the model goes back to the last evaluated state
-  that was above the floor;
-- on the **forget target**: when the forget score reaches ``stop_at`` percent of the original's or less.
+  ``utility_floor`` x the original's (above chance), training stops and the model goes back to the last
+  evaluated state that was above the floor;
+- on the **forget target**: when the forget score reaches ``stop_at`` percent of the original's or less
+  (above chance). A run that ends without reaching it says so (``target.reached`` in ``unlearn.json``, the
+  card, the CLI's summary).
 
 Checkpoints (model, optimizer, step, data order, random state, evaluation history) go to
 ``OUT/checkpoints/state.pt`` every ``checkpoint_every`` steps, on Ctrl-C (after the step in flight), and when a
@@ -40,11 +51,17 @@ from .. import __version__
 from ..errors import HubauditError
 from .losses import METHODS, needs_reference
 
-FORMAT = 1
+FORMAT = 2  # 2: controls chosen from what the original knows (``control``, ``target``; ``stop_metric``)
 DEFAULT_LR = 1e-5        # the paper's unlearning learning rate
 DEFAULT_SURE_LR = 1e-4   # SURE: larger, on the salient part only
 CHECKPOINT = "checkpoints/state.pt"
 MANIFEST = "unlearn.json"
+# Forget metrics the trainer can steer by, in the order it tries them (all 0-100, higher = more knowledge)
+STOP_METRICS = ("knowmem_f", "verbmem_f", "tofu_rouge_f", "wmdp_acc")
+# Utility, in the order tried; RETAIN_PROB (the retain passages' token probability) is the fallback
+RETAIN_PROB = "retain_prob"
+UTILITY_METRICS = ("knowmem_r", "tofu_rouge_r", "mmlu_acc", RETAIN_PROB)
+RETAIN_PROB_LABEL = "retain passages' token probability"
 
 
 class UnlearnError(HubauditError, ValueError):
@@ -70,6 +87,8 @@ class UnlearnConfig:
             fraction of the original's (None: no floor).
         stop_at: stop once the forget score is at most this percentage of the original's (None: run
             all ``steps``).
+        stop_metric: the forget metric to steer by (one of ``STOP_METRICS``); None: the first the original
+            knows. The original must score at least ``MIN_ORIGINAL`` points above chance on it.
         checkpoint_every: save a resumable checkpoint every this many steps.
     """
 
@@ -89,6 +108,7 @@ class UnlearnConfig:
     eval_every: int = 25
     utility_floor: float | None = 0.9
     stop_at: float | None = None
+    stop_metric: str | None = None
     checkpoint_every: int = 50
     seed: int = 0
     max_length: int = 512
@@ -97,6 +117,10 @@ class UnlearnConfig:
         self.betas = tuple(self.betas)
         if self.lr is None:
             self.lr = DEFAULT_SURE_LR if self.sure else DEFAULT_LR
+        if self.stop_metric is not None:
+            from ..metrics import ALIASES
+
+            self.stop_metric = ALIASES.get(self.stop_metric.strip().lower(), self.stop_metric.strip().lower())
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -122,6 +146,8 @@ class UnlearnConfig:
             raise UnlearnError(f"--utility-floor is a fraction of the original's utility in [0, 1], got {self.utility_floor:g}")
         if self.stop_at is not None and not 0 <= self.stop_at <= 100:
             raise UnlearnError(f"--stop-at is a percentage of the original's forget score in [0, 100], got {self.stop_at:g}")
+        if self.stop_metric is not None and self.stop_metric not in STOP_METRICS:
+            raise UnlearnError(f"--stop-metric must be one of {', '.join(STOP_METRICS)}, got {self.stop_metric!r}")
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -153,25 +179,130 @@ def _key(cfg: UnlearnConfig, model_id: str, forget_hash: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _control_metrics(fs) -> tuple[str, str | None]:
-    forget = "knowmem_f" if fs.forget_qa else "verbmem_f" if fs.verbmem else None
-    utility = "knowmem_r" if fs.retain_qa else None
-    if forget is None:
-        raise UnlearnError(f"forget set '{fs.name}' has neither knowmem/forget_qa nor verbmem/forget: nothing to measure "
-                           "forgetting with")
-    return forget, utility
+def _label(metric: str) -> str:
+    from ..results import LABELS
+
+    return RETAIN_PROB_LABEL if metric == RETAIN_PROB else LABELS.get(metric, metric)
+
+
+def _supports(fs, metric: str) -> bool:
+    if metric == RETAIN_PROB:
+        return bool(fs.mia_retain)
+    from ..metrics import METRICS
+
+    return all(getattr(fs, p) for p in METRICS.get(metric).needs)
+
+
+def chance_level(fs, metric: str) -> float:
+    """What a model that knows nothing scores: 0 for ROUGE-based metrics and the retain probability, the mean
+    of 100 / number of choices for multiple-choice accuracy (25 for four choices)."""
+    items = {"wmdp_acc": fs.mcq, "mmlu_acc": fs.mcq_retain}.get(metric)
+    if not items:
+        return 0.0
+    return sum(100.0 / max(1, len(x.choices)) for x in items) / len(items)
 
 
 def _report_metrics(fs) -> list[str]:
-    """The memorization metrics the forget set supports (VerbMem f, KnowMem f, KnowMem r)."""
-    from ..metrics import METRICS
+    """What the trainer measures before and after: every forget metric it can steer by and every utility
+    metric, where the set has their parts."""
+    return [m for m in (*STOP_METRICS, *UTILITY_METRICS) if _supports(fs, m)]
 
-    return [m for m in ("verbmem_f", "knowmem_f", "knowmem_r") if all(getattr(fs, p) for p in METRICS.get(m).needs)]
+
+def choose_controls(fs, before: dict[str, float], stop_metric: str | None = None) -> dict[str, Any]:
+    """The forget metric to steer by and the utility metric to keep, from the original's scores ``before``.
+
+    A metric "the original knows" scores at least ``MIN_ORIGINAL`` (the audit's, 10) points above chance.
+    Forgetting: ``stop_metric`` if given, else the first of ``STOP_METRICS`` the original knows. Utility: the
+    first of ``UTILITY_METRICS`` the set has and the original knows (``retain_prob`` needs only retain
+    passages); None when the set has no retain part.
+
+    Returns:
+        ``{"forget_metric", "forget_chance", "forget_why", "utility_metric", "utility_chance", "utility_why",
+        "skipped": {metric: reason}}``.
+
+    Raises:
+        UnlearnError: the original knows none of the forget metrics (or not the one asked for).
+    """
+    from ..audit import MIN_ORIGINAL
+
+    def knows(m):
+        return before.get(m) is not None and before[m] - chance_level(fs, m) >= MIN_ORIGINAL
+
+    def score(m):
+        c = chance_level(fs, m)
+        return f"{before[m]:.1f}" + (f" (chance {c:.0f})" if c else "")
+
+    supported = [m for m in STOP_METRICS if m in before]
+    skipped = {m: f"the original scores {score(m)}, less than {MIN_ORIGINAL:g} points above chance: it cannot show "
+                  "forgetting" for m in supported if not knows(m)}
+    known = [m for m in supported if knows(m)]
+    if stop_metric is not None:
+        if stop_metric not in supported:
+            raise UnlearnError(f"--stop-metric {stop_metric}: forget set '{fs.name}' has no part for it; choose one of "
+                               f"{', '.join(supported) or 'none (the set has no forget metric)'}")
+        if stop_metric not in known:
+            raise UnlearnError(f"--stop-metric {stop_metric}: {skipped[stop_metric]}; choose one the original knows: "
+                               f"{', '.join(f'{m} ({before[m]:.1f})' for m in known) or 'none'}")
+        forget, why = stop_metric, f"asked for (--stop-metric); the original scores {score(stop_metric)}"
+    elif known:
+        forget = known[0]
+        why = (f"the first of {', '.join(supported)} the original knows: it scores {score(forget)}" if len(supported) > 1
+               else f"the set's only forget metric; the original scores {score(forget)}")
+    elif supported:
+        raise UnlearnError(f"the original shows no knowledge of forget set '{fs.name}': "
+                           + "; ".join(f"{m} {score(m)}" for m in supported)
+                           + f" (less than {MIN_ORIGINAL:g} points above chance), so no forgetting can be measured; "
+                           "check that --forget is the set this model learned")
+    else:
+        raise UnlearnError(f"forget set '{fs.name}' has none of verbmem/forget, knowmem/forget_qa, tofu/forget, "
+                           "mcq/forget: nothing to measure forgetting with")
+    utility, uwhy = None, ("the forget set has no retain part (knowmem/retain_qa, tofu/retain, mcq/retain or "
+                           "privleak/retain): no utility floor")
+    for m in UTILITY_METRICS:
+        if m not in before:
+            continue
+        if m == RETAIN_PROB or knows(m):
+            utility = m
+            uwhy = f"the original scores {score(m)}"
+            break
+        skipped[m] = f"the original scores {score(m)}, less than {MIN_ORIGINAL:g} points above chance: no utility signal"
+        uwhy = ("the original knows none of the set's retain metrics and the set has no retain passages "
+                "(privleak/retain): no utility floor")
+    return {"forget_metric": forget, "forget_chance": chance_level(fs, forget), "forget_why": why,
+            "utility_metric": utility, "utility_chance": chance_level(fs, utility) if utility else 0.0,
+            "utility_why": uwhy, "skipped": skipped}
+
+
+def describe_controls(control: dict[str, Any], stop_at: float | None, utility_floor: float | None) -> str:
+    """The controls in one line, for the terminal and the card."""
+    f, u = control["forget_metric"], control["utility_metric"]
+    text = f"steering by {_label(f)} ({control['forget_why']})"
+    if stop_at is not None:
+        text += f", target <= {stop_at:g}% of the original's"
+    if u is None:
+        text += f"; {control['utility_why']}"
+    else:
+        text += (f"; utility: {_label(u)} ({control['utility_why']})"
+                 + (f", floor {utility_floor:g} x the original's" if utility_floor is not None else ", no floor"))
+    if control["skipped"]:
+        text += "; not used: " + "; ".join(f"{_label(m)}: {r}" for m, r in control["skipped"].items())
+    return text
+
+
+def retain_prob_items(model, tok, fs) -> list[float]:
+    """Per retain passage (``privleak/retain``), 100 x exp(mean token log-probability): the utility the trainer
+    falls back on when the set has no retain QA or multiple choice."""
+    from ..metrics.runner import LMRunner
+    from ..metrics.tofu import mean_prob
+
+    lps, _ = LMRunner(model, tok).token_logprobs(list(fs.mia_retain))
+    return [100.0 * mean_prob(lp) for lp in lps]
 
 
 def measure_metrics(model, tok, fs, names: list[str], device: str, digits: int = 4) -> dict[str, float]:
     """hubaudit's metrics on the current weights (a float32 copy on CPU, as the audit computes), rounded
-    to ``digits``; the model's train/eval mode is left as it was. Also the demo world's stop criterion."""
+    to ``digits``; the model's train/eval mode is left as it was. ``names`` may include ``retain_prob``.
+    Also the demo world's stop criterion."""
     import torch
 
     from ..metrics import evaluate
@@ -183,10 +314,14 @@ def measure_metrics(model, tok, fs, names: list[str], device: str, digits: int =
     m.eval()
     try:
         with torch.no_grad():
-            res = evaluate(m, tok, fs, names)
+            real = [n for n in names if n != RETAIN_PROB]
+            res = {k: float(v.value) for k, v in evaluate(m, tok, fs, real).items()} if real else {}
+            if RETAIN_PROB in names:
+                items = retain_prob_items(m, tok, fs)
+                res[RETAIN_PROB] = sum(items) / len(items)
     finally:
         m.train(was)
-    return {k: round(float(v.value), digits) for k, v in res.items()}
+    return {k: round(res[k], digits) for k in names}
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -267,7 +402,12 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
     name = Path(str(model).rstrip("/").partition("@")[0]).name or "model"
     out = Path(out) if out is not None else Path("hubaudit-unlearn") / f"{name}-{cfg.method}{'-sure' if cfg.sure else ''}"
     _check_out(out, fresh)
-    forget_metric, utility_metric = _control_metrics(fs)
+    if cfg.stop_metric is not None and not _supports(fs, cfg.stop_metric):
+        raise UnlearnError(f"--stop-metric {cfg.stop_metric}: forget set '{fs.name}' has no part for it; choose one of "
+                           f"{', '.join(m for m in STOP_METRICS if _supports(fs, m)) or 'none'}")
+    if not any(_supports(fs, m) for m in STOP_METRICS):
+        raise UnlearnError(f"forget set '{fs.name}' has none of verbmem/forget, knowmem/forget_qa, tofu/forget, "
+                           "mcq/forget: nothing to measure forgetting with")
     key = _key(cfg, src.identity, fs.content_hash())
 
     man_path = out / MANIFEST
@@ -344,7 +484,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
 
     rng = random.Random(cfg.seed)
     st: dict[str, Any] = {"step": 0, "fq": [], "rq": [], "log": [], "evals": [], "good_step": 0, "stop_reason": None,
-                          "before": None, "orig": None, "train_s": 0.0}
+                          "before": None, "orig": None, "control": None, "train_s": 0.0}
     good = None
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
@@ -355,8 +495,15 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
         good = ckpt.get("good")
     else:
         st["before"] = measure_metrics(net, tok, fs, _report_metrics(fs), dev)
-        st["orig"] = {"forget": st["before"][forget_metric],
-                      "utility": st["before"].get(utility_metric) if utility_metric else None}
+        st["control"] = choose_controls(fs, st["before"], cfg.stop_metric)
+        st["orig"] = {"forget": st["before"][st["control"]["forget_metric"]],
+                      "utility": st["before"][st["control"]["utility_metric"]] if st["control"]["utility_metric"] else None}
+    control = st["control"]
+    forget_metric, utility_metric = control["forget_metric"], control["utility_metric"]
+    if progress:
+        import sys
+
+        print(f"hubaudit unlearn: {describe_controls(control, cfg.stop_at, cfg.utility_floor)}", file=sys.stderr, flush=True)
 
     def save_ckpt():
         _atomic_save({"key": key, "model": net.state_dict(), "optimizer": opt.state_dict(), "state": st,
@@ -455,15 +602,16 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
         net.load_state_dict(good["model"] if good is not None else src.load().state_dict())
     net.eval()
     after = measure_metrics(net, tok, fs, list(st["before"]), dev)
+    target = _target(cfg, control, st["orig"], after, st["step"])
     man = {
         "format": FORMAT, "key": key, "status": "finished", "hubaudit_version": __version__,
         "model": str(model), "model_identity": src.identity, "forget": {"name": fs.name, "source": fs.source,
                                                                         "hash": fs.content_hash()},
         "config": cfg.to_json(), "steps": st["good_step"] if (st["stop_reason"] or "").startswith("utility") else st["step"],
         "steps_run": st["step"], "stop_reason": st["stop_reason"], "forget_metric": forget_metric,
-        "utility_metric": utility_metric, "before": st["before"], "after": after,
-        "utility_loss": {m: round(st["before"][m] - after[m], 4) for m in after if m.endswith("_r")},
-        "forgetting": {m: round(st["before"][m] - after[m], 4) for m in after if m.endswith("_f")},
+        "utility_metric": utility_metric, "control": control, "target": target, "before": st["before"], "after": after,
+        "utility_loss": {m: round(st["before"][m] - after[m], 4) for m in after if m in UTILITY_METRICS},
+        "forgetting": {m: round(st["before"][m] - after[m], 4) for m in after if m in STOP_METRICS},
         "sure_mask": mask_info, "evals": st["evals"], "log": st["log"],
         "train_seconds": round(st["train_s"], 2), "total_seconds": round(time.perf_counter() - t_start, 2),
         "device": dev, "torch": torch.__version__,
@@ -480,27 +628,47 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
     return res
 
 
+def _limit(orig: float, chance: float, fraction: float) -> float:
+    """``fraction`` of the original's score above chance, as a score."""
+    return chance + fraction * (orig - chance)
+
+
 def _control(net, tok, fs, dev, cfg, st, forget_metric, utility_metric, good, step):
     """One evaluation: record it, keep the last state above the utility floor, decide whether to stop."""
     names = [forget_metric] + ([utility_metric] if utility_metric else [])
     s = measure_metrics(net, tok, fs, names, dev)
     f, u = s[forget_metric], s.get(utility_metric) if utility_metric else None
-    orig = st["orig"]
+    orig, control = st["orig"], st["control"]
     rec = {"step": step, forget_metric: f}
     if u is not None:
         rec[utility_metric] = u
     st["evals"].append(rec)
     floor = cfg.utility_floor
-    if floor is not None and u is not None and orig["utility"] is not None and u < floor * orig["utility"]:
+    if floor is not None and u is not None and u < _limit(orig["utility"], control["utility_chance"], floor):
         st["stop_reason"] = (f"utility floor: {utility_metric} {u:.1f} < {floor:g} x {orig['utility']:.1f} at step "
                              f"{step}; back to step {st['good_step']}")
         return good
     if floor is not None and u is not None:
         good = {"model": {k: v.detach().clone().cpu() for k, v in net.state_dict().items()}}
         st["good_step"] = step
-    if cfg.stop_at is not None and f <= cfg.stop_at / 100.0 * orig["forget"]:
+    if cfg.stop_at is not None and f <= _limit(orig["forget"], control["forget_chance"], cfg.stop_at / 100.0):
         st["stop_reason"] = f"forget target: {forget_metric} {f:.1f} <= {cfg.stop_at:g}% of {orig['forget']:.1f} at step {step}"
     return good
+
+
+def _target(cfg, control, orig, after, steps_run) -> dict[str, Any] | None:
+    """Whether the finished model reached the forgetting target (None without ``stop_at``), in numbers and
+    in words."""
+    if cfg.stop_at is None:
+        return None
+    m = control["forget_metric"]
+    limit = _limit(orig["forget"], control["forget_chance"], cfg.stop_at / 100.0)
+    reached = after[m] <= limit
+    words = (f"{'reached' if reached else 'NOT reached'}: {_label(m)} {orig['forget']:.1f} -> {after[m]:.1f}, target "
+             f"<= {limit:.1f} ({cfg.stop_at:g}% of the original's)"
+             + ("" if reached else f" after {steps_run} of {cfg.steps} steps"))
+    return {"metric": m, "stop_at": cfg.stop_at, "limit": round(limit, 4), "original": orig["forget"],
+            "reached_value": after[m], "reached": reached, "summary": words}
 
 
 def _save_model(net, tok, out: Path, dtype: str) -> None:
@@ -541,16 +709,20 @@ def render_card(man: dict) -> str:
     lines.append("| setting | value |")
     lines.append("|---|---|")
     for k in ("lr", "steps", "batch_size", "retain_weight", "beta", "dtype", "weight_decay", "eval_every",
-              "utility_floor", "stop_at", "seed"):
-        lines.append(f"| {k} | {c[k]} |")
+              "utility_floor", "stop_at", "stop_metric", "seed"):
+        lines.append(f"| {k} | {c.get(k)} |")
     lines.append(f"| optimizer steps taken | {man['steps']} |")
     lines.append(f"| stopped | {man['stop_reason'] or 'after all steps'} |")
+    if man.get("control"):
+        lines.append(f"| controls | {describe_controls(man['control'], c['stop_at'], c['utility_floor'])} |")
+    if man.get("target"):
+        lines.append(f"| forgetting target | {man['target']['summary']} |")
     lines.append(f"| training time | {man['train_seconds']:.0f} s on {man['device']} |")
-    lines += ["", "Forgetting and utility (hubaudit's MUSE metrics, ROUGE-L F1 x 100; full precision):", "",
+    lines += ["", "Forgetting and utility (hubaudit's metrics, 0-100; full precision):", "",
               "| metric | original | unlearned | change |", "|---|---|---|---|"]
     for m, v in man["before"].items():
         a = man["after"].get(m)
-        lines.append(f"| {m} | {v:.1f} | {a:.1f} | {a - v:+.1f} |" if a is not None else f"| {m} | {v:.1f} | – | – |")
+        lines.append(f"| {_label(m)} | {v:.1f} | {a:.1f} | {a - v:+.1f} |" if a is not None else f"| {_label(m)} | {v:.1f} | – | – |")
     lines += ["", "Whether it stays unlearned when quantized: `hubaudit audit THIS_FOLDER --reference "
               f"{man['model']} --forget {man['forget']['source']} --backends rtn:4,bnb:nf4,gguf:Q4_0`.", ""]
     return "\n".join(yaml + lines)
