@@ -361,7 +361,7 @@ def check(art: Artifact, src: "ModelSource") -> None:
         method = str(qc.get("quant_method", ""))
         from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
 
-        if method not in AUTO_QUANTIZER_MAPPING:
+        if method not in AUTO_QUANTIZER_MAPPING and method != "bitsandbytes":  # bitsandbytes: _4bit / _8bit there
             raise ArtifactError(f"file:{art.target}: transformers cannot load quantization method '{method}' (it knows "
                                 f"{', '.join(sorted(AUTO_QUANTIZER_MAPPING))})")
         if theirs.get("model_type") != cfg.get("model_type"):
