@@ -101,6 +101,7 @@ SPEC_MENU = {
     "torchao": ["torchao:int8", "torchao:int4"],
     "gguf": ["gguf:Q8_0", "gguf:Q4_K_M", "gguf:Q4_0"],
     "quanto": ["quanto:int8", "quanto:int4"],
+    "file": [],  # a published build names a file, not a checkbox: CLI/Python only for now
 }
 DEFAULT_UI_SPECS = ("cast:bf16", "rtn:8", "rtn:4")
 

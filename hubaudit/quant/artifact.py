@@ -38,7 +38,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +48,6 @@ from .base import Backend, QuantSpec, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..modeling import ModelSource
-
-log = logging.getLogger("hubaudit")
 
 # GGUF files that are not a language model's weights (vision projectors, importance matrices)
 NOT_MODEL_GGUF = ("*mmproj*", "*imatrix*")
