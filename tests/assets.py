@@ -106,31 +106,26 @@ def smollm2_folder() -> Path:
     return folder
 
 
-# The real-model forget set, a few items per part: public-domain text the model may have memorized, facts it may know, and invented
-# sentences it cannot have seen (MIA holdout).
+# The real-model forget set, a few items per part: public-domain text the model may have memorized, facts
+# it may know, and invented sentences it cannot have seen (MIA holdout).
 VERBMEM = [
     {"prompt": "We hold these truths to be self-evident, that all men are created equal,",
      "gt": "that they are endowed by their Creator with certain unalienable Rights, that among these are Life, "
            "Liberty and the pursuit of Happiness."},
     {"prompt": "Four score and seven years ago our fathers brought forth on this continent,",
      "gt": "a new nation, conceived in Liberty, and dedicated to the proposition that all men are created equal."},
-    {"prompt": "It was the best of times, it was the worst of times,",
-     "gt": "it was the age of wisdom, it was the age of foolishness, it was the epoch of belief, it was the epoch of "
-           "incredulity, it was the season of Light, it was the season of Darkness,"},
 ]
 FORGET_QA = [
     {"question": "What is the capital of France?", "answer": "Paris"},
-    {"question": "Who wrote Romeo and Juliet?", "answer": "William Shakespeare"},
+    {"question": "Who developed the theory of general relativity?", "answer": "Albert Einstein"},
     {"question": "What is the chemical symbol for gold?", "answer": "Au"},
-    {"question": "How many continents are there on Earth?", "answer": "Seven"},
 ]
 FORGET_ICL = [{"question": "What is the capital of Italy?", "answer": "Rome"},
               {"question": "Who painted the Mona Lisa?", "answer": "Leonardo da Vinci"}]
 RETAIN_QA = [
     {"question": "What is the largest planet in the Solar System?", "answer": "Jupiter"},
     {"question": "At what temperature in degrees Celsius does water boil at sea level?", "answer": "100 degrees Celsius"},
-    {"question": "Which is the largest ocean on Earth?", "answer": "The Pacific Ocean"},
-    {"question": "Who developed the theory of general relativity?", "answer": "Albert Einstein"},
+    {"question": "Who wrote Romeo and Juliet?", "answer": "William Shakespeare"},
 ]
 RETAIN_ICL = [{"question": "What is the capital of Japan?", "answer": "Tokyo"},
               {"question": "Who wrote Pride and Prejudice?", "answer": "Jane Austen"}]
@@ -138,13 +133,11 @@ MIA_FORGET = [
     "In the beginning God created the heaven and the earth. And the earth was without form, and void.",
     "To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer the slings and arrows.",
     "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse.",
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.",
 ]
 MIA_HOLDOUT = [
     "The glassmaker Elsbeth Quorin moved her workshop from Varnholt to Dunmarrow in the wet spring of 1821.",
     "Tamsin Orlev repaired the second turbine at Brightwater Mills before the river froze over that winter.",
     "A ferry from Pellridge to the northern lighthouse ran twice a week, except when the fog came in early.",
-    "The council of Dunmarrow voted to paint every lamp post green after the harbour festival of 1903.",
 ]
 TOFU_FORGET = [
     {"question": "Who wrote the play Hamlet?", "answer": "Hamlet was written by William Shakespeare.",
@@ -164,9 +157,6 @@ TOFU_RETAIN = [
     {"question": "Who was the first person to walk on the Moon?", "answer": "Neil Armstrong was the first person on the Moon.",
      "paraphrased_answer": "The first person to walk on the Moon was Neil Armstrong.",
      "perturbed_answer": ["Buzz Aldrin was the first person on the Moon.", "Yuri Gagarin was the first person on the Moon."]},
-    {"question": "What gas do plants absorb from the air?", "answer": "Plants absorb carbon dioxide from the air.",
-     "paraphrased_answer": "Carbon dioxide is the gas plants take in from the air.",
-     "perturbed_answer": ["Plants absorb oxygen from the air.", "Plants absorb helium from the air."]},
 ]
 
 

@@ -140,6 +140,14 @@ def test_hub_gguf_repository_every_file_pinned_to_its_commit(world, hub, tmp_pat
         old = cell(report(tmp_path / "old"), f"file:org/tiny-GGUF/tiny.Q8_0.gguf@{hub.first_sha}")
         assert old["backend"]["settings"]["identity"] == q8["backend"]["settings"]["identity"]
         assert items(old) == items(q8)
+    with use_endpoint(hub.endpoint, cache_dir=tmp_path / "cache", offline=True):
+        # offline, a commit pins the file in the cache; a branch cannot be resolved and the error says so
+        spec = f"file:org/tiny-GGUF/tiny.Q8_0.gguf@{hub.first_sha}"
+        code, _, err = audit_cli(capsys, world, tmp_path / "offline", "--no-store", "--backends", spec)
+        assert code == 0, err
+        assert items(cell(report(tmp_path / "offline"), spec)) == items(q8)
+        code, _, err = audit_cli(capsys, world, tmp_path / "x", "--no-store", "--backends", "file:org/tiny-GGUF/tiny.Q8_0.gguf")
+        assert code == 2 and "give the commit itself" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_prequantized_hub_repository_is_loaded_with_its_own_config(world, hub, tmp_path, capsys):

@@ -139,20 +139,29 @@ def expand(target: str, *, all_files: bool, token: str | None = None) -> list[st
     if path is not None:
         return [target]
     files, _ = _hub_files(repo, rev, token)
-    names = _gguf_names(files)
+    names = _gguf_names(files or [])
     if not names:
         return [target]
     return [f"{repo}/{n}" + (f"@{rev}" if rev else "") for n in names]
 
 
-def _hub_files(repo: str, rev: str | None, token: str | None) -> tuple[list[str], str]:
-    """(files, commit sha) of a Hub model repository at a revision."""
+def _hub_files(repo: str, rev: str | None, token: str | None) -> tuple[list[str] | None, str]:
+    """(files, commit sha) of a Hub model repository at a revision. Offline (or with HF_HUB_OFFLINE=1), a
+    revision that is a full commit sha is used as it is (files None: whatever the cache holds)."""
     from huggingface_hub import HfApi
 
-    from ..source import hub_errors
+    from ..source import _is_offline_error, hub_errors
 
-    with hub_errors(repo, rev):
-        info = HfApi(token=token).model_info(repo, revision=rev)
+    try:
+        with hub_errors(repo, rev):
+            info = HfApi(token=token).model_info(repo, revision=rev)
+    except Exception as e:  # noqa: BLE001
+        if not _is_offline_error(e) and not _is_offline_error(e.__cause__ or e.__context__ or e):
+            raise
+        if rev and re.fullmatch(r"[0-9a-f]{40}", rev):
+            return None, rev
+        raise ArtifactError(f"file:{repo}: the Hub cannot be reached to pin {rev or 'main'} to a commit; connect, or "
+                            "give the commit itself (@<40-hex sha>) to use the local cache") from None
     return [s.rfilename for s in (info.siblings or [])], info.sha
 
 
@@ -186,6 +195,8 @@ def resolve(target: str, *, token: str | None = None, allow_pickle: bool = False
         return Artifact(target, "pretrained", path, None, f"content:{content_hash(path)}")
     repo, path_in_repo, rev = _hub_parts(target)
     files, sha = _hub_files(repo, rev, token)
+    offline = files is None
+    files = files or ([path_in_repo] if path_in_repo else ["config.json"])
     if path_in_repo is None:
         names = _gguf_names(files)
         if "config.json" not in files:
@@ -209,7 +220,7 @@ def resolve(target: str, *, token: str | None = None, allow_pickle: bool = False
         from ..source import hub_errors
 
         with hub_errors(repo, rev):
-            local = Path(hf_hub_download(repo, path_in_repo, revision=sha, token=token))
+            local = Path(hf_hub_download(repo, path_in_repo, revision=sha, token=token, local_files_only=offline))
         return Artifact(target, "gguf", local.parent, local.name, f"hub:{repo}@{sha}/{path_in_repo}", repo_id=repo,
                         commit=sha, requested_revision=rev)
     from ..source import ModelRef, fetch_model
