@@ -43,8 +43,25 @@ def _fmt(x, signed=False, digits=1) -> str:
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
+def public_spec(spec: str) -> str:
+    """The spec as a model card shows it: a local artifact (``file:/home/me/m.Q4_K_M.gguf``) by its file name
+    only (``file:m.Q4_K_M.gguf``), so no local path goes onto the Hub; everything else as it is."""
+    if spec.startswith("file:") and spec[5:].startswith(("/", "~", ".")):
+        return "file:" + (spec[5:].rstrip("/").replace("\\", "/").rsplit("/", 1)[-1] or spec[5:])
+    return spec
+
+
+def public_summary(report: AuditReport) -> str:
+    """The verdict's summary with every local artifact path shortened as :func:`public_spec` does."""
+    text = report.verdict.summary
+    for spec in sorted(report.specs, key=len, reverse=True):
+        if public_spec(spec) != spec:
+            text = text.replace(spec, public_spec(spec))
+    return text
+
+
 def spec_label(spec: str) -> str:
-    return "full precision" if spec == FULL_PRECISION else spec
+    return "full precision" if spec == FULL_PRECISION else public_spec(spec)
 
 
 def render_markdown(report: AuditReport) -> str:
