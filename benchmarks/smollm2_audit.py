@@ -35,7 +35,8 @@ def main() -> int:
     folder, gguf = smollm2_folder(), smollm2_gguf()
     forget = write_real_forget_set(Path(args.out) / "forget-set")
     cmd = ["audit", str(folder), *(["--no-reference"] if args.no_reference else ["--reference", str(folder)]),
-           "--forget", str(forget), "--backends", f"rtn:4,bnb:nf4,file:{gguf}", "--out", args.out, "--no-store",
+           "--forget", str(forget), "--backends", f"rtn:4,bnb:nf4,file:{gguf}", "--out", args.out,
+           "--store", str(Path(args.out) / "results.sqlite"),  # the "original" is the same model: its cells are reused
            "--card", "local", "--fail-on", "none", "--quiet"]
     print("hubaudit " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
