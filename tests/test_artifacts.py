@@ -229,3 +229,8 @@ def test_an_artifact_that_is_not_a_loadable_build_of_the_model_is_refused(world,
     assert code == 2, err
     assert want in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_all_files_without_a_file_spec_is_refused(world, tmp_path, capsys):
+    code, _, err = audit_cli(capsys, world, tmp_path / "out", "--no-store", "--all-files", "--backends", "rtn:4")
+    assert code == 2 and "--all-files goes with a file: spec" in err and len(err.strip().splitlines()) == 1, err
