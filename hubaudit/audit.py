@@ -66,12 +66,17 @@ def _version() -> str:
 def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str = FULL_PRECISION) -> str:
     """What a stored value depends on besides model, spec and forget set: the metric's version and
     settings, the device type and compute dtype, and for a quantized cell the versions of the backend's
-    libraries (a new bitsandbytes may round differently)."""
+    libraries (a new bitsandbytes may round differently) and, for a published artifact (``file:``), its
+    pinned identity (file sha256 or Hub commit)."""
     key = {"v": metric.version, "settings": metric.settings(cfg), "device": source.device.split(":")[0],
            "dtype": str(source.compute_dtype()).replace("torch.", "")}
     if spec != FULL_PRECISION:
         try:
-            key["versions"] = get_backend(spec)[0].versions()
+            backend, qspec = get_backend(spec)
+            key["versions"] = backend.versions()
+            artifact = backend.identity(qspec)  # a published file: its sha256 or commit, never reused for another
+            if artifact:
+                key["artifact"] = artifact
         except HubauditError:
             pass
     return json.dumps(key, sort_keys=True)
@@ -487,6 +492,22 @@ def _chat_template_used(src: ModelSource, cfg: MetricConfig, metrics: list[Metri
     return describe_chat_template(src.tokenizer)
 
 
+def prepare_specs(specs: list[str], src: ModelSource, *, token: str | None = None, all_files: bool = False,
+                  allow_pickle: bool = False) -> list[str]:
+    """Each backend's :meth:`~hubaudit.quant.base.Backend.prepare` (a ``file:`` artifact is found, pinned and
+    checked against the audited model here, before anything is loaded); the specs they stand for."""
+    out: list[str] = []
+    for s in specs:
+        backend, qspec = get_backend(s)
+        for x in backend.prepare(qspec, src, token=token, all_files=all_files, allow_pickle=allow_pickle):
+            if x not in out:
+                out.append(x)
+    if all_files and not any(get_backend(s)[0].artifact for s in specs):
+        raise HubauditError("--all-files goes with a file: spec naming a GGUF repository or folder "
+                            "(file:ORG/NAME-GGUF)")
+    return out
+
+
 def open_model(model, *, token: str | None = None, **kw) -> tuple[ModelSource, dict]:
     """A :class:`ModelSource` for a local folder or a Hub id (fetched and pinned), and its card metadata."""
     from .source import _card_data, fetch_model, parse_model_ref
@@ -530,6 +551,7 @@ def audit(
     memory_check: bool = True,
     progress: bool | object = True,
     on_cell: Callable[[CellResult], None] | None = None,
+    all_files: bool = False,
 ) -> AuditReport:
     """Audit an unlearned model: does quantization bring the forgotten knowledge back?
 
@@ -566,6 +588,7 @@ def audit(
             with the cell, ``set_postfix_str`` with the metric, ``update`` with items done) for callers
             that show progress themselves (the Space).
         on_cell: called with each finished :class:`CellResult`.
+        all_files: a ``file:`` spec naming a GGUF repository or folder stands for every GGUF file in it.
 
     Returns:
         The :class:`~hubaudit.results.AuditReport`.
@@ -608,6 +631,7 @@ def audit(
             except HubauditError as e:
                 reference_note = f"the card's base_model '{base}' could not be used ({e})"
                 log.warning(reference_note)
+    spec_list = prepare_specs(spec_list, src, token=token, all_files=all_files, allow_pickle=allow_pickle)
     ref = open_model(reference, token=token, **kw)[0] if reference not in (None, False) else None
     ret = open_model(retrain, token=token, **kw)[0] if retrain is not None else None
     if memory_check:
@@ -627,7 +651,9 @@ def audit(
 
     plans = [_Plan("model", src, s, metric_objs) for s in [FULL_PRECISION, *spec_list]]
     if ref is not None:
-        plans += [_Plan("reference", ref, s, metric_objs) for s in [FULL_PRECISION, *spec_list]]
+        # a published artifact (file:) is a build of the audited model, not a recipe for the original
+        plans += [_Plan("reference", ref, s, metric_objs) for s in [FULL_PRECISION, *spec_list]
+                  if s == FULL_PRECISION or not get_backend(s)[0].artifact]
     mia = [m for m in metric_objs if m.name in ("mia_auc", "tofu_tr_f")]  # PrivLeak's and forget quality's baselines
     if ret is not None and mia:
         plans.append(_Plan("retrain", ret, FULL_PRECISION, mia))

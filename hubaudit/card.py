@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import CardError
 from .quant import FULL_PRECISION
-from .report import regain_cells, safe_name, spec_label
+from .report import public_spec, public_summary, regain_cells, safe_name, spec_label
 from .results import LABELS, AuditReport
 
 SECTION_START, SECTION_END = "<!-- hubaudit:start -->", "<!-- hubaudit:end -->"
@@ -47,7 +47,7 @@ def render_section(report: AuditReport) -> str:
         SECTION_START,
         "## Quantization audit (hubaudit)",
         "",
-        f"**Verdict: {v.label.upper()}**: {v.summary}.",
+        f"**Verdict: {v.label.upper()}**: {public_summary(report)}.",
         "",
         "Unlearning can look complete in full precision and come back once the model is quantized "
         f"([Zhang et al., ICLR 2025]({METHOD_URL})). This model was audited at commit "
@@ -62,10 +62,10 @@ def render_section(report: AuditReport) -> str:
         if c is None:
             continue
         if c.status != "ok":
-            lines.append(f"| {spec} | {c.status} |" + " |" * (len(metrics) + 1))
+            lines.append(f"| {public_spec(spec)} | {c.status} |" + " |" * (len(metrics) + 1))
             continue
         lines.append("| " + " | ".join([
-            "full precision" if spec == FULL_PRECISION else f"`{spec}`",
+            "full precision" if spec == FULL_PRECISION else f"`{public_spec(spec)}`",
             *(_fmt(c.metrics.get(m)) for m in metrics), *regain_cells(report.derived, spec),
         ]) + " |")
     st = report.derived.get("statistics") or {}
@@ -115,8 +115,8 @@ def model_index_entry(report: AuditReport) -> dict | None:
     if hub is None:
         return None
     repo, rev = hub
-    metrics = [{"type": m, "name": f"{LABELS[m]} ({spec_label(spec)})", "config": spec, "value": v, "verified": False}
-               for spec, m, v in _card_scores(report)]
+    metrics = [{"type": m, "name": f"{LABELS[m]} ({spec_label(spec)})", "config": public_spec(spec), "value": v,
+                "verified": False} for spec, m, v in _card_scores(report)]
     if not metrics:
         return None
     dataset = {"type": repo, "name": inp["forget"]["name"], "split": "forget"}
@@ -404,7 +404,8 @@ def publish_card(report: AuditReport, repo_id: str, *, token: str | None = None,
         return res
     v = report.verdict
     title = f"{PR_TITLE_PREFIX}quantization audit ({v.label})"
-    description = (f"{v.summary}.\n\nThis pull request adds (or updates) the section *Quantization audit (hubaudit)* "
+    description = (f"{public_summary(report)}.\n\nThis pull request adds (or updates) the section *Quantization audit "
+                   "(hubaudit)* "
                    f"and hubaudit's `model-index` entry, and hubaudit's file in `{EVAL_RESULTS_DIR}/` (the Hub's "
                    f"evaluation results format) when the forget set is a Hub dataset; nothing else in the card "
                    f"changes. Opened by hubaudit {report.hubaudit_version}; running the audit again updates this "

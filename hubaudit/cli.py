@@ -62,8 +62,12 @@ def _parser() -> argparse.ArgumentParser:
                         "org/name, a MUSE-layout folder, or synthetic (built in); default: the one the model card "
                         "points to (confirmed on a terminal, or with --yes), else synthetic")
     a.add_argument("--backends", metavar="SPEC,...", default=None,
-                   help="quantization specs, comma-separated (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128); "
-                        "see `hubaudit backends`")
+                   help="quantization specs, comma-separated (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128), and "
+                        "published builds of the model: file:PATH.gguf, file:ORG/NAME/FILE.gguf[@REV], "
+                        "file:ORG/NAME-GPTQ[@REV]; see `hubaudit backends`")
+    a.add_argument("--all-files", action="store_true",
+                   help="a file: spec naming a GGUF repository or folder (file:ORG/NAME-GGUF) audits every GGUF file "
+                        "in it, one cell each")
     a.add_argument("--threshold", type=float, default=None, metavar="X",
                    help="points of a forget metric a spec must bring back (on average, and beyond noise) to call "
                         "the model fragile (default 5)")
@@ -343,6 +347,7 @@ def cmd_audit(args) -> int:
         memory_check=not args.no_memory_check,
         progress=not args.quiet,
         metric_config=MetricConfig(chat_template=not args.no_chat_template),
+        all_files=args.all_files,
     )
     _print_report(report, out)
     if args.card != "none":

@@ -60,8 +60,25 @@ def md_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|~>" else ch for ch in text)
 
 
+def public_spec(spec: str) -> str:
+    """The spec as a model card shows it: a local artifact (``file:/home/me/m.Q4_K_M.gguf``) by its file name
+    only (``file:m.Q4_K_M.gguf``), so no local path goes onto the Hub; everything else as it is."""
+    if spec.startswith("file:") and spec[5:].startswith(("/", "~", ".")):
+        return "file:" + (spec[5:].rstrip("/").replace("\\", "/").rsplit("/", 1)[-1] or spec[5:])
+    return spec
+
+
+def public_summary(report: AuditReport) -> str:
+    """The verdict's summary with every local artifact path shortened as :func:`public_spec` does."""
+    text = report.verdict.summary
+    for spec in sorted(report.specs, key=len, reverse=True):
+        if public_spec(spec) != spec:
+            text = text.replace(spec, public_spec(spec))
+    return text
+
+
 def spec_label(spec: str) -> str:
-    return "full precision" if spec == FULL_PRECISION else spec
+    return "full precision" if spec == FULL_PRECISION else public_spec(spec)
 
 
 def render_markdown(report: AuditReport) -> str:
@@ -155,11 +172,35 @@ def render_markdown(report: AuditReport) -> str:
         lines += ["", "TOFU forget quality (KS-test p-value of forget truth ratios vs the retrain model; high = "
                   "indistinguishable from never trained): " + ", ".join(f"{spec_label(k)} {p:.3g}" for k, p in d["forget_quality"].items()) + "."]
     lines += _decoding_lines(report)
+    lines += _artifact_lines(report)
     skipped = [c for c in report.cells if c.status != "ok"]
     if skipped:
         lines += ["", "Cells not evaluated: " + "; ".join(f"{c.role} {c.spec}: {c.status} ({c.reason})" for c in skipped)]
     lines += ["", f"hubaudit {report.hubaudit_version}, {report.created}, {report.timings.get('total_seconds', 0):.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def artifact_text(settings: dict) -> str:
+    """One line about a published artifact (``file:``): what it is and what pins it."""
+    if settings.get("format") == "gguf":
+        mix = ", ".join(f"{t} x{n}" for t, n in (settings.get("type_counts") or {}).items())
+        what = (f"GGUF {settings.get('file_type') or '?'} ({mix}; {settings.get('bits_per_weight_matrices')} bits per "
+                f"weight of the matrices), architecture {settings.get('architecture')}")
+    else:
+        qc = settings.get("quantization_config") or {}
+        keys = ", ".join(f"{k} {qc[k]}" for k in ("bits", "group_size", "load_in_4bit", "bnb_4bit_quant_type", "sym",
+                                                   "desc_act") if k in qc)
+        what = f"pre-quantized {settings.get('quant_method')}" + (f" ({keys})" if keys else "")
+    pin = settings.get("identity", "")
+    return f"{what}; {pin}"
+
+
+def _artifact_lines(report: AuditReport) -> list[str]:
+    cells = [c for c in report.cells if c.role == "model" and (c.backend or {}).get("backend") == "file"]
+    if not cells:
+        return []
+    return ["", "Published builds audited (loaded as published, checked to be the audited model's architecture and "
+            "tokenizer): " + "; ".join(f"`{c.spec}`: {artifact_text(c.backend.get('settings') or {})}" for c in cells) + "."]
 
 
 def regain_cells(d: dict, spec: str) -> list[str]:

@@ -106,6 +106,7 @@ SPEC_MENU = {
     "torchao": ["torchao:int8", "torchao:int4"],
     "gguf": ["gguf:Q8_0", "gguf:Q4_K_M", "gguf:Q4_0"],
     "quanto": ["quanto:int8", "quanto:int4"],
+    "file": [],  # a published build names a file, not a checkbox: CLI/Python only for now
 }
 DEFAULT_UI_SPECS = ("cast:bf16", "rtn:8", "rtn:4")
 
@@ -755,6 +756,9 @@ def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshol
     try:
         visitor = visitor_key(request)
         check_queue_room(visitor)
+        offered = set(backend_menu()[0])
+        if any(s not in offered for s in specs or ()):  # never a free-form spec (file: names a path on this server)
+            raise InputError("Choose quantization specs from the list on the page.")
         model_id = check_model(model_id)  # org/name@sha: the commit that was checked is the one audited
         reference = (reference or "").strip()
         if reference:

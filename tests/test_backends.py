@@ -133,6 +133,7 @@ def test_every_backend_is_registered_with_examples_that_parse():
     ("gguf:Q2_K_S", "importance matrix"),
     ("gguf:Q4_K_X", "unknown GGUF type"),
     ("quanto:int3", "quanto:int8, quanto:int4 or quanto:int2"),
+    ("file", "needs an artifact"),
 ])
 def test_bad_specs_say_what_to_do(spec, message):
     with pytest.raises(SpecError, match=message):

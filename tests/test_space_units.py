@@ -221,3 +221,10 @@ def test_a_webhook_audit_reads_base_model_only_as_a_public_hub_id(app, tmp_path,
         ref = app.webhook_reference("org/w-public", shas["public"])
         assert ref is not False and ref.repo_id == "org/original"
         assert not [r for r in hub.requests if "original" in r["path"] and r["user"] == "space-bot"]
+
+
+def test_only_the_specs_on_the_page_are_accepted(app):
+    """A request crafted past the checkboxes cannot name a published artifact (``file:`` would read a path on
+    the Space's own disk) or any spec the page does not offer."""
+    _, message = app.submit("org/m", "", "Synthetic (built in)", "", None, ["rtn:4", "file:/etc/hostname"], 5)
+    assert "from the list on the page" in message  # refused before the model id is even looked up

@@ -70,6 +70,9 @@ class Backend:
     kind: str = "quantization"
     # True: the audit sets ``self.forget_set`` (the ForgetSet) before calling quantize()
     needs_forget_set: bool = False
+    # True: a spec names a published build of the audited model (``file:``), not a recipe: it is not
+    # applied to the reference model
+    artifact: bool = False
 
     def validate(self, spec: QuantSpec) -> None:
         """Raise :class:`SpecError` if ``spec`` is not a valid spec for this backend."""
@@ -98,6 +101,18 @@ class Backend:
             except PackageNotFoundError:
                 pass
         return out
+
+    def prepare(self, spec: QuantSpec, source: "ModelSource", **kw) -> list[str]:
+        """Called by the audit before any model is loaded, with the audited model's source (and ``token``,
+        ``all_files``, ``allow_pickle``): find and check what the spec needs, raising a
+        :class:`~hubaudit.errors.HubauditError` for what a user must fix. Returns the specs this one stands
+        for (itself; ``file:`` with ``--all-files``: one per GGUF file)."""
+        return [str(spec)]
+
+    def identity(self, spec: QuantSpec) -> str | None:
+        """What pins the cell's weights beyond the spec text (a published artifact's file hash or commit),
+        or None; part of every stored result's key."""
+        return None
 
     def apply(self, model: Any, spec: QuantSpec) -> tuple[Any, dict]:
         """Quantize a loaded full-precision ``model`` in place; return it and the settings used."""

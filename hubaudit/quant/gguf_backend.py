@@ -569,3 +569,125 @@ class GGUFBackend(Backend):
             "k_quants": "numpy port of llama.cpp's quantize_row_q{4,5,6}_K_ref (no imatrix); others gguf.quants.quantize",
             "call": "gguf.quants.quantize / dequantize (gguf-py)",
         }
+
+
+# -- writing a GGUF file ------------------------------------------------------------------------------------
+
+# transformers Llama module -> llama.cpp tensor name (blk.N. prefix for the decoder layers)
+_LLAMA_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def _permute_qk(w: "np.ndarray", n_head: int) -> "np.ndarray":
+    """llama.cpp's converter reorders q/k rows for its rotary layout (``permute`` in convert_hf_to_gguf.py);
+    transformers' GGUF loader undoes it. Rows move whole, so blocks (which lie within rows) are unchanged."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(model, tokenizer, path, ftype: str = "Q4_0", pure: bool = False, name: str | None = None):
+    """Write a Llama-architecture transformers model as the GGUF file ``llama-quantize`` would make of
+    type ``ftype`` (the same per-tensor mix and blocks as the ``gguf:`` spec evaluates), with a
+    byte-level BPE tokenizer (``tokenizer.ggml.model = gpt2``) and the chat template, as llama.cpp's
+    converter writes them. For tests and demos: a published artifact to audit with ``file:PATH.gguf``.
+
+    Returns:
+        The path and the tensor types written ({transformers module name: GGUF type}).
+
+    Raises:
+        SpecError: not a Llama model, or a type this backend cannot write.
+    """
+    from pathlib import Path
+
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType, quants
+
+    ftype, pure = parse_gguf(QuantSpec("gguf", (ftype, *(("pure",) if pure else ()))))
+    cfg = model.config
+    if getattr(cfg, "model_type", None) != "llama":
+        raise SpecError(f"write_gguf writes Llama-architecture models; this one is {getattr(cfg, 'model_type', '?')}")
+    # the types the gguf: backend gives each tensor
+    emb, out_emb = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = out_emb is not None and out_emb.weight is emb.weight
+    modules = dict(model.named_modules())
+    linear = [(n, m) for n, m in modules.items() if m is emb or (hasattr(m, "weight") and m.weight.dim() == 2
+                                                                  and not (tied and m is out_emb))]
+    cats = [(n, "token_embd" if m is emb else "output" if m is out_emb else CATEGORIES.get(n.split(".")[-1], "other"),
+             m.weight.shape[1]) for n, m in linear]
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
+    types = tensor_types(cats, ftype, pure, tied, n_head // n_kv)
+
+    w = GGUFWriter(str(path), "llama")
+    w.add_name(name or getattr(cfg, "_name_or_path", None) or "model")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+    w.add_rope_freq_base(float(rope))
+    w.add_rope_dimension_count(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(int(LlamaFileType[f"MOSTLY_{ftype}"]))
+    w.add_quantization_version(2)
+    # tokenizer: byte-level BPE as llama.cpp's converter writes it
+    import json
+
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["model"].get("merges", [])]
+    tokens = tokenizer.convert_ids_to_tokens(list(range(cfg.vocab_size)))
+    special = set(tokenizer.all_special_ids)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)])
+    w.add_token_types([int(TokenType.CONTROL if i in special else TokenType.NORMAL) for i in range(len(tokens))])
+    w.add_token_merges(merges)
+    for key, tid in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id), ("pad", tokenizer.pad_token_id)):
+        if tid is not None:
+            getattr(w, f"add_{key}_token_id")(tid)
+    bos_added = tokenizer.bos_token_id is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+    w.add_add_bos_token(bool(bos_added))
+    if isinstance(getattr(tokenizer, "chat_template", None), str):
+        w.add_chat_template(tokenizer.chat_template)
+
+    def gguf_name(hf: str) -> str:
+        if hf.endswith("embed_tokens"):
+            return "token_embd"
+        if hf == "lm_head":
+            return "output"
+        if hf.endswith("model.norm"):
+            return "output_norm"
+        parts = hf.split(".")  # model.layers.N.<rest>
+        return f"blk.{parts[2]}.{_LLAMA_NAMES['.'.join(parts[3:])]}"
+
+    params = dict(model.named_parameters())
+    for pname in sorted(params, key=lambda p: (p.count("."), p)):
+        mod = pname.rsplit(".", 1)[0]
+        arr = params[pname].detach().float().cpu().numpy()
+        gname = gguf_name(mod) + ".weight"
+        if ".attn_q." in gname:
+            arr = _permute_qk(arr, n_head)
+        elif ".attn_k." in gname:
+            arr = _permute_qk(arr, n_kv)
+        qtype = types.get(mod)
+        if qtype is None:  # norms: float32, as in the file
+            w.add_tensor(gname, np.ascontiguousarray(arr, dtype=np.float32))
+            continue
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if qtype == "F16":
+            w.add_tensor(gname, arr.astype(np.float16))
+            continue
+        gtype = GGMLQuantizationType[qtype]
+        if qtype in K_QUANTIZERS:
+            packed = K_QUANTIZERS[qtype](arr.reshape(-1, QK_K)).reshape(arr.shape[0], -1)
+        else:
+            packed = quants.quantize(arr, gtype)
+        w.add_tensor(gname, packed, raw_shape=packed.shape, raw_dtype=gtype)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path), types
