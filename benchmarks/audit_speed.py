@@ -5,6 +5,7 @@ one-item-at-a-time protocol of MUSE's and the paper's scripts.
     python benchmarks/audit_speed.py --models demo      # only the demo target (built if needed)
     python benchmarks/audit_speed.py --models large --large-limit 16 --no-audit
     python benchmarks/audit_speed.py --models smollm2   # SmolLM2-135M-Instruct, a real pretrained model
+    python benchmarks/audit_speed.py --models smollm2-bf16 --mia-tokens 2000   # its bf16 copy, MUSE-long MIA texts
 
 For each model and metric it prints: items, tokens processed (prompt tokens once, the shared few-shot
 prefix once, every generated token once), seconds, tokens per second, the raw-floor ratio (the metric's
@@ -166,6 +167,7 @@ def flop_params(model) -> int:
 
 
 MIA_TOKENS = {"n": 0, "cache": None}  # --mia-tokens
+RUN = {"metrics": True}  # --audit-only
 
 
 def long_mia_set(forget, tokenizer_dir: Path, n_tokens: int, folder: Path) -> Path:
@@ -211,6 +213,26 @@ def long_mia_set(forget, tokenizer_dir: Path, n_tokens: int, folder: Path) -> Pa
     return folder
 
 
+def bf16_copy(src: Path, dst: Path) -> Path:
+    """``src`` saved with its weights rounded to bfloat16 (config ``dtype: bfloat16``), tokenizer, chat
+    template and generation config copied; made once."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (dst / "config.json").is_file():
+        return dst
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(torch.bfloat16)
+    model.config.dtype = "bfloat16"
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    for f in Path(src).iterdir():
+        if f.name == "generation_config.json" or f.name.startswith("chat_template"):
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
 def gib(x) -> str:
     return f"{x / 2**30:.2f} GiB" if x else "-"
 
@@ -232,7 +254,7 @@ def bench_model(label: str, model_dir: Path, forget, limit: int | None, audit: b
     print(f"\n== {label}: {model_dir} ({n_params / 1e6:.1f}M parameters, {src.device} {src.compute_dtype()}: "
           f"{src.compute_dtype_reason()}; forget set {len(fs.verbmem)} passages, {len(fs.forget_qa)}+"
           f"{len(fs.retain_qa)} questions, {len(fs.mia_forget)}+{len(fs.mia_holdout)} MIA texts)")
-    if metrics_pass:
+    if metrics_pass and RUN["metrics"]:
         peak = matmul_peak(src.compute_dtype(), model.config.hidden_size, src.device)
         print(f"matmul peak here, {str(src.compute_dtype()).replace('torch.', '')}: {peak:.0f} GFLOPS; "
               f"{flop_params(model) / 1e6:.1f}M parameters per token")
@@ -328,6 +350,9 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=0, help="items per part for the other models (0: all)")
     p.add_argument("--no-audit", action="store_true", help="skip the audit (peak memory) part")
     p.add_argument("--no-one-by-one", action="store_true", help="skip the one-at-a-time protocol")
+    p.add_argument("--audit-only", action="store_true", help="only the audit (peak memory) part")
+    p.add_argument("--whole-logits", action="store_true",
+                   help="score with the model's whole logits, as before hubaudit.logprobs (a memory comparison)")
     p.add_argument("--mia-tokens", type=int, default=0,
                    help="make every MIA text this many tokens long (MUSE News': about 2,000), in a MUSE-layout "
                         "copy of the forget set under --cache; 0: the set's own texts")
@@ -336,6 +361,12 @@ def main() -> None:
     p.add_argument("--cache", default=str(ROOT / "hubaudit-demo" / "bench"), help="where the large model is kept")
     args = p.parse_args()
     MIA_TOKENS.update(n=args.mia_tokens, cache=args.cache)
+    if args.whole_logits:
+        import hubaudit.logprobs
+
+        hubaudit.logprobs.slicing_check = lambda model: ("whole", "--whole-logits")
+    if args.audit_only:
+        RUN["metrics"] = False
 
     import torch
 
@@ -353,11 +384,14 @@ def main() -> None:
             folder = build_large(Path(args.cache) / "llama-2048x22", 2048, 22, args.large_vocab)
             bench_model("1.1B random Llama", folder, args.forget or "synthetic", args.huge_limit,
                         True, False, metrics_pass=False, dtype=args.dtype)
-        elif name == "smollm2":  # a real pretrained model: SmolLM2-135M-Instruct, as the real-model tests fetch it
+        elif name in ("smollm2", "smollm2-bf16"):  # a real pretrained model, as the real-model tests fetch it
             sys.path.insert(0, str(ROOT / "tests"))
             from assets import smollm2_folder
 
-            bench_model("SmolLM2-135M-Instruct", smollm2_folder(), args.forget or "synthetic", args.smollm2_limit,
+            folder = smollm2_folder()
+            if name == "smollm2-bf16":  # stored in bf16, as the Hub's original is: what `auto` computes natively
+                folder = bf16_copy(folder, Path(args.cache) / "smollm2-135m-instruct-bf16")
+            bench_model(f"SmolLM2-135M-Instruct ({name})", folder, args.forget or "synthetic", args.smollm2_limit,
                         not args.no_audit, not args.no_one_by_one, dtype=args.dtype)
         elif name == "large":
             folder = build_large(Path(args.cache) / f"llama-{args.large_hidden}x{args.large_layers}",

@@ -40,6 +40,18 @@ def decoder_and_head(model):
     return base, head
 
 
+def right_padded_mask(mask):
+    """None where ``mask`` is right padding (every row ones, then zeros) or no padding at all: in a causal
+    model a real token never attends to the padding after it, so its outputs are the same without the mask,
+    and without one the attention runs its causal kernel (no [batch, heads, positions, positions] mask is
+    built; on CPU several times faster for 2,000-token texts). Else ``mask`` itself."""
+    if mask is None:
+        return None
+    if bool((mask[:, 1:] <= mask[:, :-1]).all()) and bool((mask[:, 0] == 1).all()):
+        return None
+    return mask
+
+
 def _targets(ids, labels):
     """Targets ``[B, T-1]`` (positions 1..T-1) and the mask of scored ones."""
     tgt = (ids if labels is None else labels)[:, 1:]
@@ -52,7 +64,7 @@ def whole_token_logprobs(model, ids, mask, labels=None):
     0 where ``labels`` is -100."""
     import torch
 
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+    logits = model(input_ids=ids, attention_mask=right_padded_mask(mask), use_cache=False).logits[:, :-1].float()
     tgt, valid = _targets(ids, labels)
     lp = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     return lp * valid
@@ -76,7 +88,7 @@ def sliced_token_logprobs(model, ids, mask, labels=None, slice_bytes: int | None
     from torch.utils.checkpoint import checkpoint
 
     base, head = decoder_and_head(model)
-    hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
+    hidden = base(input_ids=ids, attention_mask=right_padded_mask(mask), use_cache=False).last_hidden_state[:, :-1]
     tgt, valid = _targets(ids, labels)
     B, T = tgt.shape
     step = _step(model, B, slice_bytes)
@@ -103,6 +115,7 @@ def sliced_kl(model, ref_model, ids, mask, labels, slice_bytes: int | None = Non
 
     base, head = decoder_and_head(model)
     rbase, rhead = decoder_and_head(ref_model)
+    mask = right_padded_mask(mask)
     hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
     with torch.no_grad():
         rhidden = rbase(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
@@ -174,6 +187,7 @@ def kl_per_token(model, ref_model, ids, mask, labels):
     import torch
     import torch.nn.functional as F
 
+    mask = right_padded_mask(mask)
     lg = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
     with torch.no_grad():
         lr = ref_model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()

@@ -37,6 +37,9 @@ def template_ids(tok, question):
 
 
 def unpadded(input_ids, mask):
+    """The rows without their padding (scoring passes no mask for right padding: batch_size=1 here, no padding)."""
+    if mask is None:
+        return input_ids.tolist()
     return [[t for t, m in zip(row, mrow) if m] for row, mrow in zip(input_ids.tolist(), mask.tolist())]
 
 
