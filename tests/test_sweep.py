@@ -118,8 +118,11 @@ def test_interrupted_sweep_resumes_and_survives_a_killed_worker(world, shared_st
     assert not _cells(store), "this test must run first on the module's store"
     # one item per batch: cells of seconds, not a fraction of one, so that the interrupt lands mid-sweep on a
     # fast idle machine too (the stored values do not depend on the batch size)
+    # Ctrl-C's default action in the child, whatever this process inherited: a Python started with SIGINT
+    # ignored (as pytest is after some tests, or a job started with `&`) never raises KeyboardInterrupt
     proc = subprocess.Popen(_cli(world, store, out) + ["--batch-size", "1"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and len(_cells(store)) < 1:
