@@ -313,7 +313,8 @@ def check_model(model_id: str) -> str:
 
 def check_size(repo: str, sha: str, weight_bytes: int, token) -> None:
     """Refuse a model this Space cannot hold: the library's own estimate (the model and one quantized copy
-    at the compute dtype: about 4.4x a bf16 checkpoint on CPU) against the memory there is."""
+    at the compute dtype: about 4.4x a bf16 checkpoint where it computes in float32, 2.2x where bf16 is
+    native) against the memory there is."""
     from hubaudit.modeling import compute_itemsize, default_compute_dtype, estimate_memory_bytes
 
     stored = None
