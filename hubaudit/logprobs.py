@@ -81,23 +81,33 @@ def _step(model, batch: int, slice_bytes: int | None) -> int:
     return max(1, (slice_bytes or SLICE_BYTES) // (4 * vocab_size(model) * max(1, batch)))
 
 
-def sliced_token_logprobs(model, ids, mask, labels=None, slice_bytes: int | None = None):
-    """:func:`whole_token_logprobs` through the output layer a slice of positions at a time. With
-    gradients enabled, every slice is checkpointed (recomputed in the backward pass)."""
+def _decoder_hidden(base, ids, mask):
+    """The decoder's last hidden states at positions 0..T-2 (each predicts the next token)."""
+    return base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
+
+
+def _by_slices(fn, head, hidden, step: int, *per_position):
+    """``fn(head, hidden[:, s:e], *(x[:, s:e] for x in per_position))`` for every slice of ``step``
+    positions, concatenated along the positions; checkpointed (recomputed in the backward pass) when
+    gradients flow into ``hidden``."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    base, head = decoder_and_head(model)
-    hidden = base(input_ids=ids, attention_mask=right_padded_mask(mask), use_cache=False).last_hidden_state[:, :-1]
-    tgt, valid = _targets(ids, labels)
-    B, T = tgt.shape
-    step = _step(model, B, slice_bytes)
     grad = torch.is_grad_enabled() and hidden.requires_grad
     parts = []
-    for s in range(0, T, step):
-        h, t = hidden[:, s:s + step], tgt[:, s:s + step]
-        parts.append(checkpoint(_slice_lp, head, h, t, use_reentrant=False) if grad else _slice_lp(head, h, t))
-    return torch.cat(parts, dim=1) * valid
+    for s in range(0, hidden.shape[1], step):
+        args = (head, hidden[:, s:s + step], *(x[:, s:s + step] for x in per_position))
+        parts.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
+    return torch.cat(parts, dim=1)
+
+
+def sliced_token_logprobs(model, ids, mask, labels=None, slice_bytes: int | None = None):
+    """:func:`whole_token_logprobs` through the output layer a slice of positions at a time. With
+    gradients enabled, every slice is checkpointed (recomputed in the backward pass)."""
+    base, head = decoder_and_head(model)
+    hidden = _decoder_hidden(base, ids, right_padded_mask(mask))
+    tgt, valid = _targets(ids, labels)
+    return _by_slices(_slice_lp, head, hidden, _step(model, tgt.shape[0], slice_bytes), tgt) * valid
 
 
 def _slice_kl(head, hidden, ref_logits):
@@ -111,25 +121,21 @@ def sliced_kl(model, ref_model, ids, mask, labels, slice_bytes: int | None = Non
     """``KL(p_ref || p_model)`` of the next-token distributions per position, float32 ``[B, T-1]`` (0
     where ``labels`` is -100), a slice of positions at a time; gradients flow into ``model`` only."""
     import torch
-    from torch.utils.checkpoint import checkpoint
 
     base, head = decoder_and_head(model)
     rbase, rhead = decoder_and_head(ref_model)
     mask = right_padded_mask(mask)
-    hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
+    hidden = _decoder_hidden(base, ids, mask)
     with torch.no_grad():
-        rhidden = rbase(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
+        rhidden = _decoder_hidden(rbase, ids, mask)
     _, valid = _targets(ids, labels)
-    B, T = valid.shape
-    step = _step(model, B, slice_bytes)
-    grad = torch.is_grad_enabled() and hidden.requires_grad
-    parts = []
-    for s in range(0, T, step):
+
+    def slice_kl(head, h, rh):  # the reference's logits of the slice, without gradient
         with torch.no_grad():
-            ref = rhead(rhidden[:, s:s + step])
-        h = hidden[:, s:s + step]
-        parts.append(checkpoint(_slice_kl, head, h, ref, use_reentrant=False) if grad else _slice_kl(head, h, ref))
-    return torch.cat(parts, dim=1) * valid
+            ref = rhead(rh)
+        return _slice_kl(head, h, ref)
+
+    return _by_slices(slice_kl, head, hidden, _step(model, valid.shape[0], slice_bytes), rhidden) * valid
 
 
 def slicing_check(model) -> tuple[str, str | None]:
