@@ -182,6 +182,21 @@ def _parse_yaml(text: str) -> Any:
     return out
 
 
+def _card_tags(card: dict | None, base_model: bool = False) -> list[str]:
+    """The Hub's tags of a model from its card: the card's own tags, ``license:X`` and (as the Hub's model
+    listing has them) ``base_model:ID`` for each base model."""
+    if not card:
+        return []
+    t = card.get("tags")
+    tags = [str(x) for x in (t if isinstance(t, list) else [t] if t else [])]
+    if card.get("license"):
+        tags.append(f"license:{card['license']}")
+    if base_model:
+        base = card.get("base_model")
+        tags += [f"base_model:{b}" for b in (base if isinstance(base, list) else [base] if base else [])]
+    return tags
+
+
 def _card_data(readme: bytes | None) -> dict | None:
     if readme is None:
         return None
@@ -1152,14 +1167,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 continue
             tree = repo.commit_obj(sha)["tree"]
             card = _card_data(hub._object_path(tree["README.md"]["sha256"]).read_bytes()) if "README.md" in tree else None
-            tags = []
-            if card:
-                t = card.get("tags")
-                tags += [str(x) for x in (t if isinstance(t, list) else [t] if t else [])]
-                if card.get("license"):
-                    tags.append(f"license:{card['license']}")
-                base = card.get("base_model")
-                tags += [f"base_model:{b}" for b in (base if isinstance(base, list) else [base] if base else [])]
+            tags = _card_tags(card, base_model=True)
             if not want <= set(tags):
                 continue
             out.append({"_id": repo.uid, "id": repo_id, "modelId": repo_id, "author": repo.namespace, "sha": sha,
@@ -1184,12 +1192,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if e["lfs"]:
                     s["lfs"] = {"size": e["size"], "sha256": e["sha256"], "pointerSize": len(_lfs_pointer(e["sha256"], e["size"]))}
             siblings.append(s)
-        tags = []
-        if card:
-            t = card.get("tags")
-            tags += [str(x) for x in (t if isinstance(t, list) else [t] if t else [])]
-            if card.get("license"):
-                tags.append(f"license:{card['license']}")
+        tags = _card_tags(card)
         data: dict[str, Any] = {
             "_id": repo.uid,
             "id": repo_id,

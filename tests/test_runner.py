@@ -7,6 +7,7 @@ from hubaudit.forget import load_forget_set
 from hubaudit.metrics import MetricConfig
 from hubaudit.metrics.muse import knowmem_prefix, knowmem_prompt
 from hubaudit.metrics.rouge import cut_at_stop
+from hubaudit.metrics.reference import _token_logprobs_one  # the model's whole logits, one text at a time
 from hubaudit.metrics.runner import LMRunner
 from hubaudit.modeling import ModelSource
 
@@ -193,16 +194,6 @@ def test_no_fast_path_is_said_once_with_its_reason(random_world, caplog):
     assert fast.decoding == {"path": "fast"} and fast.value == res["verbmem_f"].value
 
 
-def _whole_logits_logprobs(model, tok, text):
-    """log p(token_t | tokens_<t) from the model's own full logits, one text at a time."""
-    import torch
-
-    ids = torch.tensor([tok(text)["input_ids"]])
-    with torch.inference_mode():
-        logits = model(input_ids=ids).logits[0, :-1].float()
-    return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0].tolist()
-
-
 def test_scoring_in_slices_equals_whole_logits_and_never_holds_them(random_world, monkeypatch):
     """Log-probabilities come from the hidden states through the output layer a slice of positions at
     a time: the same values as the model's whole logits, and no logits tensor larger than one slice."""
@@ -224,7 +215,7 @@ def test_scoring_in_slices_equals_whole_logits_and_never_holds_them(random_world
     longest = max(len(src.tokenizer(t)["input_ids"]) for t in texts)
     assert held and max(held) <= 8 * vocab < longest * vocab  # a slice at a time, never a whole text
     for text, lp in zip(texts, lps):
-        whole = _whole_logits_logprobs(src.model, src.tokenizer, text)
+        whole = _token_logprobs_one(src.model, src.tokenizer, text)
         assert len(lp) == len(whole)
         assert max(abs(a - b) for a, b in zip(lp, whole)) < 1e-4
 
@@ -249,9 +240,9 @@ def test_a_model_that_transforms_its_logits_is_scored_on_its_own_logits(random_w
         assert path == "whole" and "transforms its logits" in reason
         text = fs.mia_forget[0]
         lp = runner.token_logprobs([text])[0][0]
-        capped = _whole_logits_logprobs(model, src.tokenizer, text)
+        capped = _token_logprobs_one(model, src.tokenizer, text)
     finally:
         hook.remove()
-    plain = _whole_logits_logprobs(model, src.tokenizer, text)
+    plain = _token_logprobs_one(model, src.tokenizer, text)
     assert max(abs(a - b) for a, b in zip(lp, capped)) < 1e-4
     assert max(abs(a - b) for a, b in zip(lp, plain)) > 0.01  # the cap mattered, so it was honoured
