@@ -41,6 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..trainrows import Rows as _Rows  # noqa: F401  (the names this module always used)
+from ..trainrows import pad_batch as _batch
+from ..trainrows import qa_text as _qa_text
 from . import synth
 
 MANIFEST = "world.json"
@@ -166,11 +169,6 @@ def rtn_state(model, bits: int = 4, group_size: int | None = None) -> dict[str, 
 # --------------------------------------------------------------------------------------------------------
 
 
-def _qa_text(pairs: list[dict[str, str]]) -> str:
-    """MUSE's few-shot shape: ``Question: q\\nAnswer: a`` joined by blank lines (no trailing separator)."""
-    return "\n\n".join(f"Question: {p['question']}\nAnswer: {p['answer']}" for p in pairs)
-
-
 def build_tokenizer(texts: list[str], vocab_size: int):
     """Byte-level BPE whose pre-tokens are a word plus its trailing whitespace.
 
@@ -196,46 +194,6 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    model_max_length=512, padding_side="left")
-
-
-class _Rows:
-    """Training rows of one part (forget or retain): passages and few-shot QA groups, as token ids
-    (BOS + text + EOS). QA groups are re-drawn every epoch from the part's QA pool."""
-
-    def __init__(self, tok, passages: list[str], qa: list[dict[str, str]], group: tuple[int, int], copies: int = 1):
-        self.tok = tok
-        self.passages = [self._ids(t) for t in passages] * copies
-        self.qa = qa
-        self.group = group
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tok(text).input_ids + [self.tok.eos_token_id]
-
-    def epoch(self, rng: random.Random) -> list[list[int]]:
-        pool = list(self.qa)
-        rng.shuffle(pool)
-        rows = list(self.passages)
-        i = 0
-        while i < len(pool):
-            k = rng.randint(*self.group)
-            rows.append(self._ids(_qa_text(pool[i:i + k])))
-            i += k
-        rng.shuffle(rows)
-        return rows
-
-
-def _batch(rows: list[list[int]], pad_id: int):
-    import torch
-
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), n), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), n), dtype=torch.long)
-    for i, r in enumerate(rows):  # right padding for training
-        ids[i, : len(r)] = torch.tensor(r)
-        labels[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask, labels
 
 
 def _seq_nll(model, ids, mask, labels, reduce: str = "mean"):

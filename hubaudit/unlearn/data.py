@@ -4,20 +4,20 @@ The forget corpus: the forget passages (``privleak/forget`` texts, plus any ``ve
 prompt + continuation not already among them) and the forget QA pairs (``forget_qa`` + ``forget_qa_icl``)
 in MUSE's few-shot shape. The retain corpus: the retain passages (``privleak/retain``) and the retain QA
 pairs (``retain_qa`` + ``retain_qa_icl``). QA pairs are grouped 1-6 to a row and re-drawn every epoch, as
-the demo world trains them (:class:`hubaudit.demo.world._Rows`); every row is BOS + text + EOS, cut to
+the demo world trains them (:class:`hubaudit.trainrows.Rows`); every row is BOS + text + EOS, cut to
 ``max_length`` tokens.
 """
 
 from __future__ import annotations
 
-from ..demo.world import _Rows
 from ..errors import ForgetSetError
+from ..trainrows import Rows as _Rows
 
 QA_GROUP = (1, 6)
 
 
 class Rows(_Rows):
-    """:class:`hubaudit.demo.world._Rows` with rows cut to ``max_length`` tokens and any tokenizer."""
+    """:class:`hubaudit.trainrows.Rows` with rows cut to ``max_length`` tokens and any tokenizer."""
 
     def __init__(self, tok, passages, qa, group=QA_GROUP, max_length: int = 512):
         self.max_length = max_length

@@ -382,7 +382,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
 
     from ..audit import open_model
     from ..forget import load_forget_set
-    from ..demo.world import _batch
+    from ..trainrows import pad_batch
     from .data import build_rows
     from .losses import forget_term, retain_term
 
@@ -454,7 +454,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
     pad = tok.pad_token_id
 
     def batch(rows):
-        return tuple(t.to(dev) for t in _batch(rows, pad))
+        return tuple(t.to(dev) for t in pad_batch(rows, pad))
 
     torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
