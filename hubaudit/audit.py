@@ -27,14 +27,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .attacks import FULL_PRECISION, TrainingRows, get_attack, parse_specs, spec_kind
 from .errors import HubauditError
 from .forget import ForgetSet, load_forget_set
 from .metrics import MetricConfig, evaluate, privleak, resolve_metrics
 from .metrics.base import Metric
 from .modeling import ModelSource
-from .quant import FULL_PRECISION, get_backend, parse_specs
-from .quant.base import spec_kind
-from .quant.relearn import heldout_regained
+from .recommend import recommendation
 from .results import VERDICT_METRICS, LABELS, AuditReport, CellResult, Verdict
 from .stats import (LEVEL, RESAMPLES, SEED, bootstrap_ratio_interval, holm, items_for_interval, items_for_sign_test,
                     paired_change)
@@ -72,7 +71,7 @@ def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str
            "dtype": str(source.compute_dtype()).replace("torch.", "")}
     if spec != FULL_PRECISION:
         try:
-            backend, qspec = get_backend(spec)
+            backend, qspec = get_attack(spec)
             key["versions"] = backend.versions()
             artifact = backend.identity(qspec)  # a published file: its sha256 or commit, never reused for another
             if artifact:
@@ -161,13 +160,11 @@ class Auditor:
         src, spec = plan.source, plan.spec
         backend = None
         if spec != FULL_PRECISION:
-            backend, qspec = get_backend(spec)
+            backend, qspec = get_attack(spec)
             reason = backend.unavailable_reason()
             if reason:
                 cell.status, cell.reason = "skipped", reason
                 return
-            if backend.needs_forget_set:  # a recovery attack (relearn) trains on part of the forget set
-                backend.forget_set = self.fs
         t0 = time.perf_counter()
         model = None
         with PeakMemory() as pm:
@@ -176,7 +173,7 @@ class Auditor:
                     model = src.model
                     cell.backend = {"dtype": str(src.compute_dtype()).replace("torch.", ""), "device": src.device}
                 else:
-                    model, settings = backend.quantize(src, qspec)
+                    model, settings = backend.build(src, qspec, rows=self._training_rows(backend, qspec, src))
                     cell.backend = {"backend": backend.name, "kind": backend.kind, "settings": settings,
                                     "versions": backend.versions()}
                 cell.quantize_seconds = time.perf_counter() - t0
@@ -220,6 +217,17 @@ class Auditor:
                 "backend": cell.backend, "seconds": cell.seconds, "quantize_seconds": cell.quantize_seconds,
                 "peak_rss_bytes": cell.peak_rss_bytes, "peak_cuda_bytes": cell.peak_cuda_bytes,
             })
+
+    def _training_rows(self, attack, spec, src: ModelSource) -> TrainingRows | None:
+        """The token rows a training attack asked for (:meth:`~hubaudit.attacks.Attack.rows_request`), built from
+        the forget set in the metrics' prompt forms; None for every other attack."""
+        req = attack.rows_request(spec)
+        if req is None:
+            return None
+        from .metrics.training import training_rows
+
+        rows, trained = training_rows(self.fs, src.tokenizer, req.data, req.frac)
+        return TrainingRows(rows, trained, description=f"forget set '{self.fs.name}'")
 
     def run(self, plans: list[_Plan]) -> list[CellResult]:
         bar = None
@@ -272,13 +280,32 @@ def _scores(cell: CellResult, metric: str, skip: int = 0) -> list[float] | None:
 
 
 def _trained_items(cell: CellResult, metric: str) -> int:
-    """Forget items a recovery attack trained on (the first ones of the metric's part): not evaluated."""
+    """Forget items a training attack trained on (the first ones of the metric's part): not counted."""
     from .metrics import METRICS
 
     trained = (cell.backend or {}).get("settings", {}).get("trained_items") or {}
     if not trained or metric not in METRICS:
         return 0
     return int(trained.get(METRICS.get(metric).needs[0]) or 0)
+
+
+def heldout_regained(cell: CellResult, base: CellResult) -> dict[str, float | None] | None:
+    """For a cell trained on the first items of some forget parts (``trained_items``), each item-scored
+    metric's regain computed on the other items only: mean(spec) - mean(full precision) over the items
+    neither trained on (None: every item was trained on, so the metric does not count). None when the cell
+    trained on no forget item."""
+    if not (cell.backend or {}).get("settings", {}).get("trained_items"):
+        return None
+    out: dict[str, float | None] = {}
+    for m, items in cell.items.items():
+        k = _trained_items(cell, m)
+        if not k or m not in base.items:
+            continue
+        a, b = items[k:], base.items[m][k:]
+        sa = [r.get("score") for r in a if isinstance(r, dict) and r.get("score") is not None]
+        sb = [r.get("score") for r in b if isinstance(r, dict) and r.get("score") is not None]
+        out[m] = sum(sa) / len(sa) - sum(sb) / len(sb) if sa and sb and len(sa) == len(sb) else None
+    return out
 
 
 def _retained_check(by: dict) -> dict:
@@ -369,7 +396,7 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
     utility = {s: by[("model", s)].metrics["knowmem_r"] for s in [FULL_PRECISION, *specs]
                if ("model", s) in by and "knowmem_r" in by[("model", s)].metrics}
     kinds = {s: spec_kind(s) for s in specs}
-    by_kind: dict[str, tuple] = {}  # the largest regain of each kind (quantization, recovery)
+    by_kind: dict[str, tuple] = {}  # the largest regain of each family (quantization, recovery)
     for spec, deltas in regained.items():
         for m in VERDICT_METRICS:
             k = kinds.get(spec, "quantization")
@@ -387,7 +414,11 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
                    "min_items_robust": MIN_ITEMS_ROBUST,
                    **({"untestable": untestable} if untestable else {}),
                }}
-    return derived, _verdict(pairs, regained, retained_ci, ref_fp is not None, threshold, alpha, kinds, by_kind)
+    verdict = _verdict(pairs, regained, retained_ci, ref_fp is not None, threshold, alpha, kinds, by_kind)
+    rec = recommendation(verdict.label)
+    if rec:
+        derived["recommendation"] = rec
+    return derived, verdict
 
 
 def _fmt_ci(ci) -> str:
@@ -438,7 +469,7 @@ def _verdict(pairs, regained, retained_ci, has_ref, threshold, alpha, kinds, by_
         kind = kinds.get(spec, "quantization")
         return Verdict("fragile", summary=(
             f"fragile: {_pair_words(spec, m, ch, tests)}, threshold {threshold:g}, alpha {alpha:g}; the unlearning "
-            "does not survive " + ("quantization" if kind != "recovery" else "a relearning attack (recovery, not quantization)")
+            "does not survive " + ("quantization" if kind != "recovery" else f"a {_noun(spec)} attack (recovery, not quantization)")
             + _other_kind_note(by_kind, kind, threshold) + no_ref), **fields(spec, m, ch))
     # 3. enough evidence that none does: every interval's upper end below the threshold, on enough items
     open_pairs = [p for p in pairs if not p[2].ci[1] < threshold]
@@ -472,13 +503,21 @@ def _verdict(pairs, regained, retained_ci, has_ref, threshold, alpha, kinds, by_
                    items_needed=need, **fields(spec, m, ch))
 
 
+def _noun(spec: str) -> str:
+    """What the spec's attack is called in a verdict: quantization, relearning, pruning."""
+    try:
+        return get_attack(spec)[0].noun
+    except HubauditError:
+        return "quantization"
+
+
 def _other_kind_note(by_kind: dict, kind: str, threshold: float) -> str:
-    """When both kinds ran, what the other one did (so a fragile verdict says which kind regained)."""
+    """When both families ran, what the other one did (so a fragile verdict says which kind of attack regained)."""
     other = "recovery" if kind != "recovery" else "quantization"
     if other not in by_kind:
         return ""
     spec, m, v = by_kind[other]
-    word = "relearning" if other == "recovery" else "quantization"
+    word = _noun(spec)
     verb = "also regains" if v >= threshold else "regains less"
     return f"; {word} {verb}: {spec} {v:+.1f} {LABELS[m]}"
 
@@ -498,11 +537,11 @@ def prepare_specs(specs: list[str], src: ModelSource, *, token: str | None = Non
     checked against the audited model here, before anything is loaded); the specs they stand for."""
     out: list[str] = []
     for s in specs:
-        backend, qspec = get_backend(s)
+        backend, qspec = get_attack(s)
         for x in backend.prepare(qspec, src, token=token, all_files=all_files, allow_pickle=allow_pickle):
             if x not in out:
                 out.append(x)
-    if all_files and not any(get_backend(s)[0].artifact for s in specs):
+    if all_files and not any(get_attack(s)[0].artifact for s in specs):
         raise HubauditError("--all-files goes with a file: spec naming a GGUF repository or folder "
                             "(file:ORG/NAME-GGUF)")
     return out
@@ -653,7 +692,7 @@ def audit(
     if ref is not None:
         # a published artifact (file:) is a build of the audited model, not a recipe for the original
         plans += [_Plan("reference", ref, s, metric_objs) for s in [FULL_PRECISION, *spec_list]
-                  if s == FULL_PRECISION or not get_backend(s)[0].artifact]
+                  if s == FULL_PRECISION or not get_attack(s)[0].artifact]
     mia = [m for m in metric_objs if m.name in ("mia_auc", "tofu_tr_f")]  # PrivLeak's and forget quality's baselines
     if ret is not None and mia:
         plans.append(_Plan("retrain", ret, FULL_PRECISION, mia))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CardError
-from .quant import FULL_PRECISION
+from .attacks import FULL_PRECISION
 from .report import public_spec, public_summary, regain_cells, safe_name, spec_label
 from .results import LABELS, AuditReport
 

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from .errors import HubauditError
-from .quant import FULL_PRECISION
+from .attacks import FULL_PRECISION
 from .results import LABELS, VERDICT_METRICS
 
 COLUMNS = ("model", "commit", "method", "base_model", "forget", *(f"fp_{m}" for m in VERDICT_METRICS),

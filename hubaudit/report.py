@@ -13,8 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import OutputDirError
-from .quant import FULL_PRECISION
+from .errors import HubauditError, OutputDirError
+from .attacks import FULL_PRECISION, get_attack
+from .recommend import recommend_command
 from .results import LABELS, VERDICT_METRICS, AuditReport, change_text, largest_change
 
 REPORT_FILES = ("report.json", "report.md", "report.png")
@@ -90,10 +91,10 @@ def render_markdown(report: AuditReport) -> str:
     lines.append(f"**Verdict: {v.label.upper()}**: {v.summary}.")
     lines.append("")
     ref = inp.get("reference")
-    if v.label == "fragile":
-        from .unlearn import recommend_command
-
-        cmd = recommend_command(ref["name"] if ref else "ORIGINAL_MODEL", inp["forget"].get("source") or inp["forget"]["name"])
+    rec = d.get("recommendation")
+    if rec and rec.get("action") == "unlearn":
+        cmd = recommend_command(ref["name"] if ref else "ORIGINAL_MODEL", inp["forget"].get("source") or inp["forget"]["name"],
+                                settings=rec.get("settings"))
         lines += ["Way out: redo the unlearning from the original with SURE, the paper's fix, and audit the result "
                   f"(see README, \"Unlearning that survives quantization\"): `{cmd}`", ""]
     lines.append(
@@ -107,11 +108,10 @@ def render_markdown(report: AuditReport) -> str:
         head.append("retained vs original (KnowMem f / VerbMem) [95% CI]")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
-    recovery = [s for s in specs if d.get("kinds", {}).get(s) == "recovery"]  # relearn: a table of their own
+    recovery = [s for s in specs if d.get("kinds", {}).get(s) == "recovery"]  # prune, relearn: a table of their own
     for spec in [s for s in specs if s not in recovery] + (["(recovery)"] if recovery else []) + recovery:
         if spec == "(recovery)":
-            lines += ["", "Recovery attacks (not quantization: fine-tuning on a slice of the forget set; their "
-                      "regained figures count only the forget items they did not train on):", ""]
+            lines += ["", f"Recovery attacks (not quantization: {_attack_notes(recovery)}):", ""]
             lines += ["| " + " | ".join(["attack", *head[1:]]) + " |", "|" + "---|" * len(head)]
             continue
         c = report.cell("model", spec)
@@ -178,6 +178,19 @@ def render_markdown(report: AuditReport) -> str:
         lines += ["", "Cells not evaluated: " + "; ".join(f"{c.role} {c.spec}: {c.status} ({c.reason})" for c in skipped)]
     lines += ["", f"hubaudit {report.hubaudit_version}, {report.created}, {report.timings.get('total_seconds', 0):.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def _attack_notes(specs: list[str]) -> str:
+    """What each attack in ``specs`` does, one clause each, in order of first appearance."""
+    notes: list[str] = []
+    for spec in specs:
+        try:
+            note = get_attack(spec)[0].report_note
+        except HubauditError:  # a report written by another version, naming an attack unknown here
+            note = spec.split(":")[0]
+        if note and note not in notes:
+            notes.append(note)
+    return "; ".join(notes)
 
 
 def artifact_text(settings: dict) -> str:

@@ -41,7 +41,7 @@ from .audit import (DEFAULT_ALPHA, DEFAULT_SPECS, DEFAULT_THRESHOLD, Auditor, _c
 from .errors import HubauditError
 from .forget import load_forget_set
 from .metrics import MetricConfig, resolve_metrics
-from .quant import FULL_PRECISION, parse_specs
+from .attacks import FULL_PRECISION, parse_specs
 from .results import AuditReport, CellResult
 from .store import ResultStore
 

@@ -6,11 +6,13 @@ import math
 
 import pytest
 
+from hubaudit.attacks import TrainingRows
+from hubaudit.audit import heldout_regained
 from hubaudit.errors import SpecError
 from hubaudit.forget import load_forget_set
+from hubaudit.metrics.training import training_rows
 from hubaudit.quant import get_backend, parse_specs
 from hubaudit.quant.base import spec_kind
-from hubaudit.quant.relearn import heldout_regained, training_rows
 from hubaudit.results import AuditReport, CellResult
 
 
@@ -29,10 +31,11 @@ def test_bad_specs_are_one_line_errors(spec, message):
 
 def test_spec_defaults_and_kinds():
     backend, spec = get_backend("relearn:steps=5:lr=1e-4")
-    assert backend.kind == "recovery" and backend.needs_forget_set
+    assert backend.kind == "training" and backend.family == "recovery" and backend.rows_request(spec).data == "forget"
     assert [str(s) for s in parse_specs("relearn,rtn:4,relearn:steps=5")] == ["relearn", "rtn:4", "relearn:steps=5"]
     assert spec_kind("relearn:steps=5") == "recovery" and spec_kind("rtn:4") == "quantization" and spec_kind("fp") == "fp"
-    assert get_backend("rtn:4")[0].needs_forget_set is False
+    rtn, rtn_spec = get_backend("rtn:4")
+    assert rtn.rows_request(rtn_spec) is None
 
 
 def test_it_trains_on_the_first_tenth_of_each_forget_part(random_world):
@@ -59,10 +62,11 @@ def test_relearning_is_deterministic_and_leaves_the_source_alone(random_world):
     src = ModelSource(random_world["model"], device="cpu")
     before = {k: v.clone() for k, v in src.model.state_dict().items()}
     backend, spec = get_backend("relearn:steps=3:lr=1e-3")
-    backend.forget_set = load_forget_set(random_world["forget"])
-    a, settings = backend.quantize(src, spec)
-    b, _ = backend.quantize(src, spec)
-    assert settings["kind"] == "recovery" and settings["trained_items"]["forget_qa"] == 2  # ceil(12 * 0.1)
+    req = backend.rows_request(spec)
+    rows = TrainingRows(*training_rows(load_forget_set(random_world["forget"]), src.tokenizer, req.data, req.frac))
+    a, settings = backend.build(src, spec, rows=rows)
+    b, _ = backend.build(src, spec, rows=rows)
+    assert backend.family == "recovery" and settings["trained_items"]["forget_qa"] == 2  # ceil(12 * 0.1)
     assert settings["final_loss"] < settings["first_loss"]
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

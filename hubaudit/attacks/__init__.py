@@ -1,0 +1,9 @@
+"""Recovery attacks behind spec strings: quantization (``rtn:4``, ``bnb:nf4``, ``file:...``; the backends in
+:mod:`hubaudit.quant`), magnitude pruning (``prune:0.2``) and relearning (``relearn:steps=20``).
+See :mod:`hubaudit.attacks.base` for what an attack is and how to add one."""
+
+from .base import (ATTACKS, FULL_PRECISION, KINDS, Attack, AttackSpec, RowsRequest, TrainingRows, all_attacks,
+                   get_attack, parse_specs, register, spec_kind)
+
+__all__ = ["ATTACKS", "FULL_PRECISION", "KINDS", "Attack", "AttackSpec", "RowsRequest", "TrainingRows",
+           "all_attacks", "get_attack", "parse_specs", "register", "spec_kind"]

@@ -1,0 +1,61 @@
+"""The rows a training attack (``relearn``) trains on, in the prompt forms the metrics score, so that the
+attack itself knows no metric: the audit builds them here and hands them over
+(:class:`hubaudit.attacks.TrainingRows`).
+
+``data="forget"``: the first ``frac`` (at least one item) of every forget part the metrics score item by
+item: ``knowmem/forget_qa`` as ``Question: q\\nAnswer: a``, ``tofu/forget`` as prompt + answer (the chat
+template when the tokenizer has one), ``mcq/forget`` as the WMDP prompt + the right letter, ``verbmem/forget``
+as prompt + continuation. Those items are still evaluated, but the audit computes the cell's regained figures
+on the other items only. ``data="retain"``: every item of the retain parts (``knowmem/retain_qa``,
+``tofu/retain``, ``mcq/retain``, ``privleak/retain``), nothing held out.
+"""
+
+from __future__ import annotations
+
+import math
+
+FORGET_PARTS = ("forget_qa", "tofu_forget", "mcq", "verbmem")
+RETAIN_PARTS = ("retain_qa", "tofu_retain", "mcq_retain", "mia_retain")
+
+
+def n_trained(n: int, frac: float) -> int:
+    return max(1, math.ceil(n * frac)) if n else 0
+
+
+def training_rows(fs, tokenizer, data: str, frac: float) -> tuple[list[list[int]], dict[str, int]]:
+    """Token-id rows to train on, and how many leading items of each forget part they use."""
+    from .prompts import PromptFormat, encode_text
+    from .wmdp import LETTERS, mcq_prompt, split_pair
+
+    eos = tokenizer.eos_token_id
+    rows: list[list[int]] = []
+    trained: dict[str, int] = {}
+
+    def text_row(text: str) -> list[int]:
+        ids = encode_text(tokenizer, text)
+        return ids + ([eos] if eos is not None else [])
+
+    chat = PromptFormat.for_tokenizer(tokenizer)
+    parts = FORGET_PARTS if data == "forget" else RETAIN_PARTS
+    for part in parts:
+        items = getattr(fs, part, None)
+        if not items:
+            continue
+        k = n_trained(len(items), frac) if data == "forget" else len(items)
+        if data == "forget":
+            trained[part] = k
+        for x in items[:k]:
+            if part in ("forget_qa", "retain_qa"):
+                rows.append(text_row(f"Question: {x.question}\nAnswer: {x.answer}"))
+            elif part in ("tofu_forget", "tofu_retain"):
+                ctx, cont = chat.pair(tokenizer, x.question, x.answer)
+                rows.append(ctx + cont)
+            elif part in ("mcq", "mcq_retain"):
+                ctx, cont = split_pair(tokenizer, mcq_prompt(x.question, x.choices, x.subject or fs.meta.get("subject", "")),
+                                       " " + LETTERS[x.answer])
+                rows.append(ctx + cont)
+            elif part == "verbmem":
+                rows.append(text_row(x.prompt + x.gt))
+            else:  # plain texts
+                rows.append(text_row(x))
+    return rows, trained
