@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--backends", metavar="SPEC,...", default=None,
                    help="quantization specs, comma-separated (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128), and "
                         "published builds of the model: file:PATH.gguf, file:ORG/NAME/FILE.gguf[@REV], "
-                        "file:ORG/NAME-GPTQ[@REV]; see `hubaudit backends`")
+                        "file:ORG/NAME-GPTQ[@REV], and other recovery attacks: prune:0.2 (magnitude pruning), "
+                        "relearn:steps=20 (fine-tuning on a slice of the forget set); see `hubaudit backends`")
     a.add_argument("--all-files", action="store_true",
                    help="a file: spec naming a GGUF repository or folder (file:ORG/NAME-GGUF) audits every GGUF file "
                         "in it, one cell each")
@@ -127,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch threads for building the world (default 2; the labels are the same with 1)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    sub.add_parser("backends", help="list quantization backends and whether they run here")
+    sub.add_parser("backends", aliases=["attacks"],
+                   help="list the attacks a spec can name (quantization backends, pruning, relearning) and whether "
+                        "they run here")
     _unlearn_parser(sub)
     _sweep_parsers(sub)
     return p
@@ -147,7 +150,7 @@ def _sweep_parsers(sub) -> None:
     s.add_argument("--reference", metavar="REF", help="the original of every model (default: each card's base_model)")
     s.add_argument("--forget", metavar="SOURCE", default=None, help="the forget set of every model (default synthetic)")
     s.add_argument("--backends", metavar="SPEC,...", default=None,
-                   help="quantization specs (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128)")
+                   help="quantization specs and attacks, as for `hubaudit audit` (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128)")
     s.add_argument("--threshold", type=float, default=None, metavar="X", help="points regained for fragile (default 5)")
     s.add_argument("--alpha", type=float, default=None, metavar="A", help="family-wise error level (default 0.05)")
     s.add_argument("--metrics", metavar="NAME,...", default=None, help="metrics (default: all the forget set supports)")
@@ -449,16 +452,20 @@ def cmd_demo(args) -> int:
 
 
 def cmd_backends(args) -> int:
-    from .quant import all_backends
+    from .attacks import KINDS, all_attacks
 
     rows = []
-    for b in all_backends():
+    for b in sorted(all_attacks(), key=lambda b: (KINDS.index(b.kind), b.name)):
         reason = b.unavailable_reason()
-        rows.append((b.name, "yes" if reason is None else "no", ", ".join(b.examples), b.summary if reason is None else reason))
-    widths = [max(len(r[i]) for r in rows + [("backend", "here", "specs", "")]) for i in range(3)]
-    print(f"{'backend':<{widths[0]}}  {'here':<{widths[1]}}  {'specs':<{widths[2]}}  notes")
+        rows.append((b.name, b.kind, "yes" if reason is None else "no", ", ".join(b.examples),
+                     b.summary if reason is None else reason))
+    head = ("attack", "kind", "here", "specs")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    print("  ".join(f"{h:<{w}}" for h, w in zip(head, widths)) + "  notes")
     for r in rows:
-        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
+        print("  ".join(f"{x:<{w}}" for x, w in zip(r, widths)) + f"  {r[4]}")
+    print("\nquantization cells go in the main table of the report; pruning and training attacks (recovery attacks) "
+          "in a table of their own")
     return EXIT_OK
 
 
@@ -468,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handler = {"audit": cmd_audit, "card": cmd_card, "demo": cmd_demo, "backends": cmd_backends,
+    handler = {"audit": cmd_audit, "card": cmd_card, "demo": cmd_demo, "backends": cmd_backends, "attacks": cmd_backends,
                "unlearn": cmd_unlearn, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard}[args.command]
     try:
         return handler(args)
