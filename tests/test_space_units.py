@@ -25,6 +25,10 @@ def app(tmp_path_factory):
     os.environ.update(env)
     sys.path.insert(0, str(SPACE))
     try:
+        # app.py's modules (settings.py, worker.py, ...) read the settings when imported: import them afresh
+        for name, module in list(sys.modules.items()):
+            if Path(getattr(module, "__file__", None) or "/").resolve().parent == SPACE:
+                del sys.modules[name]
         spec = importlib.util.spec_from_file_location("hubaudit_space_app", SPACE / "app.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
@@ -140,8 +144,8 @@ def test_the_worker_survives_an_error_outside_an_audit(app, monkeypatch, caplog)
         return None
 
     monkeypatch.setattr(app.store, "claim_next", claim)
-    monkeypatch.setattr(app, "_warm_up", lambda: None)
-    monkeypatch.setattr(app, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(app.worker, "_warm_up", lambda: None)  # worker_loop's own module (space/worker.py)
+    monkeypatch.setattr(app.worker, "POLL_SECONDS", 0.01)
     app.worker_loop(stop)  # returns only because stop was set: the first error did not end it
     assert len(calls) == 2 and "the worker recovered" in caplog.text
 
