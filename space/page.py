@@ -40,13 +40,11 @@ DEFAULT_UI_SPECS = ("cast:bf16", "rtn:8", "rtn:4")
 
 def backend_menu() -> tuple[list[str], list[tuple[str, str]]]:
     """(specs that run on this hardware, [(spec, why not)] for the others), from hubaudit's registry."""
-    from hubaudit.quant.base import all_backends
+    from hubaudit.attacks import all_attacks
 
     allowed = env_ids("HUBAUDIT_SPACE_BACKENDS")  # the operator may turn slow backends off (empty: all)
     ok, off = [], []
-    for b in all_backends():
-        if getattr(b, "kind", "quantization") != "quantization":  # recovery attacks are not offered here
-            continue
+    for b in all_attacks("quantization"):  # pruning and training attacks are not offered here
         specs = SPEC_MENU.get(b.name, list(b.examples[:2]))
         reason = b.unavailable_reason()
         if reason is None and allowed and b.name not in allowed:

@@ -133,9 +133,9 @@ def _warm_up() -> None:
         import hubaudit.modeling  # noqa: F401
         import rouge_score.rouge_scorer  # noqa: F401  (several seconds: nltk)
         import transformers.models.llama.modeling_llama  # noqa: F401  (the commonest architecture)
-        from hubaudit.quant.base import all_backends
+        from hubaudit.attacks import all_attacks
 
-        all_backends()
+        all_attacks()
     except Exception:  # noqa: BLE001 - the audit reports any real problem
         log.debug("warm-up failed", exc_info=True)
 
