@@ -13,8 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import HubauditError, OutputDirError
 from .attacks import FULL_PRECISION, get_attack
+from .errors import HubauditError, OutputDirError
 from .recommend import recommend_command
 from .results import LABELS, VERDICT_METRICS, AuditReport, change_text, largest_change
 
