@@ -16,10 +16,10 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Light imports only: torch, transformers and friends are imported inside the functions that use them.
+from .attacks import AttackSpec  # noqa: E402
 from .audit import DEFAULT_SPECS, DEFAULT_THRESHOLD, audit  # noqa: E402  (the function shadows the module name)
 from .errors import HubauditError  # noqa: E402
 from .forget import ForgetSet, load_forget_set  # noqa: E402
-from .attacks import AttackSpec  # noqa: E402
 from .quant import QuantSpec  # noqa: E402  (the same class: a spec's grammar is every attack's)
 from .results import AuditReport, CellResult, Verdict  # noqa: E402
 from .sweep import sweep  # noqa: E402  (the function shadows the module name, as audit does)
