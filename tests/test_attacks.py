@@ -90,6 +90,11 @@ def test_prune_runs_in_an_audit_with_its_own_row(capsys, tmp_path, random_world)
     assert "| rtn:4 |" in quant_table and "| prune:0.2 |" not in quant_table
     assert "| prune:0.2 |" in recovery.split("Original model")[0] and "magnitude pruning" in recovery
     assert "| prune:0.2 |" in stdout
+    from hubaudit.card import render_section
+    from hubaudit.results import AuditReport
+
+    card = render_section(AuditReport.from_json(report))  # a stranger's card says which rows are not quantization
+    assert "| `prune:0.2` (recovery attack) |" in card and "| `rtn:4` |" in card and "or a recovery attack" in card
 
 
 def test_a_fragile_verdict_names_pruning():
