@@ -118,3 +118,16 @@ def test_quantization_backends_import_no_metric():
 def test_the_check_catches_an_upward_import(module, source, ok):
     path = ROOT / (module.replace(".", "/") + ".py")
     assert (not violations(path, module, source)) is ok
+
+
+SPACE_ORDER = ("jobs", "settings", "words", "checks", "publishing", "webhooks", "worker", "page", "app")
+
+
+def test_the_spaces_modules_import_only_those_before_them():
+    """space/README.md's table: each of the Space's files imports only files listed above it."""
+    files = {p.stem for p in (ROOT / "space").glob("*.py")}
+    assert files == set(SPACE_ORDER), f"add the Space's new file to SPACE_ORDER and space/README.md: {files}"
+    for i, name in enumerate(SPACE_ORDER):
+        path = ROOT / "space" / f"{name}.py"
+        mine = {t.split(".")[1] for _, t in imports_of(path, f"space.{name}") if t.startswith("space.")}
+        assert mine <= set(SPACE_ORDER[:i]), (name, sorted(mine - set(SPACE_ORDER[:i])))
