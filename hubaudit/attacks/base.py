@@ -17,8 +17,9 @@ Write one new module, in ``hubaudit/attacks/`` (or ``hubaudit/quant/`` for a qua
 Every module of both packages is discovered on first use, so nothing else changes. An attack:
 
 - sets ``name`` (the spec prefix), ``kind``, ``summary``, ``examples``; ``requires`` (import names of the
-  packages it needs), ``extra`` (the pip extra that installs them), ``needs_gpu``; ``report_note`` (one
-  line for the report's table of recovery attacks);
+  packages it needs), ``extra`` (the pip extra that installs them), ``needs_gpu``; for a kind other than
+  quantization, ``report_note`` (one clause for the report's table of recovery attacks) and ``noun`` (what a
+  fragile verdict says did not survive: "relearning", "pruning");
 - implements :meth:`Attack.validate` (reject a malformed spec with a :class:`SpecError`) and
   :meth:`Attack.build` (a new model from the :class:`ModelSource`, never touching the source's own);
   or only :meth:`Attack.apply` (change a fresh copy of the full-precision model in place);
