@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import CardError
 from .attacks import FULL_PRECISION
-from .report import public_spec, public_summary, regain_cells, safe_name, spec_label
+from .report import public_spec, public_summary, recovery_specs, regain_cells, safe_name, spec_label
 from .results import LABELS, AuditReport
 
 SECTION_START, SECTION_END = "<!-- hubaudit:start -->", "<!-- hubaudit:end -->"
@@ -57,7 +57,7 @@ def render_section(report: AuditReport) -> str:
         "| precision | " + " | ".join(LABELS[m] for m in metrics) + " | regained (forget) [95% CI] | items up / down, p |",
         "|---|" + "---|" * (len(metrics) + 2),
     ]
-    recovery = {s: k == "recovery" for s, k in (report.derived.get("kinds") or {}).items()}  # prune, relearn
+    recovery = recovery_specs(report)  # prune, relearn: marked, so a card does not call them quantization
     for spec in specs:
         c = report.cell("model", spec)
         if c is None:
@@ -65,7 +65,7 @@ def render_section(report: AuditReport) -> str:
         if c.status != "ok":
             lines.append(f"| {public_spec(spec)} | {c.status} |" + " |" * (len(metrics) + 1))
             continue
-        attack = " (recovery attack)" if recovery.get(spec) else ""
+        attack = " (recovery attack)" if spec in recovery else ""
         lines.append("| " + " | ".join([
             "full precision" if spec == FULL_PRECISION else f"`{public_spec(spec)}`{attack}",
             *(_fmt(c.metrics.get(m)) for m in metrics), *regain_cells(report.derived, spec),
@@ -75,7 +75,7 @@ def render_section(report: AuditReport) -> str:
         "",
         f"Scores: ROUGE-L F1 x 100 with MUSE's definitions. Regained: the mean change of a forget metric against full "
         f"precision over the same items, with its 95% interval (paired bootstrap). Fragile means some quantization "
-        + ("(or a recovery attack: pruning, a few fine-tuning steps) " if any(recovery.values()) else "") +
+        + ("(or a recovery attack: pruning, a few fine-tuning steps) " if recovery else "") +
         f"brings back at least {v.threshold:g} points on average *and* more items go up than noise explains (one-sided "
         f"sign test, Holm-adjusted over {st.get('tests', 'the')} (spec, metric) pairs, alpha {st.get('alpha', 0.05):g}); "
         f"robust means every interval ends below {v.threshold:g}; inconclusive means neither could be shown. "

@@ -108,7 +108,7 @@ def render_markdown(report: AuditReport) -> str:
         head.append("retained vs original (KnowMem f / VerbMem) [95% CI]")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
-    recovery = [s for s in specs if d.get("kinds", {}).get(s) == "recovery"]  # prune, relearn: a table of their own
+    recovery = recovery_specs(report)  # prune, relearn: a table of their own
     for spec in [s for s in specs if s not in recovery] + (["(recovery)"] if recovery else []) + recovery:
         if spec == "(recovery)":
             lines += ["", f"Recovery attacks (not quantization: {_attack_notes(recovery)}):", ""]
@@ -178,6 +178,12 @@ def render_markdown(report: AuditReport) -> str:
         lines += ["", "Cells not evaluated: " + "; ".join(f"{c.role} {c.spec}: {c.status} ({c.reason})" for c in skipped)]
     lines += ["", f"hubaudit {report.hubaudit_version}, {report.created}, {report.timings.get('total_seconds', 0):.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def recovery_specs(report: AuditReport) -> list[str]:
+    """The report's specs of the recovery family (pruning, training attacks), in order."""
+    kinds = report.derived.get("kinds") or {}
+    return [s for s in report.specs if kinds.get(s) == "recovery"]
 
 
 def _attack_notes(specs: list[str]) -> str:
