@@ -50,26 +50,27 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path, module: str, source: str | None = None) -> list[tuple[int, str]]:
-    """(line, imported module) for every hubaudit/space import in the file, relative ones resolved."""
+    """(line, imported module) for every hubaudit/space import in the file, relative ones resolved; the Space's
+    own modules, which it imports by their file names (``from settings import ...``), as ``space.NAME``."""
     tree = ast.parse(source if source is not None else path.read_text())
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+    def absolute(name: str) -> str:
+        local = module.startswith("space") and (ROOT / "space" / f"{name.split('.')[0]}.py").exists()
+        return "space." + name if local else name
+
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out += [(node.lineno, a.name) for a in node.names]
+            out += [(node.lineno, absolute(a.name)) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
-            elif module.startswith("space") and node.module and group_of("space." + node.module) is not None \
-                    and (ROOT / "space" / f"{node.module.split('.')[0]}.py").exists():
-                target = "space." + node.module  # the Space's own modules, imported by their file names
             else:
-                target = node.module or ""
+                target = absolute(node.module or "")
             names = [target + "." + a.name for a in node.names] if target == "hubaudit" or not node.module else [target]
             out += [(node.lineno, t) for t in names]
-    out += [(n.lineno, "space." + a.name) for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
-            if module.startswith("space") and (ROOT / "space" / f"{a.name}.py").exists()]
     return [(line, t) for line, t in out if t.split(".")[0] in ("hubaudit", "space")]
 
 
