@@ -34,7 +34,7 @@ nolock=()
 "$PY" "$ROOT/scripts/constraints.py" write "$cons" ${swaps[@]+"${swaps[@]}"} ${nolock[@]+"${nolock[@]}"}
 
 stamp="$VENV/.hubaudit-installed"
-hash="$(cat "$ROOT/pyproject.toml" "$cons" | sha256sum | cut -c1-16)"
+hash="$(cat "$ROOT/pyproject.toml" "$cons" "$ROOT/requirements/build.txt" | sha256sum | cut -c1-16)"
 # Up to date when the stamp has this hash and every requested extra (a venv set up by test.sh, with
 # more extras, also serves run.sh).
 have=""
@@ -63,7 +63,11 @@ if [ "$uptodate" = 0 ]; then
   [ -n "$EXTRAS" ] && target="$ROOT[$EXTRAS]"
   upgrade=()
   [ "$MODE" = latest ] && upgrade=(--upgrade --upgrade-strategy eager)
-  pipi -c "$cons.final" --build-constraint "$cons.final" ${upgrade[@]+"${upgrade[@]}"} -e "$target"
+  # Packages without wheels build from source with the locked build tools of requirements/build.txt (their
+  # own [build-system] ranges; the lock's setuptools is too new for some); latest mode: their own ranges.
+  build=(--build-constraint "$ROOT/requirements/build.txt")
+  [ "$MODE" = latest ] && build=()
+  pipi -c "$cons.final" ${build[@]+"${build[@]}"} ${upgrade[@]+"${upgrade[@]}"} -e "$target"
   if [ "$MODE" = lock ] && [ -z "$WITH" ]; then
     if ! "$PY" "$ROOT/scripts/constraints.py" check "$VENV/bin/python" && [ "${HUBAUDIT_STRICT_LOCK:-0}" = 1 ]; then
       exit 1
