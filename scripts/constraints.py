@@ -87,7 +87,7 @@ def cmd_write(args: list[str]) -> int:
 
 
 def cmd_check(args: list[str]) -> int:
-    pins = {k: v.split("==", 1)[1] for k, v in read_lock().items() if "==" in v}
+    pins = {k: v.split("==", 1)[1].split(";", 1)[0].strip() for k, v in read_lock().items() if "==" in v}
     bad = []
     for name, version in sorted(installed(args[0]).items()):
         if PLATFORM.match(name) or name == "hubaudit":
@@ -116,7 +116,12 @@ def cmd_freeze(args: list[str]) -> int:
         "# this file and space/requirements.txt only when it passes). torch is pinned by its public version",
         "# (2.13.0 matches the CPU build 2.13.0+cpu and the CUDA build alike).",
     ]
-    lines += [f"{n}=={public(v)}" for n, v in sorted(have.items()) if not PLATFORM.match(n) and n != "hubaudit"]
+    pins = {n: f"{n}=={public(v)}" for n, v in have.items() if not PLATFORM.match(n) and n != "hubaudit"}
+    # Pins for other Pythons only (a line with an environment marker, such as audioop-lts on 3.13), which this
+    # environment does not install: kept from the old lock (scripts/lock_pythons.sh says when one is missing).
+    if LOCK.exists():
+        pins.update({n: line for n, line in read_lock().items() if ";" in line and n not in have})
+    lines += [pins[n] for n in sorted(pins)]
     print("\n".join(lines))
     return 0
 

@@ -13,7 +13,23 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXTRAS="${1:-}"
-PY="${PYTHON:-python3}"
+# The Python the venv is made from: $PYTHON, else python3 when it is 3.11-3.13 (the versions the lock resolves
+# on, scripts/lock_pythons.sh), else python3.11 / python3.12 / python3.13 from PATH.
+pick_python() {
+  local c
+  for c in ${PYTHON:-} python3 python3.11 python3.12 python3.13; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 13)))' 2>/dev/null; then
+      echo "$c"; return 0
+    fi
+    if [ -n "${PYTHON:-}" ] && [ "$c" = "$PYTHON" ]; then
+      echo "hubaudit: PYTHON=$PYTHON is not Python 3.11, 3.12 or 3.13 (the versions requirements/lock.txt resolves on)" >&2
+      return 1
+    fi
+  done
+  echo "hubaudit: needs Python 3.11, 3.12 or 3.13 (found $(python3 --version 2>&1 || echo 'no python3')); install one, or set PYTHON=/path/to/python3.11" >&2
+  return 1
+}
+PY="$(pick_python)" || exit 2
 MODE="${HUBAUDIT_INSTALL:-lock}"
 WITH="${HUBAUDIT_WITH:-}"
 case "$MODE" in lock|latest) ;; *) echo "hubaudit: HUBAUDIT_INSTALL must be lock or latest, got '$MODE'" >&2; exit 2 ;; esac
@@ -66,7 +82,8 @@ if [ "$uptodate" = 0 ]; then
   # Packages without wheels build from source with the locked build tools of requirements/build.txt (their
   # own [build-system] ranges; the lock's setuptools is too new for some); latest mode: their own ranges.
   build=(--build-constraint "$ROOT/requirements/build.txt")
-  [ "$MODE" = latest ] && build=()
+  # latest mode, or pip's build isolation turned off (PIP_NO_BUILD_ISOLATION): no build constraints
+  if [ "$MODE" = latest ] || [ -n "${PIP_NO_BUILD_ISOLATION:-}" ]; then build=(); fi
   pipi -c "$cons.final" ${build[@]+"${build[@]}"} ${upgrade[@]+"${upgrade[@]}"} -e "$target"
   if [ "$MODE" = lock ] && [ -z "$WITH" ]; then
     if ! "$PY" "$ROOT/scripts/constraints.py" check "$VENV/bin/python" && [ "${HUBAUDIT_STRICT_LOCK:-0}" = 1 ]; then

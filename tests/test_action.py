@@ -178,9 +178,18 @@ def test_workflows_ci_runs_the_test_command_and_examples_do_not_run_here():
     assert {"push", "pull_request"} <= set(ci["on"])
     steps = ci["jobs"]["test"]["steps"]
     runs = [s.get("run", "") for s in steps]
-    at_test = next(i for i, r in enumerate(runs) if re.search(r"^bash test\.sh\b", r, re.M))
+    at_test = next(i for i, r in enumerate(runs) if re.search(r"^bash \.ci/run\b", r, re.M))
     at_chromium = next(i for i, r in enumerate(runs) if re.search(r"apt-get install .*\bchromium\b", r))
     assert at_chromium < at_test
+    # .ci/run: the README's test command with every cache a fresh temporary folder (a warm cache hides a
+    # missing install step), after checking the lock resolves on the other Pythons
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^bash test\.sh\b", ci_run, re.M) and "bash scripts/lock_pythons.sh" in ci_run
+    fresh = re.search(r'^(\w+)="\$\(mktemp -d', ci_run, re.M)
+    assert fresh, "the caches must live in a fresh temporary folder"
+    for var in ("PIP_CACHE_DIR", "HF_HOME", "HUBAUDIT_TEST_CACHE"):
+        assert re.search(rf'{var}="\${fresh.group(1)}/', ci_run), var
+    assert "bash test.sh" in (ROOT / "README.md").read_text()
     action = load_yaml(ACTION)
     triggers = set()
     for path in WORKFLOWS.glob("example-*.yml"):
