@@ -637,3 +637,89 @@ def test_a_run_that_misses_its_target_says_so_in_summary_card_and_manifest(tiny_
     assert man["target"]["reached"] is False and man["stop_reason"] is None and man["steps"] == 2
     assert "Forgetting target NOT reached" in printed and "after 2 of 2 steps" in printed
     assert "| forgetting target | NOT reached" in (out / "README.md").read_text()
+
+
+def _grad_norm_at_step(norms, monkeypatch):
+    """Record the global gradient norm the optimizer sees at every step."""
+    real = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        grads = [p.grad.float() for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in grads])).item())
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+
+
+@pytest.mark.slow
+def test_the_trainer_gets_every_window_of_a_long_passage_and_clipped_gradients(tiny_world, tmp_path, monkeypatch):
+    from hubaudit.forget import load_forget_set
+    from transformers import AutoTokenizer
+    from hubaudit.unlearn import losses as L
+    from hubaudit.unlearn import unlearn
+    from hubaudit.unlearn.data import text_windows
+
+    batches, norms = [], []
+    real = L.forget_term
+
+    def forget_term(method, model, ref, batch, beta=0.1):
+        batches.append([r[m.bool()].tolist() for r, m in zip(batch[0], batch[1])])
+        return real(method, model, ref, batch, beta)
+
+    monkeypatch.setattr(L, "forget_term", forget_term)
+    _grad_norm_at_step(norms, monkeypatch)
+    kw = dict(method="ga", lr=1e-3, steps=2, batch_size=512, eval_every=0, max_length=16, progress=False)
+    unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "clipped", **kw)
+    # one batch held every row: every window of every forget passage, none longer than --max-length
+    tok = AutoTokenizer.from_pretrained(tiny_world.target)
+    fs = load_forget_set(tiny_world.forget_dir)
+    first = sorted(map(tuple, batches[0]))
+    assert max(len(r) for r in first) == 16
+    item = max(fs.verbmem, key=lambda p: len(p.prompt + p.gt))
+    windows = text_windows(tok, item.prompt + item.gt, 16)
+    assert len(windows) > 2 and all(tuple(w) in first for w in windows)
+    stream = [t for w in windows for t in w[1:]]  # each window starts with BOS
+    assert stream[-1] == tok.eos_token_id and tok.decode(stream[:-1]).endswith(item.gt)
+    # clipping: the optimizer never sees a gradient norm above 1 (bf16 rounding aside); without it, it does
+    assert norms and max(norms) <= 1.0 + 1e-2
+    unclipped: list = []
+    monkeypatch.undo()
+    _grad_norm_at_step(unclipped, monkeypatch)
+    unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "unclipped", **{**kw, "max_grad_norm": None})
+    assert max(unclipped) > 1.0 + 1e-2
+
+
+@pytest.mark.slow
+def test_a_tofu_set_unlearns_on_its_forget_split_with_the_question_as_context(tmp_path, capsys):
+    """TOFU (as open-unlearning): the forget QA pairs are the training rows, loss on the answer only; the
+    retain rows are TOFU's retain split without the items tofu/retain evaluates. End to end on a tiny model
+    that learned the set."""
+    from factories import write_rows
+    from hubaudit.cli import main
+    from hubaudit.forget import load_forget_set
+    from hubaudit.trainrows import row_ids
+    from hubaudit.unlearn.data import build_rows
+    from qa_world import qa_models, tofu_rows
+    from transformers import AutoTokenizer
+
+    forget, retain = tofu_rows()
+    folder = tmp_path / "tofu"
+    write_rows(folder / "tofu/forget.json", forget)
+    write_rows(folder / "tofu/retain.json", retain[:4])  # the retain evaluation
+    write_rows(folder / "tofu/retain_train.json", [{"question": r["question"], "answer": r["answer"]} for r in retain])
+    model = qa_models()["known"]
+    fs = load_forget_set(folder)
+    tok = AutoTokenizer.from_pretrained(model)
+    f_rows, r_rows = build_rows(fs, tok, needs_retain=True)
+    assert len(f_rows) == len(forget) and len(r_rows) == len(retain) - 4
+    for (ids, start), x in zip(f_rows.rows, fs.tofu_forget):
+        assert x.question in tok.decode(ids[:start]) and tok.decode(ids[start:], skip_special_tokens=True).strip() == x.answer
+    assert not any(r["question"] in tok.decode(row_ids(r_)[0]) for r in retain[:4] for r_ in r_rows.rows)
+    out = tmp_path / "out"
+    assert main(["unlearn", str(model), "--forget", str(folder), "--method", "ga_gdr", "--lr", "2e-3", "--steps", "12",
+                 "--batch-size", "4", "--eval-every", "6", "--utility-floor", "0", "--dtype", "float32", "--out", str(out),
+                 "--quiet"]) == 0
+    man = json.loads((out / "unlearn.json").read_text())
+    assert man["control"]["forget_metric"] == "tofu_rouge_f" and "TOFU's forget split" in man["training_data"]["forget"]
+    assert man["training_data"]["retain_rows"] == 4 and man["steps"] == 12
+    assert man["after"]["tofu_rouge_f"] < man["before"]["tofu_rouge_f"] - 20
