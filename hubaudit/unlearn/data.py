@@ -129,8 +129,8 @@ def training_split(fs) -> TrainingSplit:
 def text_windows(tok, text: str, max_length: int) -> list[list[int]]:
     """A text's rows: ``tokenizer(text).input_ids`` + EOS, cut into windows of at most ``max_length`` ids, each
     starting with the tokenizer's prefix (BOS where it adds one); EOS only at the text's real end."""
-    full = list(tok(text).input_ids)
-    body = list(tok(text, add_special_tokens=False).input_ids)
+    full = list(tok(text, verbose=False).input_ids)  # no "longer than the model's maximum" warning: it is cut here
+    body = list(tok(text, add_special_tokens=False, verbose=False).input_ids)
     pre, post = [], []
     for k in range(len(full) - len(body) + 1):
         if full[k:k + len(body)] == body:
