@@ -15,8 +15,8 @@ first forget metric on which the original scores at least ``MIN_ORIGINAL`` point
 forgetting and is never chosen. Utility is the first of KnowMem retain, TOFU ROUGE-L retain, MMLU accuracy
 the set has and the original knows, else the retain passages' mean token probability (``retain_prob``:
 exp of minus the mean token NLL of each ``privleak/retain`` text no run trains on, x 100, averaged:
-:func:`.data.retain_prob_texts`), so any set with a retain part has a utility floor. The choice and its reason are printed and recorded. Every ``eval_every``
-steps it measures both, and stops:
+:func:`.data.retain_prob_texts`), so any set with a retain part has a utility floor. The choice and its
+reason are printed and recorded. Every ``eval_every`` steps it measures both, and stops:
 
 - on the **utility floor** ("Unlearning with Control", arXiv 2406.09179): when utility falls below
   ``utility_floor`` x the original's (above chance), training stops and the model goes back to the last
@@ -412,7 +412,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
 
     src, _ = open_model(model, token=token, device=device, dtype=cfg.dtype)
     fs = load_forget_set(forget)
-    split = training_split(fs)  # refuses a set with no forget text before the model is loaded
+    split = training_split(fs)  # refuses a set with no forget text before the weights are loaded
     name = Path(str(model).rstrip("/").partition("@")[0]).name or "model"
     out = Path(out) if out is not None else Path("hubaudit-unlearn") / f"{name}-{cfg.method}{'-sure' if cfg.sure else ''}"
     _check_out(out, fresh)
