@@ -255,6 +255,12 @@ def _unlearn_parser(sub) -> None:
     u.add_argument("--batch-size", type=int, default=8, metavar="N", help="forget rows (and retain rows) per step (default 8)")
     u.add_argument("--retain-weight", type=float, default=1.0, metavar="W", help="weight of the retain term (default 1)")
     u.add_argument("--beta", type=float, default=0.1, help="NPO beta (default 0.1)")
+    u.add_argument("--max-length", type=int, default=2048, metavar="N",
+                   help="training rows are windows of at most N tokens; a longer text is split, never cut off "
+                        "(default 2048, the paper's)")
+    u.add_argument("--max-grad-norm", type=float, default=1.0, metavar="G",
+                   help="clip the gradient to global norm G before every step (default 1.0, the Hugging Face "
+                        "Trainer's; 0 for none)")
     u.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default="bfloat16",
                    help="weights' dtype while training (default bfloat16, as the paper)")
     u.add_argument("--utility-floor", type=float, default=0.9, metavar="F",
@@ -287,6 +293,7 @@ def cmd_unlearn(args) -> int:
     cfg = UnlearnConfig(
         method=args.method, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
         retain_weight=args.retain_weight, beta=args.beta, dtype=args.dtype, sure=args.sure,
+        max_length=args.max_length, max_grad_norm=args.max_grad_norm or None,
         threshold=args.threshold, saliency=args.saliency, scope=args.scope, eval_every=args.eval_every,
         utility_floor=args.utility_floor or None, stop_at=args.stop_at, stop_metric=args.stop_metric,
         checkpoint_every=args.checkpoint_every,

@@ -78,7 +78,9 @@ def test_sequence_logprob_and_ga_from_cross_entropy():
     row1 = sum(lp[1, t, labels[1, t + 1]] for t in range(2))
     seq = losses.sequence_logprob(logits, labels)
     assert seq.tolist() == pytest.approx([row0.item(), row1.item()], rel=1e-5)
-    assert losses.ga_loss(logits, labels).item() == pytest.approx(((row0 / 4 + row1 / 2) / 2).item(), rel=1e-5)
+    # GA averages over the batch's 6 real tokens, not per row first (which would weigh row 1's tokens double)
+    assert losses.ga_loss(logits, labels).item() == pytest.approx(((row0 + row1) / 6).item(), rel=1e-5)
+    assert losses.ga_loss(logits, labels).item() != pytest.approx(((row0 / 4 + row1 / 2) / 2).item(), rel=1e-3)
 
 
 def test_npo_gradient_tends_to_ga_on_sequence_sums_as_beta_goes_to_zero():
@@ -105,7 +107,7 @@ def test_method_terms_use_the_right_pieces():
     b = _batch()
     assert losses.retain_term("ga", model, ref, b) is None and losses.retain_term("npo", model, ref, b) is None
     gdr = losses.retain_term("ga_gdr", model, ref, b)
-    assert gdr.item() == pytest.approx(losses.mean_token_nll(model(input_ids=b[0], attention_mask=b[1]).logits, b[2]).mean().item())
+    assert gdr.item() == pytest.approx(losses.batch_token_nll(model(input_ids=b[0], attention_mask=b[1]).logits, b[2]).item())
     assert losses.retain_term("npo_klr", model, ref, b).item() > 0
     assert losses.retain_term("npo_klr", model, model, b).item() == pytest.approx(0, abs=1e-6)
     # NPO at theta == reference: (2/beta) log 2
@@ -131,7 +133,7 @@ def test_terms_through_slices_equal_the_definitions_value_and_gradient(method, m
         f = losses.ga_loss(logits, b[2]) if method == "ga_gdr" else losses.npo_loss(
             losses.sequence_logprob(logits, b[2]),
             losses.sequence_logprob(ref(input_ids=b[0], attention_mask=b[1]).logits, b[2]).detach(), 0.1)
-        r = losses.mean_token_nll(logits, b[2]).mean() if method == "ga_gdr" else losses.kl_loss(
+        r = losses.batch_token_nll(logits, b[2]) if method == "ga_gdr" else losses.kl_loss(
             logits, ref(input_ids=b[0], attention_mask=b[1]).logits.detach(), b[2])
         return f + r
 
@@ -225,17 +227,139 @@ def test_config_validation_and_recommendation():
     assert cmd.startswith("hubaudit unlearn org/original --forget muse-news --method") and "--sure" in cmd
 
 
-def test_rows_from_any_forget_set_deduplicate_passages():
-    from hubaudit.forget import load_forget_set
-    from hubaudit.unlearn.data import forget_corpus, retain_corpus
+def _tok(tmp_path, bos=True):
+    """The tests' byte-level BPE tokenizer; ``bos=False``: one that adds no special token, as SmolLM2's
+    (bos_token ``<|im_start|>`` never added by encoding)."""
+    from factories import make_tokenizer
 
-    fs = load_forget_set("synthetic")
-    passages, qa = forget_corpus(fs)
-    assert len(passages) == len(set(passages)) == len(fs.mia_forget)  # verbmem prompt+gt are the same passages
-    assert len(qa) == len(fs.forget_qa) + len(fs.forget_qa_icl)
-    rp, rq = retain_corpus(fs)
-    assert rp == list(fs.mia_retain) and len(rq) == len(fs.retain_qa) + len(fs.retain_qa_icl)
-    assert not set(rp) & set(passages)
+    tok = make_tokenizer(tmp_path / f"tok{int(bos)}")
+    if not bos:
+        from tokenizers import processors
+
+        tok.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def _decoded(tok, rows):
+    from hubaudit.trainrows import row_ids
+
+    return [tok.decode(row_ids(r)[0], skip_special_tokens=True) for r in rows]
+
+
+def _with_corpora(fs, forget, retain):
+    import dataclasses
+
+    return dataclasses.replace(fs, forget_train=forget, retain_train=retain)
+
+
+def test_training_rows_hold_no_evaluation_item(tmp_path):
+    """What unlearning trains on is text, never an item a metric scores: no KnowMem question or answer
+    prompt, no multiple-choice item, no PrivLeak holdout text, no text the retain_prob utility is measured on."""
+    from hubaudit.forget import load_forget_set
+    from hubaudit.unlearn.data import build_rows, retain_prob_texts, training_split
+    from hubaudit.unlearn.train import _supports
+
+    tok = _tok(tmp_path)
+    synthetic = load_forget_set("synthetic")
+    corpus = _with_corpora(synthetic, ["The forget corpus: " + " ".join(synthetic.mia_forget)],
+                           ["The retain corpus. " + " ".join(synthetic.mia_retain[:10])])
+    for fs in (synthetic, corpus):
+        forget, retain = build_rows(fs, tok, needs_retain=True, max_length=2048)
+        rows = _decoded(tok, forget.rows) + _decoded(tok, retain.rows)
+        assert rows and not any("Question:" in r or "Answer:" in r for r in rows)
+        for q in fs.forget_qa + fs.forget_qa_icl + fs.retain_qa + fs.retain_qa_icl:
+            assert not any(q.question in r for r in rows), q.question
+        assert not any(h in r for h in fs.mia_holdout for r in rows)
+        held = retain_prob_texts(fs)
+        assert held and _supports(fs, "retain_prob") and not any(h in r for h in held for r in rows)
+        assert set(held) <= set(fs.mia_retain)
+    # without corpora: the forget passages (privleak/forget; verbmem prompt + continuation are the same texts),
+    # and three of every four retain passages, the fourth kept for retain_prob
+    sp = training_split(synthetic)
+    assert sp.forget_texts == list(synthetic.mia_forget) and "privleak/forget" in sp.forget_source
+    assert len(sp.retain_texts) + len(retain_prob_texts(synthetic)) == len(synthetic.mia_retain)
+    # with corpora: only they are trained on; retain_prob is measured on the retain passages outside raw/retain
+    sp = training_split(corpus)
+    assert sp.forget_texts == corpus.forget_train and sp.retain_texts == corpus.retain_train
+    assert retain_prob_texts(corpus) == synthetic.mia_retain[10:]
+
+
+def test_a_set_with_only_questions_is_refused_with_what_to_add():
+    from hubaudit.errors import ForgetSetError
+    from hubaudit.unlearn.data import training_split
+
+    with pytest.raises(ForgetSetError, match="no forget text to train on: add raw/forget") as e:
+        training_split(_fs(forget_qa=4, retain_qa=4))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ForgetSetError, match="WMDP: its forget corpus"):
+        training_split(_fs(mcq=8))
+
+
+def test_long_texts_become_windows_with_nothing_cut_off(tmp_path):
+    """A VerbMem passage longer than --max-length reaches the trainer whole, in windows: each at most
+    max-length ids, each starting with the tokenizer's prefix, EOS only at the text's end."""
+    from hubaudit.forget.types import Passage
+    from hubaudit.unlearn.data import build_rows
+
+    fs = _fs(forget_qa=2)
+    fs.verbmem = [Passage("the river city of Varnholt was founded in 1821 by Elsbeth Quorin a glassmaker ",
+                          "who later moved to Dunmarrow where she built the first lighthouse on the northern coast")]
+    text = fs.verbmem[0].prompt + fs.verbmem[0].gt
+    for bos in (True, False):
+        tok = _tok(tmp_path, bos)
+        body = tok(text, add_special_tokens=False).input_ids
+        prefix = [tok.bos_token_id] if bos else []
+        assert tok(text).input_ids == prefix + body  # the test tokenizer adds BOS; the SmolLM2-like one adds none
+        cont = tok(fs.verbmem[0].gt, add_special_tokens=False).input_ids
+        assert len(body) > 3 * 16 and len(cont) > 16
+        forget, _ = build_rows(fs, tok, needs_retain=False, max_length=16)
+        windows = forget.rows
+        assert len(windows) == -(-(len(body) + 1) // (16 - len(prefix))) and all(len(w) <= 16 for w in windows)
+        assert all(w[:len(prefix)] == prefix for w in windows)
+        assert [w[-1] == tok.eos_token_id for w in windows] == [False] * (len(windows) - 1) + [True]
+        stream = [t for w in windows for t in w[len(prefix):]]
+        assert stream == body + [tok.eos_token_id]  # every id of the text, the continuation included
+        # the default keeps the whole passage in one row
+        assert build_rows(fs, tok, needs_retain=False)[0].rows == [prefix + body + [tok.eos_token_id]]
+
+
+def test_corpora_are_read_from_muses_raw_layout_and_stay_out_of_the_audit_hash(tmp_path):
+    import shutil
+
+    from factories import write_rows
+    from hubaudit.forget import load_forget_set
+
+    src = load_forget_set("synthetic")
+    from hubaudit.forget.readers import builtin_path
+
+    folder = tmp_path / "news"
+    shutil.copytree(builtin_path("synthetic"), folder)
+    (folder / "raw").mkdir()
+    (folder / "raw/forget.txt").write_text("One long forget corpus.\n\nIts second article.\n", encoding="utf-8")
+    write_rows(folder / "raw/retain1.jsonl", [{"text": "retain article one"}, {"text": "retain article two"}])
+    fs = load_forget_set(folder)
+    assert fs.forget_train == ["One long forget corpus.\n\nIts second article.\n"]
+    assert fs.retain_train == ["retain article one", "retain article two"]
+    assert fs.training_sizes() == {"forget_train": 1, "retain_train": 2} and "forget_train" not in fs.sizes()
+    # the audit's key is the evaluation items only; an unlearning run's key covers the corpora too
+    assert fs.content_hash() == src.content_hash() and fs.training_hash() != src.training_hash()
+
+
+def test_ga_weighs_every_token_alike():
+    """The trainer's GA term is the mean over the batch's real tokens: a batch of a short and a long row
+    gives the token-weighted mean of the two rows alone, not the mean of the two."""
+    model = _tiny_llama(0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # sharp predictions: the two rows' mean NLLs differ
+    ids = torch.randint(3, 40, (2, 9), generator=torch.Generator().manual_seed(4))
+    mask, labels = torch.ones_like(ids), ids.clone()
+    mask[0, 3:] = 0
+    labels[0, 3:] = -100  # row 0: 2 scored tokens; row 1: 8
+    both = losses.forget_term("ga", model, None, (ids, mask, labels)).item()
+    one = [losses.forget_term("ga", model, None, (ids[i:i + 1, :n], mask[i:i + 1, :n], labels[i:i + 1, :n])).item()
+           for i, n in ((0, 3), (1, 9))]
+    assert both == pytest.approx((2 * one[0] + 8 * one[1]) / 10, rel=1e-5)
+    assert abs(one[0] - one[1]) > 0.3 and both != pytest.approx((one[0] + one[1]) / 2, rel=1e-2)
 
 
 def test_fragile_report_recommends_unlearn_with_sure():
@@ -513,3 +637,89 @@ def test_a_run_that_misses_its_target_says_so_in_summary_card_and_manifest(tiny_
     assert man["target"]["reached"] is False and man["stop_reason"] is None and man["steps"] == 2
     assert "Forgetting target NOT reached" in printed and "after 2 of 2 steps" in printed
     assert "| forgetting target | NOT reached" in (out / "README.md").read_text()
+
+
+def _grad_norm_at_step(norms, monkeypatch):
+    """Record the global gradient norm the optimizer sees at every step."""
+    real = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        grads = [p.grad.float() for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in grads])).item())
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+
+
+@pytest.mark.slow
+def test_the_trainer_gets_every_window_of_a_long_passage_and_clipped_gradients(tiny_world, tmp_path, monkeypatch):
+    from hubaudit.forget import load_forget_set
+    from transformers import AutoTokenizer
+    from hubaudit.unlearn import losses as L
+    from hubaudit.unlearn import unlearn
+    from hubaudit.unlearn.data import text_windows
+
+    batches, norms = [], []
+    real = L.forget_term
+
+    def forget_term(method, model, ref, batch, beta=0.1):
+        batches.append([r[m.bool()].tolist() for r, m in zip(batch[0], batch[1])])
+        return real(method, model, ref, batch, beta)
+
+    monkeypatch.setattr(L, "forget_term", forget_term)
+    _grad_norm_at_step(norms, monkeypatch)
+    kw = dict(method="ga", lr=1e-3, steps=2, batch_size=512, eval_every=0, max_length=16, progress=False)
+    unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "clipped", **kw)
+    # one batch held every row: every window of every forget passage, none longer than --max-length
+    tok = AutoTokenizer.from_pretrained(tiny_world.target)
+    fs = load_forget_set(tiny_world.forget_dir)
+    first = sorted(map(tuple, batches[0]))
+    assert max(len(r) for r in first) == 16
+    item = max(fs.verbmem, key=lambda p: len(p.prompt + p.gt))
+    windows = text_windows(tok, item.prompt + item.gt, 16)
+    assert len(windows) > 2 and all(tuple(w) in first for w in windows)
+    stream = [t for w in windows for t in w[1:]]  # each window starts with BOS
+    assert stream[-1] == tok.eos_token_id and tok.decode(stream[:-1]).endswith(item.gt)
+    # clipping: the optimizer never sees a gradient norm above 1 (bf16 rounding aside); without it, it does
+    assert norms and max(norms) <= 1.0 + 1e-2
+    unclipped: list = []
+    monkeypatch.undo()
+    _grad_norm_at_step(unclipped, monkeypatch)
+    unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / "unclipped", **{**kw, "max_grad_norm": None})
+    assert max(unclipped) > 1.0 + 1e-2
+
+
+@pytest.mark.slow
+def test_a_tofu_set_unlearns_on_its_forget_split_with_the_question_as_context(tmp_path, capsys):
+    """TOFU (as open-unlearning): the forget QA pairs are the training rows, loss on the answer only; the
+    retain rows are TOFU's retain split without the items tofu/retain evaluates. End to end on a tiny model
+    that learned the set."""
+    from factories import write_rows
+    from hubaudit.cli import main
+    from hubaudit.forget import load_forget_set
+    from hubaudit.trainrows import row_ids
+    from hubaudit.unlearn.data import build_rows
+    from qa_world import qa_models, tofu_rows
+    from transformers import AutoTokenizer
+
+    forget, retain = tofu_rows()
+    folder = tmp_path / "tofu"
+    write_rows(folder / "tofu/forget.json", forget)
+    write_rows(folder / "tofu/retain.json", retain[:4])  # the retain evaluation
+    write_rows(folder / "tofu/retain_train.json", [{"question": r["question"], "answer": r["answer"]} for r in retain])
+    model = qa_models()["known"]
+    fs = load_forget_set(folder)
+    tok = AutoTokenizer.from_pretrained(model)
+    f_rows, r_rows = build_rows(fs, tok, needs_retain=True)
+    assert len(f_rows) == len(forget) and len(r_rows) == len(retain) - 4
+    for (ids, start), x in zip(f_rows.rows, fs.tofu_forget):
+        assert x.question in tok.decode(ids[:start]) and tok.decode(ids[start:], skip_special_tokens=True).strip() == x.answer
+    assert not any(r["question"] in tok.decode(row_ids(r_)[0]) for r in retain[:4] for r_ in r_rows.rows)
+    out = tmp_path / "out"
+    assert main(["unlearn", str(model), "--forget", str(folder), "--method", "ga_gdr", "--lr", "2e-3", "--steps", "12",
+                 "--batch-size", "4", "--eval-every", "6", "--utility-floor", "0", "--dtype", "float32", "--out", str(out),
+                 "--quiet"]) == 0
+    man = json.loads((out / "unlearn.json").read_text())
+    assert man["control"]["forget_metric"] == "tofu_rouge_f" and "TOFU's forget split" in man["training_data"]["forget"]
+    assert man["training_data"]["retain_rows"] == 4 and man["steps"] == 12
+    assert man["after"]["tofu_rouge_f"] < man["before"]["tofu_rouge_f"] - 20

@@ -7,6 +7,9 @@ Built in:
   ``.jsonl``, ``.csv`` or ``.parquet`` with the same fields (MIA texts as a ``text`` column or, in
   ``.json``, plain strings). A missing part is simply absent. An optional ``meta.json`` may give
   ``name``, ``auc_retrain`` and anything else.
+  Training text for ``hubaudit unlearn`` (never scored by a metric): ``raw/forget`` and ``raw/retain`` (else
+  ``raw/retain1``, as MUSE's scripts train on it), the same file types or ``.txt`` (the whole file is one
+  text, as MUSE's own ``raw/*.txt``); see :data:`hubaudit.forget.types.TRAIN_PARTS`.
 - ``builtin``: a set shipped inside the package (``synthetic``), read with the ``muse`` reader.
 
 To add a format, register a :class:`Format` subclass with ``@register_format``: ``detect(source)``
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from ..errors import ForgetSetError, ForgetSetNotFound
 from ..registry import Registry
-from .types import PARTS, QA, Choice, ForgetSet, Passage, TofuQA
+from .types import PARTS, QA, TRAIN_ALTERNATIVES, TRAIN_PARTS, Choice, ForgetSet, Passage, TofuQA
 
 EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
 BUILTIN_SETS = ("synthetic",)
@@ -102,7 +105,7 @@ def _field(path: Path, n: int, row, name: str) -> str:
 
 
 def _parse_items(part: str, path: Path, rows: list) -> list:
-    kind = PARTS[part][0]
+    kind = {**PARTS, **TRAIN_PARTS}[part][0]
     items: list = []
     for n, row in enumerate(rows, 1):
         if kind is None:  # MIA texts: plain strings or a 'text' field
@@ -138,10 +141,10 @@ def _parse_items(part: str, path: Path, rows: list) -> list:
     return items
 
 
-def _find_part_files(root: Path, rel: str) -> list[Path]:
+def _find_part_files(root: Path, rel: str, extensions: tuple[str, ...] = EXTENSIONS) -> list[Path]:
     """The file(s) of one part: ``rel.EXT``, or shards as the Hub stores them (``rel-00000-of-00001.parquet``,
     or the parquet converter's ``rel/0000.parquet``)."""
-    single = [root / (rel + ext) for ext in EXTENSIONS if (root / (rel + ext)).is_file()]
+    single = [root / (rel + ext) for ext in extensions if (root / (rel + ext)).is_file()]
     if len(single) > 1:
         raise ForgetSetError(f"{root}: {rel} is given twice ({', '.join(p.name for p in single)}); keep one")
     if single:
@@ -149,10 +152,42 @@ def _find_part_files(root: Path, rel: str) -> list[Path]:
     parent, name = (root / rel).parent, (root / rel).name
     if not parent.is_dir():
         return []
-    shards = sorted(p for ext in EXTENSIONS for p in parent.glob(f"{name}-*{ext}") if p.is_file())
+    shards = sorted(p for ext in extensions for p in parent.glob(f"{name}-*{ext}") if p.is_file())
     if not shards and (root / rel).is_dir():
-        shards = sorted(p for ext in EXTENSIONS for p in (root / rel).glob(f"*{ext}") if p.is_file())
+        shards = sorted(p for ext in extensions for p in (root / rel).glob(f"*{ext}") if p.is_file())
     return shards
+
+
+def _read_text_file(path: Path) -> list[str]:
+    """A ``.txt`` training file: the whole file is one text."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ForgetSetError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise ForgetSetError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not text.strip():
+        raise ForgetSetError(f"{path}: empty")
+    return [text]
+
+
+def _read_training_parts(root: Path, fs: ForgetSet) -> None:
+    for part, (_, rel) in TRAIN_PARTS.items():
+        # the usual file types first, then a plain-text file (MUSE's repository ships raw/forget.json and .txt)
+        tries = [(r, exts) for r in (rel, *TRAIN_ALTERNATIVES.get(part, ()))
+                 for exts in (EXTENSIONS, (".txt",) if TRAIN_PARTS[part][0] is None else ())]
+        r, paths = rel, []
+        for r, exts in tries:
+            paths = _find_part_files(root, r, exts) if exts else []
+            if paths:
+                break
+        if not paths:
+            continue
+        items = []
+        for path in paths:
+            items += _read_text_file(path) if path.suffix.lower() == ".txt" else _parse_items(part, path, _read_rows(path))
+        setattr(fs, part, items)
+        fs.files[part] = str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}/{Path(r).name}-*"
 
 
 def read_muse_dir(root: Path, name: str | None = None, source: str | None = None) -> ForgetSet:
@@ -182,6 +217,7 @@ def read_muse_dir(root: Path, name: str | None = None, source: str | None = None
             items += _parse_items(part, path, _read_rows(path))
         setattr(fs, part, items)
         fs.files[part] = str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}/{Path(rel).name}-*"
+    _read_training_parts(root, fs)
     if not fs.sizes():
         raise ForgetSetError(
             f"{root}: no forget-set files found; expected the MUSE layout, e.g. knowmem/forget_qa.json, "

@@ -11,9 +11,12 @@ Shorthands: ``tofu-forget01``, ``tofu-forget05``, ``tofu-forget10`` (also ``locu
 either with ``@revision``). The forget part is ``forgetNN_perturbed`` (TOFU evaluates forgetting on it;
 ``forgetNN`` when the perturbed file is missing, with no truth ratio then); the retain part is
 ``retain_perturbed``, TOFU's 400-question retain evaluation set. TOFU's two other utility sets
-(``real_authors_perturbed``, ``world_facts_perturbed``) are not read (yet).
+(``real_authors_perturbed``, ``world_facts_perturbed``) are not read (yet). ``retainNN`` (the complement of
+``forgetNN``: ``retain90`` for ``forget10``), which open-unlearning trains its retain loss on, is read when
+present as training data for ``hubaudit unlearn`` (``tofu_retain_train``; no metric scores it).
 
-In a local MUSE-layout folder the same items go to ``tofu/forget.json`` and ``tofu/retain.json``.
+In a local MUSE-layout folder the same items go to ``tofu/forget.json``, ``tofu/retain.json`` and
+``tofu/retain_train.json``.
 """
 
 from __future__ import annotations
@@ -110,7 +113,16 @@ def read_tofu_dir(root: Path, split: str, name: str, source: str) -> ForgetSet:
     if retain is not None:
         fs.tofu_retain = retain
         fs.files["tofu_retain"] = RETAIN_CONFIG
+    train = read_config(root, retain_split(split))
+    if train is not None:
+        fs.tofu_retain_train = train
+        fs.files["tofu_retain_train"] = retain_split(split)
     return fs
+
+
+def retain_split(split: str) -> str:
+    """TOFU's retain split for a forget split: ``forget10`` -> ``retain90``."""
+    return f"retain{100 - int(split[len('forget'):]):02d}"
 
 
 @register_format
@@ -129,7 +141,7 @@ class TofuFormat(Format):
             repo, split, rev = TOFU_REPO, m.group(1), m.group(2)
         else:
             repo, split, rev = REPO_CONFIG.match(source).groups()
-        configs = (split, f"{split}_perturbed", RETAIN_CONFIG)
+        configs = (split, f"{split}_perturbed", RETAIN_CONFIG, retain_split(split))
         patterns = [f"{c}{ext}" for c in configs for ext in EXTENSIONS] + [f"{c}/*.parquet" for c in configs]
         snap = fetch_dataset(repo, rev or None, patterns=patterns)
         name = f"tofu-{split}" if repo == TOFU_REPO else f"{repo}:{split}"

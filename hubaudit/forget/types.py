@@ -64,6 +64,19 @@ PARTS: dict[str, tuple[type | None, str]] = {
 # without them (and the results stored under it) stays what it was.
 _LATER_PARTS = ("mcq_retain", "tofu_forget", "tofu_retain")
 
+# Training text: what ``hubaudit unlearn`` trains on, never what a metric scores. MUSE ships its corpora in
+# ``raw/`` (``forget``, ``retain1``, ``retain2``, ``holdout``; the paper's scripts unlearn ``raw/forget`` with
+# ``raw/retain1`` as the retain set); ``raw/retain`` is read first, else ``raw/retain1``. A ``.txt`` file is
+# one text (MUSE's own ``raw/*.txt``). TOFU's ``retainNN`` split (the complement of ``forgetNN``) is the retain
+# QA open-unlearning trains on. No audit metric reads these parts, so they are not in :meth:`ForgetSet.sizes`
+# or :meth:`ForgetSet.content_hash` (the results store's key); :meth:`ForgetSet.training_hash` covers them.
+TRAIN_PARTS: dict[str, tuple[type | None, str]] = {
+    "forget_train": (None, "raw/forget"),
+    "retain_train": (None, "raw/retain"),
+    "tofu_retain_train": (TofuQA, "tofu/retain_train"),
+}
+TRAIN_ALTERNATIVES: dict[str, tuple[str, ...]] = {"retain_train": ("raw/retain1",)}
+
 
 @dataclass
 class ForgetSet:
@@ -92,6 +105,9 @@ class ForgetSet:
     mcq_retain: list[Choice] | None = None
     tofu_forget: list[TofuQA] | None = None
     tofu_retain: list[TofuQA] | None = None
+    forget_train: list[str] | None = None
+    retain_train: list[str] | None = None
+    tofu_retain_train: list[TofuQA] | None = None
     auc_retrain: float | None = None
     meta: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
@@ -100,13 +116,17 @@ class ForgetSet:
         """Number of items of each present part."""
         return {p: len(getattr(self, p)) for p in PARTS if getattr(self, p) is not None}
 
+    def training_sizes(self) -> dict[str, int]:
+        """Number of items of each present training part (:data:`TRAIN_PARTS`)."""
+        return {p: len(getattr(self, p)) for p in TRAIN_PARTS if getattr(self, p) is not None}
+
     def has(self, part: str) -> bool:
         return getattr(self, part) is not None
 
     def require(self, part: str, metric: str) -> list:
         """The items of ``part``, or a :class:`ForgetSetError` naming the metric to switch off."""
         items = getattr(self, part)
-        where = self.files.get(part, PARTS[part][1])
+        where = self.files.get(part, {**PARTS, **TRAIN_PARTS}[part][1])
         if items is None:
             raise ForgetSetError(
                 f"forget set '{self.name}' has no {part} part ({where}), which {metric} needs; "
@@ -124,6 +144,10 @@ class ForgetSet:
         for p in PARTS:
             items = getattr(self, p)
             out[p] = None if items is None else [x if isinstance(x, str) else asdict(x) for x in items]
+        for p in TRAIN_PARTS:
+            items = getattr(self, p)
+            if items is not None:
+                out[p] = [x if isinstance(x, str) else asdict(x) for x in items]
         return out
 
     def content_hash(self) -> str:
@@ -135,6 +159,13 @@ class ForgetSet:
                 continue
             parts[p] = None if items is None else [x if isinstance(x, str) else _hash_item(x) for x in items]
         blob = json.dumps({"parts": parts, "auc_retrain": self.auc_retrain}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def training_hash(self) -> str:
+        """sha256 of :meth:`content_hash` and the training parts: what an unlearning run's key covers."""
+        parts = {p: [x if isinstance(x, str) else asdict(x) for x in getattr(self, p)]
+                 for p in TRAIN_PARTS if getattr(self, p) is not None}
+        blob = json.dumps({"content": self.content_hash(), "train": parts}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -160,4 +191,4 @@ def wrong_answers_by_kind(qa: list[QA], kind_of=None) -> list[list[str]]:
     return [[a for a in pool[k] if a != x.answer] for k, x in zip(kinds, qa)]
 
 
-assert {f.name for f in fields(ForgetSet)} >= set(PARTS)
+assert {f.name for f in fields(ForgetSet)} >= set(PARTS) | set(TRAIN_PARTS)

@@ -3,13 +3,15 @@
 Every function takes logits (or models) and right-padded ``labels`` in which ``-100`` marks positions
 that are not scored (padding). A row's token ``t`` is predicted from the logits at ``t - 1``.
 
-- GA (gradient ascent): minimise the mean token log-likelihood of the forget rows, ``L = -NLL``.
+- GA (gradient ascent): minimise the mean token log-likelihood of the forget batch, ``L = -NLL``, averaged
+  over its real tokens (not per row first: a short row weighs as much per token as a long one), as the
+  paper's and open-unlearning's code take it from the Hugging Face loss.
 - NPO (Zhang, Lin, Bai, Mei 2024, "Negative Preference Optimization"): with the sequence
   log-likelihood ratio ``r = log pi_theta(y|x) - log pi_ref(y|x)`` (sums over the row's tokens),
   ``L = (2/beta) * E[log(1 + exp(beta * r))] = -(2/beta) * E[logsigmoid(-beta * r)]``. Its gradient is
   ``2 * sigmoid(beta * r) * grad r``: as ``beta -> 0`` it tends to the gradient of GA on sequence sums,
   and it fades once a row is about ``1/beta`` nats less likely than under the reference.
-- GDR: plus the mean token NLL of the retain rows.
+- GDR: plus the mean token NLL of the retain batch, averaged over its real tokens likewise.
 - KLR: plus ``KL(p_ref || p_theta)`` between the two models' next-token distributions on the retain rows,
   per token, averaged over real tokens. A true KL, from ``log_softmax`` of both (>= 0, 0 for identical
   models); not a divergence of raw logits.
@@ -46,9 +48,15 @@ def mean_token_nll(logits, labels):
     return nll.sum(1) / valid.sum(1).clamp(min=1)
 
 
+def batch_token_nll(logits, labels):
+    """The NLL averaged over every real token of the batch (the Hugging Face causal-LM loss)."""
+    nll, valid = token_nll(logits, labels)
+    return nll.sum() / valid.sum().clamp(min=1)
+
+
 def ga_loss(logits, labels):
-    """Gradient ascent: minus the mean (over rows) of the mean token NLL."""
-    return -mean_token_nll(logits, labels).mean()
+    """Gradient ascent: minus the token NLL averaged over the batch's real tokens."""
+    return -batch_token_nll(logits, labels)
 
 
 def npo_loss(logp, logp_ref, beta: float = 0.1):
@@ -91,8 +99,8 @@ def forget_term(method: str, model, ref_model, batch, beta: float = 0.1):
     if not (method.startswith("ga") or method.startswith("npo")):
         raise ValueError(f"unknown unlearning method {method!r}; choose one of {', '.join(METHODS)}")
     lp, valid = _token_logprobs(model, batch)
-    if method.startswith("ga"):  # ga_loss: minus the mean over rows of the mean token NLL
-        return (lp.sum(1) / valid.sum(1).clamp(min=1)).mean()
+    if method.startswith("ga"):  # ga_loss: minus the token NLL averaged over the batch's real tokens
+        return lp.sum() / valid.sum().clamp(min=1)
     with torch.no_grad():
         ref = _token_logprobs(ref_model, batch)[0].sum(1)
     return npo_loss(lp.sum(1), ref, beta)
@@ -103,9 +111,9 @@ def retain_term(method: str, model, ref_model, batch):
     reference (KLR)."""
     if not (method.endswith("_gdr") or method.endswith("_klr")):
         return None
-    if method.endswith("_gdr"):  # mean_token_nll, averaged over rows
+    if method.endswith("_gdr"):  # batch_token_nll: averaged over the batch's real tokens
         lp, valid = _token_logprobs(model, batch)
-        return (-lp.sum(1) / valid.sum(1).clamp(min=1)).mean()
+        return -lp.sum() / valid.sum().clamp(min=1)
     from ..logprobs import kl_per_token
 
     ids, mask, labels = batch

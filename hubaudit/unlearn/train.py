@@ -1,9 +1,11 @@
 """The unlearning trainer behind ``hubaudit unlearn`` and :func:`hubaudit.unlearn.unlearn`.
 
 One run: load the original model (and a frozen copy of it when the method needs a reference), build the
-forget and retain rows from the forget set, optionally compute SURE's saliency mask, then train with AdamW
-at a constant learning rate in the model's training dtype (bfloat16 by default: updates are applied in
-bf16, as the paper's setting does).
+forget and retain rows from the forget set's training text (:mod:`.data`: the forget and retain corpora,
+never an item a metric scores, cut into ``max_length``-token windows, 2,048 as the paper's code), optionally
+compute SURE's saliency mask, then train with AdamW at a constant learning rate in the model's training dtype
+(bfloat16 by default: updates are applied in bf16, as the paper's setting does), the gradient clipped to a
+global norm of ``max_grad_norm`` (1.0, the Hugging Face Trainer's default, which the paper's code runs on).
 
 Controls, chosen from what the original actually knows (:func:`choose_controls`): before training the
 original is measured on every forget metric the set supports (KnowMem forget, VerbMem forget, TOFU ROUGE-L
@@ -12,9 +14,9 @@ first forget metric on which the original scores at least ``MIN_ORIGINAL`` point
 ``stop_metric``, which must be one it knows): a metric the original scores near zero on cannot show
 forgetting and is never chosen. Utility is the first of KnowMem retain, TOFU ROUGE-L retain, MMLU accuracy
 the set has and the original knows, else the retain passages' mean token probability (``retain_prob``:
-exp of minus the mean token NLL of each ``privleak/retain`` text, x 100, averaged), so any set with a
-retain part has a utility floor. The choice and its reason are printed and recorded. Every ``eval_every``
-steps it measures both, and stops:
+exp of minus the mean token NLL of each ``privleak/retain`` text no run trains on, x 100, averaged:
+:func:`.data.retain_prob_texts`), so any set with a retain part has a utility floor. The choice and its
+reason are printed and recorded. Every ``eval_every`` steps it measures both, and stops:
 
 - on the **utility floor** ("Unlearning with Control", arXiv 2406.09179): when utility falls below
   ``utility_floor`` x the original's (above chance), training stops and the model goes back to the last
@@ -51,7 +53,7 @@ from .. import __version__
 from ..errors import HubauditError
 from .losses import METHODS, needs_reference
 
-FORMAT = 2  # 2: controls chosen from what the original knows (``control``, ``target``; ``stop_metric``)
+FORMAT = 3  # 2: controls chosen from what the original knows; 3: training text only, windows, clipping, per-token GA
 DEFAULT_LR = 1e-5        # the paper's unlearning learning rate
 DEFAULT_SURE_LR = 1e-4   # SURE: larger, on the salient part only
 CHECKPOINT = "checkpoints/state.pt"
@@ -90,6 +92,8 @@ class UnlearnConfig:
         stop_metric: the forget metric to steer by (one of ``STOP_METRICS``); None: the first the original
             knows. The original must score at least ``MIN_ORIGINAL`` points above chance on it.
         checkpoint_every: save a resumable checkpoint every this many steps.
+        max_length: training rows are windows of at most this many tokens (the paper's code: 2048).
+        max_grad_norm: clip the gradient to this global L2 norm before every step (None: no clipping).
     """
 
     method: str = "npo_klr"
@@ -111,7 +115,8 @@ class UnlearnConfig:
     stop_metric: str | None = None
     checkpoint_every: int = 50
     seed: int = 0
-    max_length: int = 512
+    max_length: int = 2048
+    max_grad_norm: float | None = 1.0
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -142,6 +147,10 @@ class UnlearnConfig:
             raise UnlearnError(f"--lr must be positive, got {self.lr:g}")
         if self.beta <= 0:
             raise UnlearnError(f"--beta must be positive, got {self.beta:g}")
+        if self.max_length < 8:
+            raise UnlearnError(f"--max-length must be at least 8 tokens, got {self.max_length}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise UnlearnError(f"--max-grad-norm must be positive (0 on the command line: no clipping), got {self.max_grad_norm:g}")
         if self.utility_floor is not None and not 0 <= self.utility_floor <= 1:
             raise UnlearnError(f"--utility-floor is a fraction of the original's utility in [0, 1], got {self.utility_floor:g}")
         if self.stop_at is not None and not 0 <= self.stop_at <= 100:
@@ -187,7 +196,9 @@ def _label(metric: str) -> str:
 
 def _supports(fs, metric: str) -> bool:
     if metric == RETAIN_PROB:
-        return bool(fs.mia_retain)
+        from .data import retain_prob_texts
+
+        return bool(retain_prob_texts(fs))
     from ..metrics import METRICS
 
     return all(getattr(fs, p) for p in METRICS.get(metric).needs)
@@ -290,12 +301,14 @@ def describe_controls(control: dict[str, Any], stop_at: float | None, utility_fl
 
 
 def retain_prob_items(model, tok, fs) -> list[float]:
-    """Per retain passage (``privleak/retain``), 100 x exp(mean token log-probability): the utility the trainer
-    falls back on when the set has no retain QA or multiple choice."""
+    """Per retain passage no run trains on (``privleak/retain``, :func:`.data.retain_prob_texts`), 100 x
+    exp(mean token log-probability): the utility the trainer falls back on when the set has no retain QA or
+    multiple choice."""
     from ..metrics.runner import LMRunner
     from ..metrics.tofu import mean_prob
+    from .data import retain_prob_texts
 
-    lps, _ = LMRunner(model, tok).token_logprobs(list(fs.mia_retain))
+    lps, _ = LMRunner(model, tok).token_logprobs(retain_prob_texts(fs))
     return [100.0 * mean_prob(lp) for lp in lps]
 
 
@@ -383,7 +396,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
     from ..audit import open_model
     from ..forget import load_forget_set
     from ..trainrows import pad_batch
-    from .data import build_rows
+    from .data import build_rows, training_split
     from .losses import forget_term, retain_term
 
     if config is None:
@@ -399,6 +412,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
 
     src, _ = open_model(model, token=token, device=device, dtype=cfg.dtype)
     fs = load_forget_set(forget)
+    split = training_split(fs)  # refuses a set with no forget text before the weights are loaded
     name = Path(str(model).rstrip("/").partition("@")[0]).name or "model"
     out = Path(out) if out is not None else Path("hubaudit-unlearn") / f"{name}-{cfg.method}{'-sure' if cfg.sure else ''}"
     _check_out(out, fresh)
@@ -408,7 +422,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
     if not any(_supports(fs, m) for m in STOP_METRICS):
         raise UnlearnError(f"forget set '{fs.name}' has none of verbmem/forget, knowmem/forget_qa, tofu/forget, "
                            "mcq/forget: nothing to measure forgetting with")
-    key = _key(cfg, src.identity, fs.content_hash())
+    key = _key(cfg, src.identity, fs.training_hash())
 
     man_path = out / MANIFEST
     if man_path.is_file() and not fresh:
@@ -450,7 +464,10 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
         for p in ref.parameters():
             p.requires_grad_(False)
     forget_rows, retain_rows = build_rows(fs, tok, needs_retain=cfg.method.endswith(("_gdr", "_klr")),
-                                          max_length=cfg.max_length)
+                                          max_length=cfg.max_length, split=split)
+    training_data = {"forget": split.forget_source, "forget_rows": len(forget_rows),
+                     "retain": split.retain_source if retain_rows is not None else None,
+                     "retain_rows": len(retain_rows) if retain_rows is not None else 0, "max_length": cfg.max_length}
     pad = tok.pad_token_id
 
     def batch(rows):
@@ -504,6 +521,9 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
         import sys
 
         print(f"hubaudit unlearn: {describe_controls(control, cfg.stop_at, cfg.utility_floor)}", file=sys.stderr, flush=True)
+        print(f"hubaudit unlearn: training on {training_data['forget']} -> {training_data['forget_rows']} rows"
+              + (f"; retain: {training_data['retain']} -> {training_data['retain_rows']} rows" if retain_rows is not None else "")
+              + f" (windows of at most {cfg.max_length} tokens)", file=sys.stderr, flush=True)
 
     def save_ckpt():
         _atomic_save({"key": key, "model": net.state_dict(), "optimizer": opt.state_dict(), "state": st,
@@ -561,6 +581,8 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
             r_loss = retain_term(cfg.method, net, ref, batch(rb)) if rb is not None else None
             loss = f_loss if r_loss is None else f_loss + cfg.retain_weight * r_loss
             loss.backward()
+            if cfg.max_grad_norm is not None:  # as the Hugging Face Trainer the paper's code runs on (1.0)
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
             if masked is not None:
@@ -607,6 +629,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
         "format": FORMAT, "key": key, "status": "finished", "hubaudit_version": __version__,
         "model": str(model), "model_identity": src.identity, "forget": {"name": fs.name, "source": fs.source,
                                                                         "hash": fs.content_hash()},
+        "training_data": training_data,
         "config": cfg.to_json(), "steps": st["good_step"] if (st["stop_reason"] or "").startswith("utility") else st["step"],
         "steps_run": st["step"], "stop_reason": st["stop_reason"], "forget_metric": forget_metric,
         "utility_metric": utility_metric, "control": control, "target": target, "before": st["before"], "after": after,
@@ -708,9 +731,13 @@ def render_card(man: dict) -> str:
     lines.append("")
     lines.append("| setting | value |")
     lines.append("|---|---|")
-    for k in ("lr", "steps", "batch_size", "retain_weight", "beta", "dtype", "weight_decay", "eval_every",
-              "utility_floor", "stop_at", "stop_metric", "seed"):
+    for k in ("lr", "steps", "batch_size", "retain_weight", "beta", "dtype", "weight_decay", "max_length",
+              "max_grad_norm", "eval_every", "utility_floor", "stop_at", "stop_metric", "seed"):
         lines.append(f"| {k} | {c.get(k)} |")
+    if man.get("training_data"):
+        td = man["training_data"]
+        lines.append(f"| trained on | forget: {td['forget']}, {td['forget_rows']} rows"
+                     + (f"; retain: {td['retain']}, {td['retain_rows']} rows" if td.get("retain") else "") + " |")
     lines.append(f"| optimizer steps taken | {man['steps']} |")
     lines.append(f"| stopped | {man['stop_reason'] or 'after all steps'} |")
     if man.get("control"):
