@@ -549,11 +549,11 @@ def prepare_specs(specs: list[str], src: ModelSource, *, token: str | None = Non
 
 def open_model(model, *, token: str | None = None, **kw) -> tuple[ModelSource, dict]:
     """A :class:`ModelSource` for a local folder or a Hub id (fetched and pinned), and its card metadata."""
-    from .source import _card_data, fetch_model, parse_model_ref
+    from .source import ModelRef, _card_data, fetch_model, parse_model_ref
 
     if isinstance(model, ModelSource):
         return model, _card_data(model.path)
-    ref = parse_model_ref(model)
+    ref = model if isinstance(model, ModelRef) else parse_model_ref(model)
     if not ref.is_hub:
         from .source import check_causal_lm
 
@@ -660,16 +660,19 @@ def audit(
     src, card = open_model(model, token=token, **kw)
     reference_note = None
     if reference is None:
-        from .source import base_model_of
+        from .source import card_reference
 
-        base = base_model_of(card)
-        if base:
+        # a card is its owner's text: its base_model is opened only as a public Hub id (token=False), never
+        # from disk; any other original is passed with --reference
+        base, reference_note = card_reference(card)
+        if base is not None:
             try:
-                reference = open_model(base, token=token, **kw)[0]
-                reference_note = f"reference taken from the model card's base_model: {base}"
+                reference = open_model(base, **kw)[0]
+                reference_note = f"reference taken from the model card's base_model: {base.text} (a public Hub model)"
             except HubauditError as e:
-                reference_note = f"the card's base_model '{base}' could not be used ({e})"
-                log.warning(reference_note)
+                reference_note = str(e)
+        if reference_note and reference is None:
+            log.warning("hubaudit: %s", reference_note)
     spec_list = prepare_specs(spec_list, src, token=token, all_files=all_files, allow_pickle=allow_pickle)
     ref = open_model(reference, token=token, **kw)[0] if reference not in (None, False) else None
     ret = open_model(retrain, token=token, **kw)[0] if retrain is not None else None

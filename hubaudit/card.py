@@ -52,7 +52,8 @@ def render_section(report: AuditReport) -> str:
         "Unlearning can look complete in full precision and come back once the model is quantized "
         f"([Zhang et al., ICLR 2025]({METHOD_URL})). This model was audited at commit "
         f"`{model.get('sha') or model.get('identity', '')[:19]}` on the forget set `{inp['forget']['name']}`"
-        + (f", against the original model `{ref.get('repo_id') or ref['name']}`" if ref else "") + ".",
+        + ((f", against the original model `{ref['repo_id']}`" if ref.get("repo_id") else ", against a local original model")
+           if ref else "") + ".",
         "",
         "| precision | " + " | ".join(LABELS[m] for m in metrics) + " | regained (forget) [95% CI] | items up / down, p |",
         "|---|" + "---|" * (len(metrics) + 2),

@@ -1,0 +1,143 @@
+"""Reproductions of the second hardening review (issue 27), each attack as it was seen: a stranger's card
+naming the operator's private or local model, figures published with generated text or local paths."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from factories import make_forget_dir, make_random_model
+from hubaudit.cli import main
+from hubserver import LocalHub, use_endpoint
+
+TOKEN = "hf_operator_Secret_token_never_sent_for_a_card_77"
+PRIVATE = "victim/private-model"
+
+
+def folder_files(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def card(base: str) -> bytes:
+    return f"---\nbase_model: {base}\ntags:\n- unlearning\n---\n\n# a stranger's model\n".encode()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hardening_hub")
+    victim = make_random_model(root / "src" / "victim", seed=3)
+    local = make_random_model(root / "operator" / "local-original", seed=4)
+    stranger = folder_files(make_random_model(root / "src" / "stranger", seed=5))
+    with LocalHub(root / "server") as hub:
+        # the operator's token may read the victim's private model (a colleague's, a client's)
+        hub.add_token(TOKEN, user="alice", can_read=[PRIVATE])
+        hub.create_repo(PRIVATE, files=folder_files(victim), private=True)
+        hub.create_repo("stranger/privref", files={**stranger, "README.md": card(PRIVATE)})
+        hub.create_repo("stranger/localref", files={**stranger, "README.md": card(str(local))})
+        hub.local_model = local
+        hub.forget = make_forget_dir(root / "forget", n=6)
+        yield hub
+
+
+def _private_requests(hub):
+    return [r for r in hub.requests if PRIVATE in r["path"]]
+
+
+def test_a_cards_private_base_model_is_never_opened_with_the_operators_token(hub, tmp_path, capsys):
+    out = tmp_path / "out"
+    with use_endpoint(hub.endpoint, cache_dir=tmp_path / "cache"):
+        hub.requests.clear()
+        code = main(["audit", "stranger/privref", "--token", TOKEN, "--card", "pr", "--forget", str(hub.forget),
+                     "--metrics", "knowmem_f,knowmem_r", "--backends", "rtn:4", "--out", str(out), "--no-store",
+                     "--quiet"])
+        captured = capsys.readouterr()
+    assert code in (0, 3), captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"]["reference"] is None and not any(c["role"] == "reference" for c in report["cells"])
+    note = report["derived"]["reference_note"]
+    assert "public Hub model" in note and "--reference" in note and "\n" not in note
+    # asked for as an anonymous visitor, never with the token; nothing of it was downloaded
+    assert _private_requests(hub) and all(r["user"] is None for r in _private_requests(hub))
+    assert not any("/resolve/" in r["path"] for r in _private_requests(hub))
+    assert not list((tmp_path / "cache").glob("models--victim--private-model"))
+    # the pull request on the stranger's repository names nothing of the private model
+    pr_card = hub.file_at("stranger/privref", "README.md", revision="refs/pr/1").decode()
+    assert "## Quantization audit (hubaudit)" in pr_card and "against the original model" not in pr_card
+
+
+def test_a_cards_base_model_is_refused_offline_even_when_cached(hub, tmp_path, capsys, monkeypatch):
+    """The operator downloaded the private model once; offline, a card naming it must still not open it."""
+    from hubaudit.source import card_reference, fetch_model, parse_model_ref
+
+    with use_endpoint(hub.endpoint, cache_dir=tmp_path / "cache"):
+        fetch_model(parse_model_ref(PRIVATE), token=TOKEN)  # in the cache now
+        import huggingface_hub.constants as hc
+
+        monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+        ref, _ = card_reference({"base_model": PRIVATE})
+        from hubaudit.errors import HubauditError
+
+        with pytest.raises(HubauditError, match="public Hub model"):
+            fetch_model(ref, token=TOKEN)
+
+
+@pytest.mark.parametrize("base", ["/abs/path/model", "./rel/model", "~/model", "a/b/c", "C:\\models\\x", "org/x @main"])
+def test_a_local_path_in_base_model_is_not_a_reference(base):
+    from hubaudit.source import card_reference
+
+    ref, note = card_reference({"base_model": base})
+    assert ref is None and "--reference" in note and base not in note
+
+
+def test_a_cards_local_base_model_is_never_loaded_nor_published(hub, tmp_path, capsys, monkeypatch):
+    import hubaudit.modeling as modeling
+
+    opened = []
+    real = modeling.ModelSource.__init__
+
+    def spy(self, path, *a, **kw):
+        opened.append(str(path))
+        return real(self, path, *a, **kw)
+
+    monkeypatch.setattr(modeling.ModelSource, "__init__", spy)
+    out = tmp_path / "out"
+    with use_endpoint(hub.endpoint, cache_dir=tmp_path / "cache"):
+        code = main(["audit", "stranger/localref", "--token", TOKEN, "--forget", str(hub.forget), "--metrics",
+                     "knowmem_f", "--backends", "rtn:4", "--out", str(out), "--no-store", "--quiet"])
+    assert code in (0, 3), capsys.readouterr().err
+    assert not any(str(hub.local_model) in p for p in opened)
+    text = (out / "report.json").read_text()
+    assert str(hub.local_model) not in text and json.loads(text)["inputs"]["reference"] is None
+
+
+@pytest.mark.slow
+def test_a_sweep_never_opens_a_cards_private_base_model_and_publishes_no_text_nor_path(hub, tmp_path, capsys):
+    from hubaudit.sweep import sweep
+
+    out = tmp_path / "out"
+    with use_endpoint(hub.endpoint, cache_dir=tmp_path / "cache"):
+        hub.requests.clear()
+        res = sweep(search="tag=unlearning,author=stranger", forget=str(hub.forget), specs="rtn:4", out=out,
+                    store=tmp_path / "s.sqlite", use_ray=False, token=TOKEN, progress=False,
+                    metrics="verbmem_f,knowmem_f")
+        assert {r.model.split("@")[0] for r in res.rows} == {"stranger/privref", "stranger/localref"}
+        plan = json.loads((out / "sweep.json").read_text())
+        assert {m["reference"] for m in plan["models"]} == {None}
+        assert all(r["user"] is None for r in _private_requests(hub))
+        assert main(["leaderboard", "publish", "--repo", "alice/board", "--out", str(out), "--token", TOKEN]) == 0
+        capsys.readouterr()
+        files = hub.list_files("alice/board", repo_type="dataset")
+        published = {f: hub.file_at("alice/board", f, repo_type="dataset") for f in files if f.endswith((".json", ".md"))}
+    reports = [json.loads(v) for f, v in published.items() if f.endswith("report.json")]
+    assert len(reports) == 2
+    for rep in reports:  # per-item numbers stay, generated text goes
+        items = [r for c in rep["cells"] for rows in c["items"].values() for r in rows]
+        assert items and all("score" in r and "output" not in r for r in items)
+        assert "store" not in rep["inputs"] and "path" not in rep["inputs"]["model"]
+    local = json.loads((out / "reports" / Path(res.rows[0].report_dir).name / "report.json").read_text())
+    outputs = {r["output"] for c in local["cells"] for rows in c["items"].values() for r in rows if r.get("output")}
+    assert outputs  # the local report keeps them
+    for f, blob in published.items():
+        text = blob.decode()
+        assert str(tmp_path) not in text and str(hub.forget) not in text, f
+        assert not any(o in text for o in outputs if len(o) > 12), f
