@@ -141,3 +141,84 @@ def test_a_sweep_never_opens_a_cards_private_base_model_and_publishes_no_text_no
         text = blob.decode()
         assert str(tmp_path) not in text and str(hub.forget) not in text, f
         assert not any(o in text for o in outputs if len(o) > 12), f
+
+
+# -- a verdict on nothing real ----------------------------------------------------------------------------
+def _no_torchao(monkeypatch):
+    import hubaudit.quant.torchao_backend as tao
+
+    monkeypatch.setattr(tao.TorchAOBackend, "unavailable_reason", lambda self: "torchao's int4 needs a CUDA GPU here")
+
+
+def test_float_cast_and_an_int4_that_cannot_run_is_incomplete_not_robust(random_world, tmp_path, capsys, monkeypatch):
+    _no_torchao(monkeypatch)
+    out = tmp_path / "o"
+    code = main(["audit", str(random_world["model"]), "--no-reference", "--forget", str(random_world["forget"]),
+                 "--metrics", "knowmem_f", "--backends", "cast:bf16,torchao:int4", "--no-store", "--out", str(out),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    verdict = json.loads((out / "report.json").read_text())["verdict"]
+    assert code == 3 and verdict["label"] == "incomplete", err
+    assert "torchao:int4 (skipped: torchao's int4 needs a CUDA GPU here)" in verdict["summary"]
+
+
+def test_a_cell_that_could_not_run_is_named_beside_a_verdict(random_world, monkeypatch):
+    import hubaudit
+
+    _no_torchao(monkeypatch)
+    report = hubaudit.audit(random_world["model"], reference=False, forget=random_world["forget"],
+                            specs="rtn:4,torchao:int4", metrics="knowmem_f", store=False, progress=False)
+    assert report.verdict.label != "incomplete"
+    assert "not evaluated: torchao:int4 (skipped" in report.verdict.summary
+
+
+def _weights_only(folder: Path, src: Path, keep) -> Path:
+    """A copy of model ``src`` whose safetensors holds only the tensors ``keep`` picks."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, folder)
+    tensors = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in tensors.items() if keep(k)}, folder / "model.safetensors")
+    return folder
+
+
+def test_a_checkpoint_holding_only_the_final_norm_is_refused_before_loading(random_world, tmp_path, capsys,
+                                                                             monkeypatch):
+    import transformers
+
+    loaded = []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loaded.append(a) or 1 / 0))
+    model = _weights_only(tmp_path / "norm-only", random_world["model"], lambda k: k == "model.norm.weight")
+    code = main(["audit", str(model), "--no-reference", "--forget", str(random_world["forget"]), "--metrics",
+                 "knowmem_f", "--backends", "rtn:4", "--no-store", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "missing" in err and "declares" in err, err
+    assert loaded == []
+
+
+def test_a_tiny_file_whose_config_declares_a_large_model_is_refused_with_bounded_memory(random_world, tmp_path,
+                                                                                          capsys):
+    import resource
+
+    model = _weights_only(tmp_path / "big-config", random_world["model"], lambda k: "norm" in k)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+               num_key_value_heads=12, vocab_size=32000)  # about 113M parameters declared, a few KB on disk
+    (model / "config.json").write_text(json.dumps(cfg))
+    assert (model / "model.safetensors").stat().st_size < 8192
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code = main(["audit", str(model), "--no-reference", "--forget", str(random_world["forget"]), "--metrics",
+                 "knowmem_f", "--backends", "rtn:4", "--no-store", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert code == 2 and len(err.splitlines()) == 1 and "declares" in err, err
+    assert grown_mib < 200  # the 113M random parameters (430 MB in float32) were never allocated
+
+
+def test_a_complete_checkpoint_passes_the_weight_check(random_world):
+    from hubaudit.weights import check_weights
+
+    check_weights(random_world["model"], "model")  # nothing raised: every tensor present
