@@ -222,3 +222,64 @@ def test_a_complete_checkpoint_passes_the_weight_check(random_world):
     from hubaudit.weights import check_weights
 
     check_weights(random_world["model"], "model")  # nothing raised: every tensor present
+
+
+# -- hostile GGUF files -------------------------------------------------------------------------------------
+def _gguf(n_tensors: int, kvs: bytes, n_kv: int, tail: bytes = b"") -> bytes:
+    import struct
+
+    return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv) + kvs + tail
+
+
+def _key(name: str) -> bytes:
+    import struct
+
+    return struct.pack("<Q", len(name)) + name.encode()
+
+
+def _hostile(kind: str) -> bytes:
+    import struct
+
+    if kind == "huge-array":  # 114 bytes declaring 2^40 one-byte items
+        return _gguf(0, _key("general.x") + struct.pack("<IIQ", 9, 0, 1 << 40), 1).ljust(114, b"\0")
+    if kind == "million-empty-tokens":
+        return _gguf(0, _key("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, 1_000_000) + b"\0" * 8_000_000, 1)
+    if kind == "tensor-count":
+        return _gguf(1 << 40, b"", 0).ljust(114, b"\0")
+    if kind == "empty":
+        return b""
+    if kind == "nested":
+        return _gguf(0, _key("general.x") + struct.pack("<IIQ", 9, 9, 2) + struct.pack("<IQ", 0, 1) * 2 + b"\0\0", 1)
+    if kind == "tensor-beyond-end":
+        tensor = _key("token_embd.weight") + struct.pack("<I", 2) + struct.pack("<QQ", 64, 1 << 20) + struct.pack("<IQ", 0, 0)
+        return _gguf(1, b"", 0, tensor).ljust(256, b"\0")
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["huge-array", "million-empty-tokens", "tensor-count", "empty", "nested",
+                                  "tensor-beyond-end"])
+def test_a_hostile_gguf_is_a_one_line_user_error_fast_and_small(random_world, tmp_path, capsys, kind):
+    import resource
+    import time
+
+    path = tmp_path / "hostile.gguf"
+    path.write_bytes(_hostile(kind))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    code = main(["audit", str(random_world["model"]), "--no-reference", "--forget", str(random_world["forget"]),
+                 "--metrics", "knowmem_f", "--backends", f"file:{path}", "--no-store", "--quiet"])
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip()
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert code == 2 and len(err.splitlines()) == 1 and "not a usable GGUF file" in err, err
+    assert seconds < 10 and grown_mib < 200, (seconds, grown_mib)
+
+
+def test_a_gguf_written_by_gguf_py_passes_the_layout_check(random_world, tmp_path):
+    from hubaudit.modeling import ModelSource
+    from hubaudit.quant.gguf_backend import write_gguf
+    from hubaudit.quant.gguf_check import check_gguf_layout
+
+    src = ModelSource(random_world["model"], device="cpu")
+    write_gguf(src.model, src.tokenizer, tmp_path / "m.gguf", "Q8_0")
+    check_gguf_layout(tmp_path / "m.gguf")
