@@ -283,3 +283,32 @@ def test_a_gguf_written_by_gguf_py_passes_the_layout_check(random_world, tmp_pat
     src = ModelSource(random_world["model"], device="cpu")
     write_gguf(src.model, src.tokenizer, tmp_path / "m.gguf", "Q8_0")
     check_gguf_layout(tmp_path / "m.gguf")
+
+
+# -- the Action's cache and tokens --------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "saved login", "none"])
+def test_the_action_never_caches_weights_when_huggingface_hub_would_find_a_token(random_world, tmp_path, monkeypatch,
+                                                                                 how):
+    import huggingface_hub.constants as hc
+
+    from hubaudit import action
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(var, raising=False)
+    token_file = tmp_path / "hf_home" / "token"
+    monkeypatch.setattr(hc, "HF_TOKEN_PATH", str(token_file))
+    if how == "saved login":
+        token_file.parent.mkdir()
+        token_file.write_text(TOKEN)
+    elif how != "none":
+        monkeypatch.setenv(how, TOKEN)
+    monkeypatch.setenv("INPUT_MODEL", str(random_world["model"]))
+    outputs = tmp_path / "out.txt"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(outputs))
+    assert action.cmd_resolve() == 0
+    got = dict(line.split("=", 1) for line in outputs.read_text().splitlines() if "=" in line)
+    if how == "none":
+        assert got["hf-cache"] and "store-only-" not in got["cache-key"]
+    else:
+        assert got["hf-cache"] == "" and "store-only-" in got["cache-key"]
+    assert TOKEN not in outputs.read_text()
