@@ -189,6 +189,12 @@ def _snapshot(repo_id: str, revision: str | None, repo_type: str, patterns, toke
         files = {s.rfilename: (s.size or 0) for s in (info.siblings or [])}
         allow = patterns(list(files)) if callable(patterns) else list(patterns)
         wanted = [f for f in files if any(fnmatch.fnmatch(f, p) for p in allow)]
+        cap = _max_dataset_bytes() if repo_type == "dataset" else None
+        if cap is not None and sum(files[f] for f in wanted) > cap:
+            raise HubError(f"dataset '{repo_id}' at {info.sha[:12]} has {sum(files[f] for f in wanted) / 2**20:.1f} MiB "
+                           f"of forget-set files; at most {cap / 2**20:.1f} MiB are downloaded here "
+                           "(HUBAUDIT_MAX_DATASET_BYTES)")
+        revision = info.sha or revision if cap is not None else revision  # what was measured is what is fetched
         # By the requested revision (not the sha) so the cache records the ref for offline use later;
         # the snapshot folder is named by the commit it holds.
         path = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow,
@@ -197,6 +203,15 @@ def _snapshot(repo_id: str, revision: str | None, repo_type: str, patterns, toke
     card = card.to_dict() if hasattr(card, "to_dict") else dict(card or {})
     return Snapshot(repo_id, repo_type, path.name, path, revision, card or _card_data(path),
                     sum(files[f] for f in wanted), sum(files.values()), sorted(files))
+
+
+def _max_dataset_bytes() -> int | None:
+    """The most bytes of one forget set's files to download: ``HUBAUDIT_MAX_DATASET_BYTES`` (the Space sets
+    it), else no limit."""
+    try:
+        return int(os.environ["HUBAUDIT_MAX_DATASET_BYTES"])
+    except (KeyError, ValueError):
+        return None
 
 
 def fetch_model(ref: ModelRef, *, token: str | None = None, allow_pickle: bool = False) -> Snapshot:

@@ -330,6 +330,9 @@ class CellWorker:
 # -- the sweep -------------------------------------------------------------------------------------------
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node IP is the loopback (checked in ray 2.60)
+
+
 def _start_ray(address: str | None, num_cpus: int | None, token: str | None = None):
     """Ray, connected: to ``address`` (``auto``, ``ray://host:10001``), else a local one on this machine, whose
     workers inherit ``token`` as ``HF_TOKEN`` (set only while Ray starts; never a task argument, never written).
@@ -347,16 +350,27 @@ def _start_ray(address: str | None, num_cpus: int | None, token: str | None = No
         if address:
             ray.init(address=address, **{k: v for k, v in kw.items() if k != "include_dashboard"})
         else:
-            before = os.environ.get("HF_TOKEN")
+            before = {k: os.environ.get(k) for k in ("HF_TOKEN", LOOPBACK_ENV)}
             if token:
                 os.environ["HF_TOKEN"] = token
+            # a one-machine Ray on the loopback only: its node IP is 127.0.0.1, so GCS, raylet, object manager and
+            # workers listen on 127.0.0.1 and nothing on another interface (Ray >= 2.50 binds its servers to the
+            # node IP). Ray reads the node IP as its single-machine mode does on macOS/Windows: from
+            # ENABLE_RAY_CLUSTER (the driver) and its environment variable (every process Ray starts).
+            import ray._private.ray_constants as rc
+
+            os.environ[LOOPBACK_ENV] = "0"
+            cluster = rc.ENABLE_RAY_CLUSTER
+            rc.ENABLE_RAY_CLUSTER = False
             try:
-                ray.init(address="local", num_cpus=num_cpus, **kw)  # a new one, never someone's `ray start` by chance
+                ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kw)  # never someone's `ray start`
             finally:
-                if before is None:
-                    os.environ.pop("HF_TOKEN", None)
-                else:
-                    os.environ["HF_TOKEN"] = before
+                rc.ENABLE_RAY_CLUSTER = cluster
+                for k, v in before.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
     except ConnectionError as e:
         raise SweepError(f"cannot connect to the Ray cluster at --ray-address {address} ({str(e).splitlines()[0]}); "
                          "check the address (auto on a cluster node, ray://HEAD:10001 from outside)") from None

@@ -97,7 +97,11 @@ def check_weights(folder, name: str, *, trust_remote_code: bool = False) -> None
         return
     stored: dict[str, int] = {}
     for f in files:
-        for key, t in safetensors_header(f).items():
+        try:
+            header = safetensors_header(f)
+        except ModelLoadError as e:
+            raise ModelLoadError(f"'{name}': {e}") from None
+        for key, t in header.items():
             stored[key] = math.prod(int(x) for x in t["shape"])
     info = _declared(folder, trust_remote_code)
     if info is None:

@@ -6,13 +6,13 @@ import os
 import re
 
 # settings first: the environment defaults it sets must be in place before gradio is imported
-from settings import DATA, LEADERBOARD, POLL_SECONDS, env_ids, store, wake
+from settings import DATA, LEADERBOARD, MAX_JOBS_PER_VISITOR, POLL_SECONDS, env_ids, store, wake
 
 import gradio as gr
 import pandas as pd
 
 from checks import (InputError, card_base_model, check_dataset, check_model, check_queue_room, hub_repo,
-                    upload_to_muse, visitor_key)
+                    queue_full_message, upload_to_muse, visitor_key)
 from publishing import download_copy, open_pr
 from words import LABELS, verdict_words
 
@@ -132,7 +132,7 @@ def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshol
                 raise InputError("Enter a Hub dataset id in the MUSE layout (for example `org/my-forget-set`) "
                                  "or a benchmark's name (`tofu-forget10`, `wmdp-bio`).")
             if not _is_shorthand(ds):
-                check_dataset(ds)
+                ds = check_dataset(ds)  # pinned: the commit measured is the one downloaded
             inputs["forget"] = ds
         elif forget_kind == "Upload JSONL":
             if not upload:
@@ -147,7 +147,13 @@ def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshol
     except InputError as e:
         return gr.update(), f"⚠️ {e}"
     inputs["visitor"] = visitor
-    jid = store.add(inputs, kind="ui")
+    jid, mine = store.add_limited(inputs, "ui", visitor, MAX_JOBS_PER_VISITOR)
+    if jid is None:
+        if inputs.get("upload_dir"):
+            import shutil
+
+            shutil.rmtree(inputs["upload_dir"], ignore_errors=True)
+        return gr.update(), f"⚠️ {queue_full_message(mine)}"
     wake.set()
     return jid, f"Queued as audit `{jid}`. You can leave: open this page with `?job={jid}` to come back to it."
 

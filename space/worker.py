@@ -9,8 +9,8 @@ from pathlib import Path
 
 from checks import InputError, check_size
 from publishing import publish_webhook_result
-from settings import (DATA, DEVICE, JOB_TIMEOUT_S, MAX_DISK_BYTES, MAX_FORGET_ITEMS, POLL_SECONDS, RESULTS,
-                      downloads_dir, log, space_token, store, wake)
+from settings import (DATA, DEVICE, GRADIO_TEMP, JOB_TIMEOUT_S, MAX_DISK_BYTES, MAX_FORGET_ITEMS, POLL_SECONDS,
+                      RESULTS, downloads_dir, log, space_token, store, wake)
 from webhooks import only_card_changed, webhook_reference
 
 
@@ -177,7 +177,8 @@ def evict_disk(budget: int | None = None, hub_cache: str | Path | None = None) -
     active = {j["id"] for j in live}
     active_uploads = {j["inputs"].get("upload_dir") for j in live}
     items: list[tuple[float, int, str, object]] = []  # (last used, bytes, label, how to delete)
-    for folder, skip in ((DATA / "jobs", active), (DATA / "uploads", None), (downloads_dir(), active)):
+    for folder, skip in ((DATA / "jobs", active), (DATA / "uploads", None), (downloads_dir(), active),
+                         (GRADIO_TEMP, None)):  # Gradio's own uploads and served files count too
         if not folder.is_dir():
             continue
         for p in folder.iterdir():

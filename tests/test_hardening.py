@@ -312,3 +312,68 @@ def test_the_action_never_caches_weights_when_huggingface_hub_would_find_a_token
     else:
         assert got["hf-cache"] == "" and "store-only-" in got["cache-key"]
     assert TOKEN not in outputs.read_text()
+
+
+# -- a local Ray listens on the loopback only ---------------------------------------------------------------
+@pytest.mark.slow
+def test_a_local_ray_listens_on_the_loopback_only():
+    pytest.importorskip("ray", reason="the sweep extra (pip install 'hubaudit[sweep]')")
+    import ipaddress
+
+    import psutil
+
+    from hubaudit.sweep import _start_ray
+
+    ray, started = _start_ray(None, 1)
+    assert started
+    try:
+        assert ray.get(ray.remote(lambda: 1).remote()) == 1  # workers reach it
+        me = psutil.Process()
+        listening = []
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                listening += [c.laddr.ip for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+            except psutil.Error:
+                continue
+    finally:
+        ray.shutdown()
+    assert listening
+    for ip in listening:
+        addr = ipaddress.ip_address(ip)
+        addr = getattr(addr, "ipv4_mapped", None) or addr
+        assert addr.is_loopback, listening
+
+
+# -- Hub forget sets pinned and size-checked; one item's length capped ---------------------------------------
+def test_a_hub_forget_set_is_size_checked_at_its_pinned_commit_before_download(tmp_path, monkeypatch):
+    from hubaudit.errors import HubError
+    from hubaudit.forget import load_forget_set
+
+    small = make_forget_dir(tmp_path / "small", n=4)
+    with LocalHub(tmp_path / "server") as hub:
+        sha = hub.create_repo("org/fs", repo_type="dataset", files=folder_files(small))
+        monkeypatch.setenv("HUBAUDIT_MAX_DATASET_BYTES", str(1 << 20))
+        # after the check, a push makes the set 8 MB: the pinned commit is what is downloaded
+        hub.commit("org/fs", {"privleak/holdout.json": json.dumps([{"text": "x" * 1000}] * 8000).encode()},
+                   repo_type="dataset")
+        with use_endpoint(hub.endpoint, cache_dir=tmp_path / "cache"):
+            fs = load_forget_set(f"org/fs@{sha}")
+            assert fs.source == f"hub:org/fs@{sha}"
+            hub.requests.clear()
+            with pytest.raises(HubError, match="at most 1.0 MiB"):
+                load_forget_set("org/fs")
+            assert not any("/resolve/" in r["path"] for r in hub.requests)  # refused before any file came down
+
+
+def test_one_very_long_item_is_a_clear_cli_error(random_world, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    forget = tmp_path / "forget"
+    shutil.copytree(random_world["forget"], forget)
+    monkeypatch.setenv("HUBAUDIT_MAX_ITEM_CHARS", "5000")
+    (forget / "privleak").mkdir(exist_ok=True)
+    (forget / "privleak" / "forget.json").write_text(json.dumps([{"text": "word " * 2000}]))
+    code = main(["audit", str(random_world["model"]), "--no-reference", "--forget", str(forget), "--backends", "rtn:4",
+                 "--no-store", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "10,000 characters" in err and "at most 5,000" in err, err
