@@ -202,12 +202,14 @@ def render(job_id, seen):
     job_id = (job_id or "").strip()
     if not job_id:
         return (*[gr.skip()] * (outs - 1), seen)
-    job = store.get(job_id)
+    job = store.get(job_id) if JOB_ID.fullmatch(job_id) else None
     if job is None:
         key = f"{job_id}:missing"
         if key == seen:
             return (*[gr.skip()] * (outs - 1), seen)
-        return (f"⚠️ There is no audit `{job_id}` on this Space.", "", gr.skip(), "", gr.skip(), "",
+        # never the typed text itself: ?job= is anyone's link, and the page renders Markdown
+        shown = f"`{job_id}`" if JOB_ID.fullmatch(job_id) else "with that id"
+        return (f"⚠️ There is no audit {shown} on this Space.", "", gr.skip(), "", gr.skip(), "",
                 gr.update(visible=False), gr.update(visible=False), key)
     key = f"{job_id}:{job['updated']}:{job.get('position')}"
     if key == seen:
@@ -257,9 +259,12 @@ def render(job_id, seen):
     return status, progress, table, verdict, plot, card, download, pr_row, key
 
 
+JOB_ID = re.compile(r"[0-9a-f]{6,32}")  # what JobStore hands out (secrets.token_hex)
+
+
 def load_job_from_url(request: gr.Request):
     job = (request.query_params.get("job") or "").strip() if request else ""
-    return job if job else gr.skip()
+    return job if JOB_ID.fullmatch(job) else gr.skip()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -377,3 +377,65 @@ def test_one_very_long_item_is_a_clear_cli_error(random_world, tmp_path, capsys,
                  "--no-store", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "10,000 characters" in err and "at most 5,000" in err, err
+
+
+# -- cards: markers, names, BOM, deep YAML -------------------------------------------------------------------
+def _report(random_world, forget_name=None):
+    import hubaudit
+
+    report = hubaudit.audit(random_world["model"], reference=False, forget=random_world["forget"], specs="rtn:4",
+                            metrics="knowmem_f", store=False, progress=False)
+    if forget_name is not None:
+        report.inputs["forget"]["name"] = forget_name
+    return report
+
+
+@pytest.fixture(scope="module")
+def small_report(random_world):
+    return _report(random_world)
+
+
+@pytest.mark.parametrize("example", [
+    "````markdown\n```\n<!-- hubaudit:start -->\nexample\n<!-- hubaudit:end -->\n```\n````\n",
+    "    <!-- hubaudit:start -->\n    example\n    <!-- hubaudit:end -->\n",
+    "Write `<!-- hubaudit:start -->` and `<!-- hubaudit:end -->` around it.\n",
+])
+def test_markers_in_someone_elses_code_are_kept(small_report, example):
+    from hubaudit.card import update_card
+
+    card = "---\nlicense: mit\n---\n\n# Model\n\nAn example:\n\n" + example + "\nThe end.\n"
+    new = update_card(card, small_report)
+    assert example in new and "The end.\n" in new  # their text kept byte for byte
+    assert new.count("## Quantization audit (hubaudit)") == 1
+    assert update_card(new, small_report) == new  # and ours found again on the next run
+
+
+def test_a_hub_forget_set_name_cannot_inject_markdown_or_markers(random_world):
+    from hubaudit.card import render_section
+
+    section = render_section(_report(random_world, "x` ![t](https://evil.example/t.png)\n<!-- hubaudit:end -->"))
+    line = next(l for l in section.splitlines() if "forget set" in l)
+    assert line.count("`") % 2 == 0 and "`x' ![t](https://evil.example/t.png) <! --" in line
+    assert section.count("<!-- hubaudit:end -->") == 1
+
+
+def test_a_bom_keeps_the_front_matter_where_it_is(small_report):
+    from hubaudit.card import update_card
+    from hubaudit.cardmeta import read_metadata
+
+    card = "\ufeff---\nlicense: mit\nbase_model: org/x\n---\n\n# Model\n"
+    new = update_card(card, small_report)
+    assert new.startswith("\ufeff---\nlicense: mit\n") and new.count("---\n") == 2
+    assert read_metadata(new)["base_model"] == "org/x"
+
+
+def test_a_deeply_nested_card_is_ignored_with_a_warning_not_a_crash(random_world, tmp_path, capsys, caplog):
+    import shutil
+
+    model = tmp_path / "nested"
+    shutil.copytree(random_world["model"], model)
+    (model / "README.md").write_text("---\nbase_model: " + "[" * 2000 + "]" * 2000 + "\n---\n\n# x\n")
+    code = main(["audit", str(model), "--forget", str(random_world["forget"]), "--metrics", "knowmem_f",
+                 "--backends", "rtn:4", "--no-store", "--quiet", "--fail-on", "none"])
+    err = capsys.readouterr().err
+    assert code == 0 and "nested more than" in caplog.text, err

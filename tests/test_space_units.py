@@ -302,3 +302,50 @@ def test_one_long_item_in_an_upload_is_refused_at_once(app, tmp_path):
     line.write_text(json.dumps({"text": "word " * (app.MAX_ITEM_CHARS // 5 + 1)}) + "\n")
     with pytest.raises(app.InputError, match="at most .* per text"):
         app.upload_to_muse(str(line), tmp_path / "out-long")
+
+
+def test_a_failed_disk_eviction_does_not_leave_a_job_running_forever(app, monkeypatch):
+    import threading
+
+    stop = threading.Event()
+    jid = app.store.add({"model": "org/m", "specs": ["rtn:4"], "threshold": 5}, kind="ui")
+    ran = []
+
+    def evict():
+        raise OSError("disk full")
+
+    def run(job):
+        ran.append(job["id"])
+        stop.set()
+        raise RuntimeError("a bug after the claim")
+
+    monkeypatch.setattr(app.worker, "_warm_up", lambda: None)
+    monkeypatch.setattr(app.worker, "evict_disk", evict)
+    monkeypatch.setattr(app.worker, "run_job", run)
+    monkeypatch.setattr(app.worker, "POLL_SECONDS", 0.01)
+    app.worker_loop(stop)
+    assert len(ran) == 1  # the eviction failed, the audit still ran (the oldest queued job: perhaps not ours)
+    assert app.store.get(ran[0])["state"] == "error"  # and its failure ended the job
+    assert app.store.get(jid)["state"] in ("queued", "error")
+
+
+def test_a_fresh_upload_is_never_evicted_before_its_job_exists(app, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    fresh = app.DATA / "uploads" / "just-written"
+    fresh.mkdir(parents=True)
+    (fresh / "knowmem.jsonl").write_bytes(b"x" * 5000)
+    app.evict_disk(budget=0, hub_cache=tmp_path / "no-hub-cache")
+    assert fresh.exists()
+
+
+@pytest.mark.parametrize("job", ["[click](https://evil.example/login)", "![x](https://evil.example/t.png)",
+                                 "abc` ![x](https://evil.example/t.png) `"])
+def test_a_job_id_from_the_url_is_never_rendered_as_markdown(app, job):
+    from types import SimpleNamespace
+
+    out = app.render(job, None)
+    assert "evil.example" not in out[0] and "There is no audit" in out[0]
+    req = SimpleNamespace(query_params={"job": job})
+    assert app.load_job_from_url(req) is not job  # gr.skip(): nothing put in the box
