@@ -21,6 +21,7 @@ import gc
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -439,6 +440,7 @@ def _not_run_words(by: dict, specs: list[str]) -> list[str]:
             continue
         status = cell.status if cell is not None else "not run"
         why = ((cell.reason or "").strip().splitlines() or [""])[0] if cell is not None else ""
+        why = re.sub(r"(?<![\w:/])(?:~|[A-Za-z]:)?[/\\][^\s,;)'\"]+", "<path>", why)  # the verdict is published
         why = why if len(why) <= 120 else why[:117] + "..."
         out.append(f"{spec} ({status}{': ' + why if why else ''})")
     return out

@@ -102,6 +102,9 @@ def read_models_file(path: str | Path) -> list[SweepEntry]:
     return entries
 
 
+MAX_SEARCH_LIMIT = 10_000  # models one --search may return
+
+
 def parse_search(text: str) -> dict:
     """``--search 'tag=unlearning,base_model=org/x,author=org,q=npo,limit=50'`` -> list_models arguments.
 
@@ -117,8 +120,8 @@ def parse_search(text: str) -> dict:
         if key == "tag":
             query["tags"].append(value)
         elif key == "limit":
-            if not value.isdigit() or int(value) < 1:
-                raise SweepError(f"--search: limit must be a positive number, got '{value}'")
+            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_SEARCH_LIMIT:
+                raise SweepError(f"--search: limit must be a number from 1 to {MAX_SEARCH_LIMIT}, got '{value[:20]}'")
             query["limit"] = int(value)
         else:
             query["search" if key == "q" else key] = value

@@ -244,6 +244,8 @@ def _hostile(kind: str) -> bytes:
         return _gguf(0, _key("general.x") + struct.pack("<IIQ", 9, 0, 1 << 40), 1).ljust(114, b"\0")
     if kind == "million-empty-tokens":
         return _gguf(0, _key("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, 1_000_000) + b"\0" * 8_000_000, 1)
+    if kind == "100k-empty-tokens":  # fewer than any cap on its own, far more than the audited model's vocabulary
+        return _gguf(0, _key("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, 100_000) + b"\0" * 800_000, 1)
     if kind == "tensor-count":
         return _gguf(1 << 40, b"", 0).ljust(114, b"\0")
     if kind == "empty":
@@ -256,8 +258,8 @@ def _hostile(kind: str) -> bytes:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["huge-array", "million-empty-tokens", "tensor-count", "empty", "nested",
-                                  "tensor-beyond-end"])
+@pytest.mark.parametrize("kind", ["huge-array", "million-empty-tokens", "100k-empty-tokens", "tensor-count", "empty",
+                                  "nested", "tensor-beyond-end"])
 def test_a_hostile_gguf_is_a_one_line_user_error_fast_and_small(random_world, tmp_path, capsys, kind):
     import resource
     import time
@@ -439,3 +441,41 @@ def test_a_deeply_nested_card_is_ignored_with_a_warning_not_a_crash(random_world
                  "--backends", "rtn:4", "--no-store", "--quiet", "--fail-on", "none"])
     err = capsys.readouterr().err
     assert code == 0 and "nested more than" in caplog.text, err
+
+
+def test_a_newer_store_is_refused_before_it_is_modified(tmp_path):
+    import hashlib
+    import sqlite3
+
+    from hubaudit.errors import StoreError
+    from hubaudit.store import STORE_VERSION, ResultStore
+
+    path = tmp_path / "newer.sqlite"
+    with sqlite3.connect(path) as c:  # a future store: another table layout, a higher version
+        c.execute("CREATE TABLE future (x)")
+        c.execute(f"PRAGMA user_version = {STORE_VERSION + 1}")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(StoreError, match="newer hubaudit"):
+        ResultStore(path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize("limit", ["99999999999999999999999", "0", "²"])
+def test_a_huge_search_limit_is_a_one_line_error(capsys, tmp_path, limit):
+    code = main(["sweep", "--search", f"tag=unlearning,limit={limit}", "--no-ray", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "limit must be a number from 1 to" in err, err
+
+
+def test_a_cell_that_could_not_run_is_named_without_local_paths(random_world, monkeypatch):
+    import hubaudit
+    import hubaudit.quant.rtn as rtn
+
+    def broken(*a, **k):
+        raise FileNotFoundError("/home/operator/secret-models/kernel.so is missing")
+
+    monkeypatch.setattr(rtn.RTNBackend, "apply", broken)
+    report = hubaudit.audit(random_world["model"], reference=False, forget=random_world["forget"],
+                            specs="rtn:8,prune:0.1", metrics="knowmem_f", store=False, progress=False)
+    assert "rtn:8 (error: FileNotFoundError: <path> is missing)" in report.verdict.summary
+    assert "/home/operator" not in report.verdict.summary

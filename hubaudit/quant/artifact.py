@@ -351,7 +351,8 @@ def check(art: Artifact, src: "ModelSource") -> None:
         from .gguf_check import GGUFLayoutError, check_gguf_layout
 
         try:  # every count bounded by the file's size before gguf-py's reader trusts them
-            check_gguf_layout(art.folder / art.filename)
+            vocab = text_cfg.get("vocab_size")
+            check_gguf_layout(art.folder / art.filename, vocab if isinstance(vocab, int) and vocab > 0 else None)
             meta, tokens = gguf_metadata(art.folder / art.filename)
         except GGUFLayoutError as e:
             raise ArtifactError(f"file:{art.target} is not a usable GGUF file: {e}") from None

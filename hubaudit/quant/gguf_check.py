@@ -67,7 +67,7 @@ class _Cursor:
         return self.read(n, what).decode("utf-8", errors="replace")
 
 
-def _value(c: _Cursor, vtype: int, key: str, alignment: list) -> None:
+def _value(c: _Cursor, vtype: int, key: str, alignment: list, max_array: int) -> None:
     if vtype in _SCALARS:
         code, size = _SCALARS[vtype]
         v = c.num(code, size, f"the value of {key}")
@@ -86,9 +86,9 @@ def _value(c: _Cursor, vtype: int, key: str, alignment: list) -> None:
     if itype != STRING and itype not in _SCALARS:
         raise GGUFLayoutError(f"metadata {key} is an array of unknown type {itype}")
     least = 8 if itype == STRING else _SCALARS[itype][1]  # every item takes at least this many bytes
-    if count > MAX_ARRAY or count * least > c.left():
+    if count > max_array or count * least > c.left():
         raise GGUFLayoutError(f"metadata {key} declares {count:,} items, more than "
-                              + (f"{MAX_ARRAY:,} (any real vocabulary)" if count > MAX_ARRAY else
+                              + (f"{max_array:,} (twice the audited model's vocabulary, at most {MAX_ARRAY:,})" if count > max_array else
                                  f"the {c.left():,} bytes left in the file can hold"))
     if itype == STRING:
         for i in range(count):
@@ -97,8 +97,10 @@ def _value(c: _Cursor, vtype: int, key: str, alignment: list) -> None:
         c.skip(count * least, f"the items of {key}")
 
 
-def check_gguf_layout(path) -> None:
-    """Walk a GGUF file's header, metadata and tensor table with every count bounded by the file's size.
+def check_gguf_layout(path, vocab_size: int | None = None) -> None:
+    """Walk a GGUF file's header, metadata and tensor table with every count bounded by the file's size, and
+    every metadata array by ``MAX_ARRAY`` or, given the audited model's ``vocab_size``, twice that (a build of
+    the model cannot hold more tokens).
 
     Raises:
         GGUFLayoutError: the file is empty, not GGUF, truncated, or declares more than it holds.
@@ -127,9 +129,10 @@ def check_gguf_layout(path) -> None:
         if n_tensors > MAX_TENSORS or n_tensors * 32 > c.left():
             raise GGUFLayoutError(f"it declares {n_tensors:,} tensors, more than its {c.left():,} bytes can hold")
         alignment = [32]
+        max_array = min(MAX_ARRAY, max(4096, 2 * vocab_size)) if vocab_size else MAX_ARRAY
         for i in range(n_kv):
             key = c.string(f"metadata key {i}")
-            _value(c, c.num("I", 4, f"the type of {key}"), key, alignment)
+            _value(c, c.num("I", 4, f"the type of {key}"), key, alignment, max_array)
         tensors = []
         for i in range(n_tensors):
             name = c.string(f"tensor name {i}")
