@@ -4,8 +4,8 @@ transformers fills a tensor the checkpoint lacks with random values (it only log
 safetensors file holding one norm, or a 3 KB file whose config declares 113M parameters, would be audited
 on random weights and judged. :func:`check_weights` reads only the safetensors headers (bounded by the
 file sizes) and the config (the model built on the ``meta`` device, no memory), and refuses with one line
-when tensors are missing (by name and by count) or a large part of the file is tensors the architecture
-does not have.
+when tensors are missing (by name and by count) or the file holds unknown tensors beyond what the
+architecture can hold.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .errors import ModelLoadError
 
 MAX_HEADER = 100 << 20  # a safetensors header is JSON; 100 MiB is far above any real one
 SHORT_SHARE = 0.99  # the checkpoint holds fewer elements than this share of the declared parameters: refused
-EXTRA_SHARE = 0.01  # unknown tensors holding more than this share of the declared parameters: refused
+EXTRA_SHARE = 0.01  # unknown tensors taking the count this far past what the model can hold: refused
 
 
 def safetensors_header(path: Path) -> dict:
@@ -80,10 +80,13 @@ def _declared(folder: Path, trust_remote_code: bool):
     except Exception:  # noqa: BLE001 - ModelSource reports a config transformers cannot read
         return None
     groups: dict[int, list[str]] = {}
+    at_most = 0  # every name counted, a tied tensor as often as it is named (a checkpoint may store each)
     for name, p in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(p), []).append(name)
+        at_most += p.numel()
+    at_most += sum(b.numel() for _, b in model.named_buffers())  # persistent buffers may be stored too
     declared = sum(p.numel() for p in model.parameters())
-    return declared, list(groups.values()), getattr(model, "base_model_prefix", "") or ""
+    return declared, at_most, list(groups.values()), getattr(model, "base_model_prefix", "") or ""
 
 
 def check_weights(folder, name: str, *, trust_remote_code: bool = False) -> None:
@@ -106,7 +109,7 @@ def check_weights(folder, name: str, *, trust_remote_code: bool = False) -> None
     info = _declared(folder, trust_remote_code)
     if info is None:
         return
-    declared, groups, prefix = info
+    declared, at_most, groups, prefix = info
     names = {k: k for k in stored}  # as the model names it -> as the file does
     if prefix and not any(k.startswith(prefix + ".") for k in names):  # saved from the base model
         names = {f"{prefix}.{k}": k for k in stored}
@@ -114,13 +117,14 @@ def check_weights(folder, name: str, *, trust_remote_code: bool = False) -> None
     missing = [g[0] for g in groups if not any(n in names for n in g)]
     unexpected = [k for k in names if k not in expected]
     total = sum(stored.values())
-    if missing and total < SHORT_SHARE * declared:
+    if missing and total < SHORT_SHARE * declared:  # missing by name (after any renaming) and by count
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise ModelLoadError(
             f"'{name}': its weights hold {total:,} of the {declared:,} parameters its config declares (missing: "
             f"{shown}); transformers would fill the rest randomly, so it is not audited: give the complete model")
-    extra = sum(stored[names[k]] for k in unexpected)
-    if unexpected and extra > EXTRA_SHARE * declared:
+    # names alone do not decide: transformers renames or fuses some checkpoints' tensors when it loads them
+    # (GPT-NeoX's embed_out, per-expert MoE weights), so only tensors beyond what the model can hold count
+    if unexpected and total > (1 + EXTRA_SHARE) * at_most:
         shown = ", ".join(sorted(unexpected)[:3]) + (f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else "")
         raise ModelLoadError(
             f"'{name}': its weights hold {len(unexpected)} tensors its config's architecture does not have ({shown}); "

@@ -479,3 +479,37 @@ def test_a_cell_that_could_not_run_is_named_without_local_paths(random_world, mo
                             specs="rtn:8,prune:0.1", metrics="knowmem_f", store=False, progress=False)
     assert "rtn:8 (error: FileNotFoundError: <path> is missing)" in report.verdict.summary
     assert "/home/operator" not in report.verdict.summary
+
+
+def test_a_checkpoint_with_many_tensors_its_config_lacks_is_refused(random_world, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from hubaudit.errors import ModelLoadError
+    from hubaudit.weights import check_weights
+
+    model = tmp_path / "extra"
+    shutil.copytree(random_world["model"], model)
+    tensors = load_file(model / "model.safetensors")
+    tensors["vision_tower.blocks.0.weight"] = torch.zeros(sum(t.numel() for t in tensors.values()) // 10)
+    save_file(tensors, model / "model.safetensors")
+    with pytest.raises(ModelLoadError, match="tensors its config's architecture does not have"):
+        check_weights(model, "extra")
+
+
+@pytest.mark.parametrize("model_type, extra", [("llama", {"tie_word_embeddings": True}), ("gpt_neox", {}),
+                                               ("mixtral", {"num_local_experts": 2}), ("gpt2", {})])
+def test_renamed_tied_or_fused_checkpoints_pass_the_weight_check(tmp_path, model_type, extra):
+    """transformers renames (GPT-NeoX's embed_out), fuses (Mixtral's experts) or ties (lm_head) some tensors
+    when it loads them: a complete checkpoint of each passes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hubaudit.weights import check_weights
+
+    kw = (dict(n_embd=64, n_layer=2, n_head=4, vocab_size=256) if model_type == "gpt2" else
+          dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               vocab_size=256, **extra))
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kw)).save_pretrained(tmp_path / model_type)
+    check_weights(tmp_path / model_type, model_type)
