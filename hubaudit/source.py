@@ -194,10 +194,11 @@ def _snapshot(repo_id: str, revision: str | None, repo_type: str, patterns, toke
             raise HubError(f"dataset '{repo_id}' at {info.sha[:12]} has {sum(files[f] for f in wanted) / 2**20:.1f} MiB "
                            f"of forget-set files; at most {cap / 2**20:.1f} MiB are downloaded here "
                            "(HUBAUDIT_MAX_DATASET_BYTES)")
-        revision = info.sha or revision if cap is not None else revision  # what was measured is what is fetched
-        # By the requested revision (not the sha) so the cache records the ref for offline use later;
-        # the snapshot folder is named by the commit it holds.
-        path = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow,
+        # By the requested revision (not the sha) so the cache records the ref for offline use later; the
+        # snapshot folder is named by the commit it holds. Under a size cap, by the commit that was measured
+        # (a push in between cannot swap in larger files).
+        fetch = (info.sha or revision) if cap is not None else revision
+        path = Path(snapshot_download(repo_id, repo_type=repo_type, revision=fetch, allow_patterns=allow,
                                       token=token))
     card = getattr(info, "card_data", None) or getattr(info, "cardData", None)
     card = card.to_dict() if hasattr(card, "to_dict") else dict(card or {})
