@@ -62,7 +62,10 @@ def _weight_files(folder: Path) -> list[Path]:
         if missing:
             raise ModelLoadError(f"{folder} lacks {missing[0]}, a weight file its index names; download it again")
         return files
-    return sorted(folder.glob("*.safetensors"))
+    # what transformers loads: the index's shards, else model.safetensors (a repository may also hold other
+    # files, e.g. Mistral's consolidated.safetensors, which it never reads); anything else is the loader's to refuse
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else []
 
 
 def _declared(folder: Path, trust_remote_code: bool):

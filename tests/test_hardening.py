@@ -513,3 +513,19 @@ def test_renamed_tied_or_fused_checkpoints_pass_the_weight_check(tmp_path, model
                vocab_size=256, **extra))
     AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kw)).save_pretrained(tmp_path / model_type)
     check_weights(tmp_path / model_type, model_type)
+
+
+def test_a_second_weights_file_transformers_never_reads_is_not_counted(random_world, tmp_path):
+    """Mistral's repositories hold consolidated.safetensors beside model.safetensors: transformers reads only
+    the latter, and so does the check."""
+    import shutil
+
+    from hubaudit.weights import check_weights
+
+    model = tmp_path / "with-consolidated"
+    shutil.copytree(random_world["model"], model)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(model / "model.safetensors")  # the same weights under Mistral's own names
+    save_file({k.replace("model.", "mistral."): v for k, v in tensors.items()}, model / "consolidated.safetensors")
+    check_weights(model, "with-consolidated")
