@@ -53,7 +53,22 @@ def _bool_input(name: str, default: bool) -> bool:
 
 
 def _token() -> str | None:
-    return os.environ.get("HF_TOKEN") or None
+    """The token huggingface_hub itself would send: ``HF_TOKEN``, ``HUGGING_FACE_HUB_TOKEN``, the saved login
+    (``hf auth login``), a Trusted Publisher's exchanged token. Never printed."""
+    from huggingface_hub import get_token
+
+    try:
+        return get_token() or None
+    except Exception:  # noqa: BLE001 - a lookup that fails (an expired login's refresh) still means a token is there
+        return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or "unreadable"
+
+
+def _private() -> bool:
+    """Whether the Hub cache may hold weights fetched with a token (then it is never cached across runs)."""
+    import huggingface_hub.constants as hc
+
+    return bool(_token() or os.environ.get("HUGGING_FACE_HUB_TOKEN") or os.environ.get("HF_OIDC_RESOURCE")
+                or Path(hc.HF_TOKEN_PATH).is_file())
 
 
 # -- GitHub's file commands ------------------------------------------------------------------------
@@ -133,7 +148,7 @@ def cmd_resolve() -> int:
                           _input("threshold"), _input("metrics")])
     # With a token the Hub cache may hold private or gated weights, and a cache can be restored by other
     # branches and pull-request runs: then only the results store is cached (an empty path is skipped).
-    private = bool(_token())
+    private = _private()
     prefix = f"hubaudit-{os.environ.get('RUNNER_OS', sys.platform)}-{'store-only-' if private else ''}{key}-"
     set_outputs({
         "model-key": key,

@@ -21,6 +21,7 @@ import gc
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -415,10 +416,54 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
                    **({"untestable": untestable} if untestable else {}),
                }}
     verdict = _verdict(pairs, regained, retained_ci, ref_fp is not None, threshold, alpha, kinds, by_kind)
+    verdict = _require_attack(verdict, by, specs, pairs, threshold, alpha)
     rec = recommendation(verdict.label)
     if rec:
         derived["recommendation"] = rec
     return derived, verdict
+
+
+def _is_float_cast(spec: str) -> bool:
+    """A float cast (``cast:bf16``) rounds, but is no integer quantization and no attack: it alone decides nothing."""
+    try:
+        return get_attack(spec)[0].name == "cast"
+    except HubauditError:
+        return False
+
+
+def _not_run_words(by: dict, specs: list[str]) -> list[str]:
+    """``spec (skipped: why)`` for every requested cell of the audited model that was not evaluated."""
+    out = []
+    for spec in specs:
+        cell = by.get(("model", spec))
+        if cell is not None and cell.status == "ok":
+            continue
+        status = cell.status if cell is not None else "not run"
+        why = ((cell.reason or "").strip().splitlines() or [""])[0] if cell is not None else ""
+        why = re.sub(r"(?<![\w:/])(?:~|[A-Za-z]:)?[/\\][^\s,;)'\"]+", "<path>", why)  # the verdict is published
+        why = why if len(why) <= 120 else why[:117] + "..."
+        out.append(f"{spec} ({status}{': ' + why if why else ''})")
+    return out
+
+
+def _require_attack(verdict: Verdict, by: dict, specs: list[str], pairs, threshold: float, alpha: float) -> Verdict:
+    """A verdict stands only on something real: at least one requested integer quantization (or other attack)
+    evaluated with per-item scores; else ``incomplete``. Requested cells that could not run are named in the
+    summary either way."""
+    not_run = _not_run_words(by, specs)
+    tested = {spec for spec, _, _ in pairs}
+    if verdict.label != "incomplete" and not any(s in tested and not _is_float_cast(s) for s in specs):
+        attacks = [s for s in specs if not _is_float_cast(s)]
+        why = ("no integer quantization or other attack was requested (float casts only: " + ", ".join(specs) + ")"
+               if not attacks else "no requested integer quantization or other attack could be evaluated")
+        return Verdict("incomplete", summary=f"incomplete: {why}"
+                       + (f"; not evaluated: {', '.join(not_run)}" if not_run else "") + ", so no verdict",
+                       threshold=threshold, alpha=alpha, tests=len(pairs))
+    if not_run and "not evaluated:" not in verdict.summary:
+        words = f"; not evaluated: {', '.join(not_run)}"
+        head, sep, tail = verdict.summary.rpartition(", so no verdict")
+        verdict.summary = head + words + sep + tail if sep else verdict.summary + words
+    return verdict
 
 
 def _fmt_ci(ci) -> str:
@@ -549,21 +594,31 @@ def prepare_specs(specs: list[str], src: ModelSource, *, token: str | None = Non
 
 def open_model(model, *, token: str | None = None, **kw) -> tuple[ModelSource, dict]:
     """A :class:`ModelSource` for a local folder or a Hub id (fetched and pinned), and its card metadata."""
-    from .source import _card_data, fetch_model, parse_model_ref
+    from .source import ModelRef, _card_data, fetch_model, parse_model_ref
 
     if isinstance(model, ModelSource):
         return model, _card_data(model.path)
-    ref = parse_model_ref(model)
+    ref = model if isinstance(model, ModelRef) else parse_model_ref(model)
     if not ref.is_hub:
         from .source import check_causal_lm
 
         src = ModelSource(ref.path, name=str(model), **kw)
         check_causal_lm(src.path, src.name)
+        _check_weights(src)
         return src, _card_data(ref.path)
     snap = fetch_model(ref, token=token, allow_pickle=kw.get("allow_pickle", False))
     src = ModelSource(snap.path, name=ref.repo_id, revision=snap.sha, repo_id=ref.repo_id, **kw)
     src.snapshot = snap
+    _check_weights(src)
     return src, snap.card_data
+
+
+def _check_weights(src: ModelSource) -> None:
+    """The weights fill the model the config declares (:func:`~hubaudit.weights.check_weights`), before any load."""
+    from .weights import check_weights
+
+    if Path(src.path).is_dir():
+        check_weights(src.path, src.name, trust_remote_code=getattr(src, "trust_remote_code", False))
 
 
 def audit(
@@ -660,16 +715,19 @@ def audit(
     src, card = open_model(model, token=token, **kw)
     reference_note = None
     if reference is None:
-        from .source import base_model_of
+        from .source import card_reference
 
-        base = base_model_of(card)
-        if base:
+        # a card is its owner's text: its base_model is opened only as a public Hub id (token=False), never
+        # from disk; any other original is passed with --reference
+        base, reference_note = card_reference(card)
+        if base is not None:
             try:
-                reference = open_model(base, token=token, **kw)[0]
-                reference_note = f"reference taken from the model card's base_model: {base}"
+                reference = open_model(base, **kw)[0]
+                reference_note = f"reference taken from the model card's base_model: {base.text} (a public Hub model)"
             except HubauditError as e:
-                reference_note = f"the card's base_model '{base}' could not be used ({e})"
-                log.warning(reference_note)
+                reference_note = str(e)
+        if reference_note and reference is None:
+            log.warning("hubaudit: %s", reference_note)
     spec_list = prepare_specs(spec_list, src, token=token, all_files=all_files, allow_pickle=allow_pickle)
     ref = open_model(reference, token=token, **kw)[0] if reference not in (None, False) else None
     ret = open_model(retrain, token=token, **kw)[0] if retrain is not None else None

@@ -36,6 +36,13 @@ def _fmt(x) -> str:
     return "–" if x is None else f"{x:.1f}"
 
 
+def _inline_code(text) -> str:
+    """Text from elsewhere (a Hub forget set's ``meta.json`` name) as one inline code span: no backtick to end
+    it, no line break, no marker, at most 200 characters."""
+    text = " ".join(str(text).replace("`", "'").replace("<!--", "<! --").split())
+    return f"`{text[:200]}`"
+
+
 def render_section(report: AuditReport) -> str:
     """The card section: verdict, table, thresholds, version, audited commit, method link."""
     inp, v = report.inputs, report.verdict
@@ -51,8 +58,9 @@ def render_section(report: AuditReport) -> str:
         "",
         "Unlearning can look complete in full precision and come back once the model is quantized "
         f"([Zhang et al., ICLR 2025]({METHOD_URL})). This model was audited at commit "
-        f"`{model.get('sha') or model.get('identity', '')[:19]}` on the forget set `{inp['forget']['name']}`"
-        + (f", against the original model `{ref.get('repo_id') or ref['name']}`" if ref else "") + ".",
+        f"`{model.get('sha') or model.get('identity', '')[:19]}` on the forget set {_inline_code(inp['forget']['name'])}"
+        + ((f", against the original model `{ref['repo_id']}`" if ref.get("repo_id") else ", against a local original model")
+           if ref else "") + ".",
         "",
         "| precision | " + " | ".join(LABELS[m] for m in metrics) + " | regained (forget) [95% CI] | items up / down, p |",
         "|---|" + "---|" * (len(metrics) + 2),
@@ -253,16 +261,21 @@ def _section_span(body: str) -> tuple[int, int] | None:
     for line in body.splitlines(True):
         m = _FENCE.match(line)
         if m:
-            mark = m.group(1)[0]
+            mark = m.group(1)
             if fence is None:
                 fence = mark
-            elif fence == mark:
-                fence = None
+            elif mark[0] == fence[0] and len(mark) >= len(fence) and not line[m.end():].strip():
+                fence = None  # CommonMark: the same character, at least as many, nothing after
         elif fence is None:
-            if SECTION_START in line:
-                starts.append(pos + line.index(SECTION_START))
-            if SECTION_END in line:
-                ends.append(pos + line.index(SECTION_END) + len(SECTION_END))
+            # our markers are written at the start of their own lines: one indented 4 spaces or more (an
+            # indented code block) or inside a line (inline code, prose) is someone's example, not ours
+            text = line.lstrip(" ")
+            indent = len(line) - len(text)
+            if indent <= 3 and text.startswith(SECTION_START):
+                starts.append(pos + indent)
+            if indent <= 3 and text.rstrip().endswith(SECTION_END) and (text.startswith(SECTION_END)
+                                                                         or text.startswith(SECTION_START)):
+                ends.append(pos + indent + text.rstrip().rindex(SECTION_END) + len(SECTION_END))
         pos += len(line)
     if not starts and not ends:
         return None

@@ -19,6 +19,7 @@ from typing import Any
 # The same pattern as huggingface_hub.repocard.REGEX_YAML_BLOCK (a test checks they stay equal).
 REGEX_YAML_BLOCK = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
 MAX_YAML_BYTES = 256 * 1024
+MAX_YAML_DEPTH = 50  # real metadata is a few levels deep (model-index: 6); 2,000 levels exhaust the stack
 
 
 class CardMetadataError(ValueError):
@@ -31,11 +32,21 @@ def _loader():
     class NoAliasLoader(yaml.SafeLoader):
         """SafeLoader that refuses aliases (``*name``), so nothing expands beyond what is written."""
 
+        depth = 0
+
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
                 raise CardMetadataError(f"YAML aliases are not accepted in a model card (line {event.start_mark.line + 1})")
-            return super().compose_node(parent, index)
+            self.depth += 1
+            if self.depth > MAX_YAML_DEPTH:
+                event = self.peek_event()
+                raise CardMetadataError(f"the card's metadata is nested more than {MAX_YAML_DEPTH} levels deep "
+                                        f"(line {event.start_mark.line + 1})")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
 
     return NoAliasLoader
 
@@ -52,19 +63,23 @@ def safe_yaml(text: str) -> Any:
         raise
     except yaml.YAMLError as e:
         raise CardMetadataError(f"the card's YAML metadata cannot be read ({str(e).splitlines()[0]})") from None
+    except RecursionError:  # pragma: no cover - the depth limit comes first
+        raise CardMetadataError("the card's metadata is nested too deeply") from None
 
 
 def split_front_matter(text: str) -> tuple[str, str, str, str] | None:
     """``(opening, yaml, closing, body)`` with ``opening + yaml + closing + body == text``, where ``yaml``
     ends with its line break (empty when the block is empty); None when the card has no front matter."""
-    m = REGEX_YAML_BLOCK.search(text)
+    bom = "\ufeff" if text.startswith("\ufeff") else ""  # a UTF-8 byte-order mark stays before the opening fence
+    rest = text[len(bom):]
+    m = REGEX_YAML_BLOCK.search(rest)
     if not m:
         return None
     block, close = m.group(2), m.group(3)
     nl = "\r\n" if close.startswith("\r\n") else close[0]
     if block:
-        return m.group(1), block + nl, close[len(nl):], text[m.end():]
-    return m.group(1), "", close[len(nl):], text[m.end():]
+        return bom + m.group(1), block + nl, close[len(nl):], rest[m.end():]
+    return bom + m.group(1), "", close[len(nl):], rest[m.end():]
 
 
 def read_metadata(text: str) -> dict:

@@ -198,17 +198,69 @@ def publish_leaderboard(out: str | Path, repo: str, *, token: str | None = None,
                                        "to create it, or publish to a dataset of your own")
             api.create_repo(repo, repo_type="dataset", exist_ok=True)
         use_pr = (not ours) if pr is None else pr
-        card = DATASET_CARD + "\n" + (out / "leaderboard.md").read_text(encoding="utf-8")
-        ops = [CommitOperationAdd("leaderboard.parquet", str(out / "leaderboard.parquet")),
-               CommitOperationAdd("README.md", card.encode("utf-8"))]
-        if (out / "sweep.json").is_file():
-            ops.append(CommitOperationAdd("sweep.json", str(out / "sweep.json")))
-        for f in sorted((out / "reports").glob("*/report.*")) if (out / "reports").is_dir() else []:
-            if f.suffix in (".md", ".json", ".png"):
-                ops.append(CommitOperationAdd(f.relative_to(out).as_posix(), str(f)))
+        ops = [CommitOperationAdd(name, data) for name, data in public_files(out).items()]
         info = api.create_commit(repo, ops, repo_type="dataset", create_pr=use_pr,
                                  commit_message="hubaudit: leaderboard of a sweep")
     return {"commit_url": info.commit_url, "pr_url": info.pr_url}
+
+
+def _public_text(text, public_spec):
+    """``text`` with every ``file:`` spec naming a local path shortened to its file name."""
+    import re
+
+    if not isinstance(text, str):
+        return text
+    return re.sub(r"file:[^\s,;)]+", lambda m: public_spec(m.group(0)), text)
+
+
+def public_files(out: Path) -> dict[str, bytes]:
+    """What :func:`publish_leaderboard` uploads, by path in the dataset: the leaderboard (local model folders by
+    their last name only), its Markdown as the dataset card, ``sweep.json`` and each model's report
+    (:func:`~hubaudit.report.public_report_json`: no generated text, no local path; its Markdown and chart
+    rendered again from that copy). Nothing else of ``out`` is read."""
+    import io
+    import json
+    import tempfile
+
+    import pandas as pd
+
+    from .report import _is_local, _local_name, public_report_json, public_spec, render_plot
+    from .report import render_markdown as report_markdown
+    from .results import AuditReport
+
+    files: dict[str, bytes] = {}
+    frame = pd.read_parquet(out / "leaderboard.parquet")
+    for col in ("model", "forget"):
+        if col in frame.columns:
+            frame[col] = [(_local_name(m) if isinstance(m, str) and _is_local(m) else m) for m in frame[col]]
+    for col in ("worst_spec", "summary"):  # a local artifact (file:/home/...) by its file name
+        if col in frame.columns:
+            frame[col] = [_public_text(v, public_spec) for v in frame[col]]
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    files["leaderboard.parquet"] = buf.getvalue()
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    files["README.md"] = (DATASET_CARD + "\n" + render_markdown(rows)).encode("utf-8")
+    if (out / "sweep.json").is_file():
+        meta = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+        meta.pop("ray_address", None)
+        for m in meta.get("models") or []:
+            for k in ("model", "reference", "forget"):
+                if isinstance(m.get(k), str) and _is_local(m[k]):
+                    m[k] = _local_name(m[k])
+            if isinstance(m.get("report"), str) and Path(m["report"]).is_absolute():
+                m["report"] = None
+        files["sweep.json"] = (json.dumps(meta, indent=1) + "\n").encode("utf-8")
+    for f in sorted((out / "reports").glob("*/report.json")) if (out / "reports").is_dir() else []:
+        folder = f.parent.relative_to(out).as_posix()
+        public = public_report_json(json.loads(f.read_text(encoding="utf-8")))
+        files[f"{folder}/report.json"] = (json.dumps(public, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+        report = AuditReport.from_json(public)
+        files[f"{folder}/report.md"] = report_markdown(report).encode("utf-8")
+        with tempfile.TemporaryDirectory() as tmp:
+            render_plot(report, Path(tmp) / "report.png")
+            files[f"{folder}/report.png"] = (Path(tmp) / "report.png").read_bytes()
+    return files
 
 
 def read_leaderboard(repo: str, *, revision: str | None = None, token: str | bool | None = None):

@@ -78,6 +78,76 @@ def public_summary(report: AuditReport) -> str:
     return text
 
 
+def _local_name(text) -> str:
+    """A local path as its last component only (``/home/me/models/x`` -> ``x``)."""
+    return str(text).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or "local"
+
+
+def _is_local(text) -> bool:
+    t = str(text or "")
+    return t.startswith(("/", "~", ".", "file:")) or "\\" in t or t.count("/") > 1
+
+
+def public_report_json(report: dict) -> dict:
+    """A copy of a ``report.json`` dict that may be published (a leaderboard dataset, a Space download of
+    another's audit): no generated text (per item only the numbers: score, tokens, choices' scores; no
+    ``output``, ``pred``, ``answer`` strings) and no local path (the results store, model folders, a local
+    forget set or artifact: each by its last name only). Figures, commits and Hub ids stay."""
+    d = json.loads(json.dumps(report))
+    inp = d.get("inputs") or {}
+    inp.pop("store", None)
+    for role in ("model", "reference", "retrain"):
+        info = inp.get(role)
+        if isinstance(info, dict):
+            info.pop("path", None)
+            if not info.get("repo_id") and info.get("name") is not None:
+                info["name"] = _local_name(info["name"])
+    forget = inp.get("forget") or {}
+    src = str(forget.get("source") or "")
+    if src and not src.startswith(("hub:", "builtin:")):
+        forget["source"] = "local:" + _local_name(src)
+    specs = list(inp.get("specs") or [])
+    inp["specs"] = [public_spec(s) for s in specs]
+    for cell in d.get("cells") or []:
+        if cell.get("spec"):
+            cell["spec"] = public_spec(cell["spec"])
+        for name, rows in list((cell.get("items") or {}).items()):
+            cell["items"][name] = [{k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                                   if isinstance(r, dict) else None for r in rows or []]
+        settings = (cell.get("backend") or {}).get("settings")
+        if isinstance(settings, dict):
+            for k, v in list(settings.items()):
+                if isinstance(v, str) and _is_local(v):
+                    settings[k] = _local_name(v)
+    verdict = d.get("verdict") or {}
+    for key in ("summary", "worst_spec"):
+        if isinstance(verdict.get(key), str):
+            for spec in sorted(specs, key=len, reverse=True):
+                verdict[key] = verdict[key].replace(spec, public_spec(spec))
+    local_specs = {s: public_spec(s) for s in specs if public_spec(s) != s}
+
+    def rekey(x):
+        if isinstance(x, dict):
+            return {local_specs.get(k, k): rekey(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [rekey(v) for v in x]
+        return local_specs.get(x, x) if isinstance(x, str) else x
+
+    if local_specs:
+        d["derived"] = rekey(d.get("derived") or {})
+    derived = d.get("derived") or {}
+    for key in ("reference_note", "retained_note"):
+        note = derived.get(key)
+        if isinstance(note, str):
+            for role in ("model", "reference", "retrain"):
+                info = (report.get("inputs") or {}).get(role) or {}
+                for raw in (info.get("path"), info.get("name")):
+                    if raw and _is_local(raw):
+                        note = note.replace(str(raw), _local_name(raw))
+            derived[key] = note
+    return d
+
+
 def spec_label(spec: str) -> str:
     return "full precision" if spec == FULL_PRECISION else public_spec(spec)
 

@@ -51,6 +51,7 @@ class ModelRef:
     repo_id: str | None = None
     revision: str | None = None
     path: Path | None = None
+    public: bool = False  # opened only as a public Hub model (token=False): a card's base_model
 
     @property
     def is_hub(self) -> bool:
@@ -175,6 +176,9 @@ def _snapshot(repo_id: str, revision: str | None, repo_type: str, patterns, toke
             if not _is_offline_error(e):
                 raise
             info = None
+        if info is None and token is False:  # whether it is public cannot be checked from the cache
+            raise HubError(f"{repo_type} '{repo_id}' is opened only as a public Hub repository, which cannot be "
+                           "checked offline; connect, or pass it explicitly")
         if info is None:  # offline: the cache is all there is
             log.info("hub unreachable or offline mode: using the local cache for %s", repo_id)
             allow = patterns(None) if callable(patterns) else list(patterns)  # what the online call fetched
@@ -185,14 +189,30 @@ def _snapshot(repo_id: str, revision: str | None, repo_type: str, patterns, toke
         files = {s.rfilename: (s.size or 0) for s in (info.siblings or [])}
         allow = patterns(list(files)) if callable(patterns) else list(patterns)
         wanted = [f for f in files if any(fnmatch.fnmatch(f, p) for p in allow)]
-        # By the requested revision (not the sha) so the cache records the ref for offline use later;
-        # the snapshot folder is named by the commit it holds.
-        path = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow,
+        cap = _max_dataset_bytes() if repo_type == "dataset" else None
+        if cap is not None and sum(files[f] for f in wanted) > cap:
+            raise HubError(f"dataset '{repo_id}' at {info.sha[:12]} has {sum(files[f] for f in wanted) / 2**20:.1f} MiB "
+                           f"of forget-set files; at most {cap / 2**20:.1f} MiB are downloaded here "
+                           "(HUBAUDIT_MAX_DATASET_BYTES)")
+        # By the requested revision (not the sha) so the cache records the ref for offline use later; the
+        # snapshot folder is named by the commit it holds. Under a size cap, by the commit that was measured
+        # (a push in between cannot swap in larger files).
+        fetch = (info.sha or revision) if cap is not None else revision
+        path = Path(snapshot_download(repo_id, repo_type=repo_type, revision=fetch, allow_patterns=allow,
                                       token=token))
     card = getattr(info, "card_data", None) or getattr(info, "cardData", None)
     card = card.to_dict() if hasattr(card, "to_dict") else dict(card or {})
     return Snapshot(repo_id, repo_type, path.name, path, revision, card or _card_data(path),
                     sum(files[f] for f in wanted), sum(files.values()), sorted(files))
+
+
+def _max_dataset_bytes() -> int | None:
+    """The most bytes of one forget set's files to download: ``HUBAUDIT_MAX_DATASET_BYTES`` (the Space sets
+    it), else no limit."""
+    try:
+        return int(os.environ["HUBAUDIT_MAX_DATASET_BYTES"])
+    except (KeyError, ValueError):
+        return None
 
 
 def fetch_model(ref: ModelRef, *, token: str | None = None, allow_pickle: bool = False) -> Snapshot:
@@ -220,7 +240,15 @@ def fetch_model(ref: ModelRef, *, token: str | None = None, allow_pickle: bool =
             raise ModelLoadError(f"'{ref.repo_id}' has no config.json: it is not a transformers model repository")
         return [*BASE_PATTERNS, *(SAFETENSORS_PATTERNS if has_st else PICKLE_WEIGHT_PATTERNS)]
 
-    snap = _snapshot(ref.repo_id, ref.revision, "model", choose, token)
+    if ref.public:  # a card's base_model: as any visitor would see it, never with the caller's token
+        try:
+            snap = _snapshot(ref.repo_id, ref.revision, "model", choose, False)
+        except (HubError, ModelLoadError) as e:
+            what = "could not be opened as a public Hub model" if isinstance(e, HubError) else f"is not usable ({e})"
+            raise type(e)(f"the card's base_model '{ref.text}' {what}; a card's base_model is never opened with "
+                          "your token or from disk: pass --reference to compare against the original") from None
+    else:
+        snap = _snapshot(ref.repo_id, ref.revision, "model", choose, token)
     check_causal_lm(snap.path, ref.repo_id)
     return snap
 
@@ -243,6 +271,26 @@ def fetch_dataset(repo_id: str, revision: str | None = None, *, token: str | Non
     """Fetch a forget-set dataset repository (by default the MUSE layout, as the benchmark publishes it;
     ``patterns`` picks other files, e.g. one TOFU or WMDP config)."""
     return _snapshot(repo_id, revision, "dataset", patterns, token)
+
+
+def card_reference(card_data: dict) -> tuple[ModelRef | None, str | None]:
+    """The card's ``base_model`` as the reference to open, and a note for the report.
+
+    A card is written by whoever owns the audited repository, so its ``base_model`` is used only as a
+    public Hub id: the returned ref is opened with ``token=False`` (never the operator's token, so a
+    stranger's card cannot make an audit open, or publish figures of, the operator's private models), and
+    it is never read from disk (``/some/local/model`` or ``./x`` is refused, and an ``org/name`` that is also
+    a folder here is still a Hub id). Any other original is given with ``--reference``.
+    ``(None, None)`` when the card names none; ``(None, note)`` when it names something that is not a Hub id.
+    """
+    base = base_model_of(card_data)
+    if not base:
+        return None, None
+    repo, at, rev = base.partition("@")
+    if not HUB_ID.match(repo) or (at and not rev) or any(c.isspace() for c in base):
+        return None, ("the card's base_model is not a Hub id org/name (a local path is never read from a card): "
+                      "pass --reference to compare against the original")
+    return ModelRef(base, repo_id=repo, revision=rev or None, public=True), None
 
 
 def base_model_of(card_data: dict) -> str | None:

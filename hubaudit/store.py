@@ -63,11 +63,12 @@ class ResultStore:
                     raise StoreError(f"results store {self.path} is a folder; give a file path to --store (or --no-store)")
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), timeout=30)
-            self._db.execute(SCHEMA)
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > STORE_VERSION:
+            if version > STORE_VERSION:  # refused before anything is written to it
+                self._db.close()
                 raise StoreError(f"results store {self.path} was written by a newer hubaudit (store version {version}, "
                                  f"this one knows {STORE_VERSION}); upgrade hubaudit or pass another --store")
+            self._db.execute(SCHEMA)
             while version < STORE_VERSION:
                 if MIGRATIONS.get(version):
                     self._db.executescript(MIGRATIONS[version])

@@ -102,6 +102,9 @@ def read_models_file(path: str | Path) -> list[SweepEntry]:
     return entries
 
 
+MAX_SEARCH_LIMIT = 10_000  # models one --search may return
+
+
 def parse_search(text: str) -> dict:
     """``--search 'tag=unlearning,base_model=org/x,author=org,q=npo,limit=50'`` -> list_models arguments.
 
@@ -117,8 +120,8 @@ def parse_search(text: str) -> dict:
         if key == "tag":
             query["tags"].append(value)
         elif key == "limit":
-            if not value.isdigit() or int(value) < 1:
-                raise SweepError(f"--search: limit must be a positive number, got '{value}'")
+            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_SEARCH_LIMIT:
+                raise SweepError(f"--search: limit must be a number from 1 to {MAX_SEARCH_LIMIT}, got '{value[:20]}'")
             query["limit"] = int(value)
         else:
             query["search" if key == "q" else key] = value
@@ -162,6 +165,7 @@ class PlannedModel:
         self.name, self.load, self.identity, self.device, self.dtype = name, load, identity, device, dtype
         self._stored, self.weight_bytes, self.card = stored_dtype, weight_bytes, card
         self.path, self.repo_id, self.revision, self.snapshot = path, repo_id, revision, None
+        self.public = False  # a card's base_model: resolved and loaded with token=False only
 
     def compute_dtype(self):
         import torch
@@ -185,13 +189,17 @@ class PlannedModel:
 _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
 
-def plan_model(text: str, *, device: str, token: str | None = None, allow_pickle: bool = False,
+def plan_model(text, *, device: str, token: str | None = None, allow_pickle: bool = False,
                trust_remote_code: bool = False, dtype: str = "auto") -> PlannedModel:
     """Pin a model without loading or downloading its weights: a folder is hashed (its identity); a Hub
-    id is resolved to its commit with one ``model_info`` call (card, file sizes, dtype of the weights)."""
-    from .source import parse_model_ref
+    id is resolved to its commit with one ``model_info`` call (card, file sizes, dtype of the weights).
+    ``text`` may be a :class:`~hubaudit.source.ModelRef`; a public one (a card's ``base_model``) is resolved
+    with ``token=False``, and its workers load it with ``token=False`` too."""
+    from .source import ModelRef, parse_model_ref
 
-    ref = parse_model_ref(text)
+    ref = text if isinstance(text, ModelRef) else parse_model_ref(text)
+    if ref.public:
+        token = False
     if not ref.is_hub:
         src, card = open_model(text, device=device, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         return PlannedModel(name=src.name, load=str(src.path), identity=src.identity, device=device,
@@ -202,8 +210,15 @@ def plan_model(text: str, *, device: str, token: str | None = None, allow_pickle
     from .errors import ModelLoadError
     from .source import hub_errors
 
-    with hub_errors(ref.repo_id, ref.revision):
-        info = HfApi(token=token).model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
+    try:
+        with hub_errors(ref.repo_id, ref.revision):
+            info = HfApi(token=token).model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
+    except HubauditError as e:
+        if not ref.public:
+            raise
+        raise type(e)(f"the card's base_model '{ref.text}' could not be opened as a public Hub model; a card's "
+                      "base_model is never opened with your token or from disk: pass --reference to compare against "
+                      "the original") from None
     files = {s.rfilename: (s.size or 0) for s in (info.siblings or [])}
     weights = sum(n for f, n in files.items() if f.endswith(".safetensors"))
     if not weights:
@@ -216,9 +231,11 @@ def plan_model(text: str, *, device: str, token: str | None = None, allow_pickle
     stored = _SAFETENSORS_DTYPES.get(max(params, key=params.get)) if params else None
     card = getattr(info, "card_data", None)
     card = card.to_dict() if hasattr(card, "to_dict") else dict(card or {})
-    return PlannedModel(name=ref.repo_id, load=f"{ref.repo_id}@{info.sha}", identity=f"hub:{ref.repo_id}@{info.sha}",
-                        device=device, stored_dtype=stored, weight_bytes=weights, card=card, repo_id=ref.repo_id,
-                        revision=info.sha, dtype=dtype)
+    planned = PlannedModel(name=ref.repo_id, load=f"{ref.repo_id}@{info.sha}", identity=f"hub:{ref.repo_id}@{info.sha}",
+                           device=device, stored_dtype=stored, weight_bytes=weights, card=card, repo_id=ref.repo_id,
+                           revision=info.sha, dtype=dtype)
+    planned.public = ref.public
+    return planned
 
 
 @dataclass
@@ -316,6 +333,9 @@ class CellWorker:
 # -- the sweep -------------------------------------------------------------------------------------------
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node IP is the loopback (checked in ray 2.60)
+
+
 def _start_ray(address: str | None, num_cpus: int | None, token: str | None = None):
     """Ray, connected: to ``address`` (``auto``, ``ray://host:10001``), else a local one on this machine, whose
     workers inherit ``token`` as ``HF_TOKEN`` (set only while Ray starts; never a task argument, never written).
@@ -333,16 +353,27 @@ def _start_ray(address: str | None, num_cpus: int | None, token: str | None = No
         if address:
             ray.init(address=address, **{k: v for k, v in kw.items() if k != "include_dashboard"})
         else:
-            before = os.environ.get("HF_TOKEN")
+            before = {k: os.environ.get(k) for k in ("HF_TOKEN", LOOPBACK_ENV)}
             if token:
                 os.environ["HF_TOKEN"] = token
+            # a one-machine Ray on the loopback only: its node IP is 127.0.0.1, so GCS, raylet, object manager and
+            # workers listen on 127.0.0.1 and nothing on another interface (Ray >= 2.50 binds its servers to the
+            # node IP). Ray reads the node IP as its single-machine mode does on macOS/Windows: from
+            # ENABLE_RAY_CLUSTER (the driver) and its environment variable (every process Ray starts).
+            import ray._private.ray_constants as rc
+
+            os.environ[LOOPBACK_ENV] = "0"
+            cluster = rc.ENABLE_RAY_CLUSTER
+            rc.ENABLE_RAY_CLUSTER = False
             try:
-                ray.init(address="local", num_cpus=num_cpus, **kw)  # a new one, never someone's `ray start` by chance
+                ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kw)  # never someone's `ray start`
             finally:
-                if before is None:
-                    os.environ.pop("HF_TOKEN", None)
-                else:
-                    os.environ["HF_TOKEN"] = before
+                rc.ENABLE_RAY_CLUSTER = cluster
+                for k, v in before.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
     except ConnectionError as e:
         raise SweepError(f"cannot connect to the Ray cluster at --ray-address {address} ({str(e).splitlines()[0]}); "
                          "check the address (auto on a cluster node, ray://HEAD:10001 from outside)") from None
@@ -514,19 +545,20 @@ class _Sweep:
                       "skipped_cells": 0, "worker_restarts": 0, "workers": 0}
 
     # -- planning --
-    def _planned(self, text: str, cache: dict) -> PlannedModel:
-        if text not in cache:
+    def _planned(self, text, cache: dict) -> PlannedModel:
+        key = ("public", text.text) if getattr(text, "public", False) else text  # never the operator's copy
+        if key not in cache:
             try:
-                cache[text] = plan_model(text, device=self.device, token=self.token, allow_pickle=self.allow_pickle,
-                                         trust_remote_code=self.trust_remote_code, dtype=self.dtype)
+                cache[key] = plan_model(text, device=self.device, token=self.token, allow_pickle=self.allow_pickle,
+                                        trust_remote_code=self.trust_remote_code, dtype=self.dtype)
             except HubauditError as e:
-                cache[text] = e
-        if isinstance(cache[text], HubauditError):
-            raise cache[text]
-        return cache[text]
+                cache[key] = e
+        if isinstance(cache[key], HubauditError):
+            raise cache[key]
+        return cache[key]
 
     def plan(self) -> None:
-        from .source import base_model_of
+        from .source import card_reference
 
         models: dict = {}
         sets: dict = {}
@@ -544,18 +576,19 @@ class _Sweep:
                 m = self._planned(e.model, models)
                 row.sha, row.card = m.revision, m.card
                 ref_text, note = e.reference if e.reference is not None else self.reference, None
-                if ref_text is None:
-                    base = base_model_of(m.card)
-                    if base:
-                        ref_text, note = base, f"reference taken from the model card's base_model: {base}"
+                from_card = ref_text is None
+                if from_card:  # a public Hub id only (token=False), never a local path: see card_reference
+                    ref_text, note = card_reference(m.card)
+                    if ref_text is not None:
+                        note = f"reference taken from the model card's base_model: {ref_text.text} (a public Hub model)"
                 ref = None
                 if ref_text not in (None, False, "none"):
                     try:
-                        ref = self._planned(str(ref_text), models)
+                        ref = self._planned(ref_text if from_card else str(ref_text), models)
                     except HubauditError as err:
-                        if note is None:
+                        if not from_card:
                             raise
-                        note = f"the card's base_model '{ref_text}' could not be used ({err})"
+                        note = str(err)
                 audit.update(model=m, reference=ref, fs=fs, fs_hash=fs_hash, metrics=metric_names, note=note)
                 for who in [m] + ([ref] if ref is not None else []):
                     for spec in [FULL_PRECISION, *self.specs]:
@@ -641,7 +674,7 @@ class _Sweep:
                     bar.set_postfix_str(f"{t['model'].name} {spec}")
                 try:
                     if worker is None:  # in this process: the token is passed on (a Ray worker reads HF_TOKEN)
-                        worker = CellWorker(*self._worker_args(t), token=self.token)
+                        worker = CellWorker(*self._worker_args(t), token=False if t["model"].public else self.token)
                     self._record(key, worker.cell(spec))
                 except HubauditError as e:
                     self._failed(key, str(e))
@@ -662,7 +695,7 @@ class _Sweep:
         for group, t in self.todo.items():
             opts = dict(num_cpus=self.cpus, num_gpus=self.gpus, memory=t["model"].memory_bytes(),
                         max_restarts=self.max_retries, max_task_retries=self.max_retries)
-            actor = remote.options(**opts).remote(*self._worker_args(t))
+            actor = remote.options(**opts).remote(*self._worker_args(t), **({"token": False} if t["model"].public else {}))
             actors[group] = [actor, len(t["specs"]), set()]
             self.stats["workers"] += 1
             pending[actor.pid.remote()] = (None, group)  # its first process: a later one is a restart

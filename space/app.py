@@ -60,8 +60,8 @@ from page import (  # noqa: E402, F401
     read_board, render, show_board, submit, table_frame)
 from publishing import download_copy, open_pr, public_report, publish_webhook_result  # noqa: E402, F401
 from settings import (  # noqa: E402, F401
-    DATA, DEVICE, JOB_TIMEOUT_S, LEADERBOARD, MAX_DISK_BYTES, MAX_FORGET_BYTES, MAX_FORGET_ITEMS,
-    MAX_JOBS_PER_VISITOR, MAX_MODEL_BYTES, MAX_UPLOAD_BYTES, MAX_UPLOAD_ITEMS, PAUSE_WORKER, POLL_SECONDS, PR_MODELS,
+    DATA, DEVICE, GRADIO_TEMP, JOB_TIMEOUT_S, LEADERBOARD, MAX_DISK_BYTES, MAX_FORGET_BYTES, MAX_FORGET_ITEMS,
+    MAX_ITEM_CHARS, MAX_JOBS_PER_VISITOR, MAX_MODEL_BYTES, MAX_UPLOAD_BYTES, MAX_UPLOAD_ITEMS, PAUSE_WORKER, POLL_SECONDS, PR_MODELS,
     RESULTS, WATCHED, WEBHOOK_FORGET, WEBHOOK_SECRET, WEBHOOK_SPECS, WEBHOOK_THRESHOLD, downloads_dir, log,
     space_token, store)
 from webhooks import add_webhook_route, classify_webhook, only_card_changed, webhook_reference  # noqa: E402, F401
@@ -85,7 +85,8 @@ def main() -> None:
     # No allowed_paths: the data folder (job and results databases, uploads, job folders) is never served;
     # downloads are per-job copies that Gradio serves from its cache (download_copy).
     app, local_url, _ = demo.launch(prevent_thread_lock=True, share=False, ssr_mode=False, theme=theme, css=CSS,
-                                    blocked_paths=[str(DATA)], show_error=False, footer_links=[])
+                                    blocked_paths=[str(DATA)], show_error=False, footer_links=[],
+                                    max_file_size=MAX_UPLOAD_BYTES)  # larger uploads refused before they are stored
     add_webhook_route(app)
     print(f"hubaudit Space ready at {local_url} (data in {DATA}; webhooks "
           f"{'on' if WEBHOOK_SECRET else 'off: set WEBHOOK_SECRET'})", flush=True)

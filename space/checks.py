@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from settings import (DEVICE, MAX_FORGET_BYTES, MAX_JOBS_PER_VISITOR, MAX_MODEL_BYTES, MAX_UPLOAD_BYTES,
-                      MAX_UPLOAD_ITEMS, store)
+from settings import (DEVICE, MAX_FORGET_BYTES, MAX_ITEM_CHARS, MAX_JOBS_PER_VISITOR, MAX_MODEL_BYTES,
+                      MAX_UPLOAD_BYTES, MAX_UPLOAD_ITEMS, store)
 
 
 class InputError(Exception):
@@ -156,6 +156,10 @@ def upload_to_muse(path: str, dest: Path) -> Path:
             raise InputError(f"Line {n} of the uploaded file is not valid JSON ({e.msg}).") from None
         if not isinstance(row, dict):
             raise InputError(f"Line {n} of the uploaded file is not a JSON object.")
+        long = [k for k, v in row.items() if isinstance(v, str) and len(v) > MAX_ITEM_CHARS]
+        if long:
+            raise InputError(f"Line {n} of the uploaded file has a `{long[0]}` of {len(row[long[0]]):,} characters; "
+                             f"this Space takes at most {MAX_ITEM_CHARS:,} per text.")
         split = row.get("split", "")
         if "question" in row and "answer" in row:
             key = "knowmem/retain_qa" if split == "retain" else "knowmem/forget_qa"
@@ -178,28 +182,37 @@ def upload_to_muse(path: str, dest: Path) -> Path:
 
 
 def visitor_key(request) -> str | None:
-    """Who queued a job, for the per-visitor limit: a hash of the client address (the first hop of
-    X-Forwarded-For behind the Space's proxy); never the address itself."""
+    """Who queued a job, for the per-visitor limit: a hash of the client address as the Space's proxy saw it
+    (the *last* hop of X-Forwarded-For, the one the proxy appends; the hops before it are whatever the
+    visitor sent), else the connection's address; never the address itself."""
     import hashlib
 
     if request is None:
         return None
-    fwd = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip() if request.headers else ""
+    hops = [h.strip() for h in (request.headers.get("x-forwarded-for") or "").split(",")] if request.headers else []
+    fwd = hops[-1] if hops else ""
     host = fwd or (request.client.host if request.client else "")
     return hashlib.sha256(f"hubaudit:{host}".encode()).hexdigest()[:16] if host else None
 
 
+def queue_full_message(mine: int) -> str:
+    return (f"You already have {mine} audit(s) queued or running; this Space takes at most "
+            f"{MAX_JOBS_PER_VISITOR} per visitor. Wait for one to finish (its page shows the progress).")
+
+
 def check_queue_room(visitor: str | None) -> None:
+    """An early answer before the slower checks; the limit itself is enforced when the job is inserted
+    (``JobStore.add_limited``: count and insert in one transaction)."""
     if visitor is None:
         return
     mine = store.count_active(visitor)
     if mine >= MAX_JOBS_PER_VISITOR:
-        raise InputError(f"You already have {mine} audit(s) queued or running; this Space takes at most "
-                         f"{MAX_JOBS_PER_VISITOR} per visitor. Wait for one to finish (its page shows the progress).")
+        raise InputError(queue_full_message(mine))
 
 
-def check_dataset(ds: str) -> None:
-    """Refuse a Hub forget set whose files are more than this Space downloads (MAX_FORGET_BYTES)."""
+def check_dataset(ds: str) -> str:
+    """Refuse a Hub forget set whose files are more than this Space downloads (MAX_FORGET_BYTES); the id pinned
+    to the commit that was measured (``org/name@sha``), which is the one the audit downloads (and checks again)."""
     import fnmatch
 
     from huggingface_hub import HfApi
@@ -210,9 +223,10 @@ def check_dataset(ds: str) -> None:
     try:
         info = HfApi(token=False).dataset_info(repo, revision=rev or None, files_metadata=True)
     except Exception:  # noqa: BLE001 - not found or gated: the audit's own message says which, when it runs
-        return
+        return ds
     size = sum(s.size or 0 for s in info.siblings or [] if any(fnmatch.fnmatch(s.rfilename, p) for p in DATASET_PATTERNS))
     if size > MAX_FORGET_BYTES:
         raise InputError(f"The forget set `{repo}` is {size / 2**20:.0f} MiB; this Space downloads at most "
                          f"{MAX_FORGET_BYTES / 2**20:.0f} MiB of forget-set files (run `hubaudit audit` on your own "
                          "machine for more).")
+    return f"{repo}@{info.sha}" if info.sha else ds

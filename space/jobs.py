@@ -89,6 +89,31 @@ class JobStore:
         """Insert a queued job and return its id; committed when this returns."""
         return self.add_unique(inputs, kind, None)[0]
 
+    def add_limited(self, inputs: dict, kind: str, visitor: str | None, limit: int) -> tuple[str | None, int]:
+        """Insert a queued job unless ``visitor`` already has ``limit`` queued or running: ``(id, count before)``,
+        or ``(None, count)`` when full. Count and insert in one transaction, so simultaneous submits cannot all
+        get in."""
+        if visitor is None:
+            return self.add(inputs, kind), 0
+        job_id = secrets.token_hex(6)
+        now = time.time()
+        with self._lock:
+            c = self._conn()
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                mine = c.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued','running') AND "
+                                 "json_extract(inputs, '$.visitor') = ?", (visitor,)).fetchone()[0]
+                if mine >= limit:
+                    c.execute("COMMIT")
+                    return None, mine
+                seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+                c.execute("INSERT INTO jobs (id, seq, kind, inputs, state, created, updated, dedup) "
+                          "VALUES (?,?,?,?,?,?,?,?)", (job_id, seq, kind, json.dumps(inputs), "queued", now, now, None))
+                c.execute("COMMIT")
+            finally:
+                c.close()
+        return job_id, mine
+
     def add_unique(self, inputs: dict, kind: str, key: str | None) -> tuple[str, bool]:
         """Insert a queued job unless a job with ``key`` exists (queued, running or done): ``(id, True)`` for
         a new job, ``(the existing job's id, False)`` otherwise. One transaction: two deliveries of the same

@@ -6,13 +6,13 @@ import os
 import re
 
 # settings first: the environment defaults it sets must be in place before gradio is imported
-from settings import DATA, LEADERBOARD, POLL_SECONDS, env_ids, store, wake
+from settings import DATA, LEADERBOARD, MAX_JOBS_PER_VISITOR, POLL_SECONDS, env_ids, store, wake
 
 import gradio as gr
 import pandas as pd
 
 from checks import (InputError, card_base_model, check_dataset, check_model, check_queue_room, hub_repo,
-                    upload_to_muse, visitor_key)
+                    queue_full_message, upload_to_muse, visitor_key)
 from publishing import download_copy, open_pr
 from words import LABELS, verdict_words
 
@@ -132,7 +132,7 @@ def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshol
                 raise InputError("Enter a Hub dataset id in the MUSE layout (for example `org/my-forget-set`) "
                                  "or a benchmark's name (`tofu-forget10`, `wmdp-bio`).")
             if not _is_shorthand(ds):
-                check_dataset(ds)
+                ds = check_dataset(ds)  # pinned: the commit measured is the one downloaded
             inputs["forget"] = ds
         elif forget_kind == "Upload JSONL":
             if not upload:
@@ -147,7 +147,13 @@ def submit(model_id, reference, forget_kind, dataset_id, upload, specs, threshol
     except InputError as e:
         return gr.update(), f"⚠️ {e}"
     inputs["visitor"] = visitor
-    jid = store.add(inputs, kind="ui")
+    jid, mine = store.add_limited(inputs, "ui", visitor, MAX_JOBS_PER_VISITOR)
+    if jid is None:
+        if inputs.get("upload_dir"):
+            import shutil
+
+            shutil.rmtree(inputs["upload_dir"], ignore_errors=True)
+        return gr.update(), f"⚠️ {queue_full_message(mine)}"
     wake.set()
     return jid, f"Queued as audit `{jid}`. You can leave: open this page with `?job={jid}` to come back to it."
 
@@ -196,12 +202,14 @@ def render(job_id, seen):
     job_id = (job_id or "").strip()
     if not job_id:
         return (*[gr.skip()] * (outs - 1), seen)
-    job = store.get(job_id)
+    job = store.get(job_id) if JOB_ID.fullmatch(job_id) else None
     if job is None:
         key = f"{job_id}:missing"
         if key == seen:
             return (*[gr.skip()] * (outs - 1), seen)
-        return (f"⚠️ There is no audit `{job_id}` on this Space.", "", gr.skip(), "", gr.skip(), "",
+        # never the typed text itself: ?job= is anyone's link, and the page renders Markdown
+        shown = f"`{job_id}`" if JOB_ID.fullmatch(job_id) else "with that id"
+        return (f"⚠️ There is no audit {shown} on this Space.", "", gr.skip(), "", gr.skip(), "",
                 gr.update(visible=False), gr.update(visible=False), key)
     key = f"{job_id}:{job['updated']}:{job.get('position')}"
     if key == seen:
@@ -251,9 +259,12 @@ def render(job_id, seen):
     return status, progress, table, verdict, plot, card, download, pr_row, key
 
 
+JOB_ID = re.compile(r"[0-9a-f]{6,32}")  # what JobStore hands out (secrets.token_hex)
+
+
 def load_job_from_url(request: gr.Request):
     job = (request.query_params.get("job") or "").strip() if request else ""
-    return job if job else gr.skip()
+    return job if JOB_ID.fullmatch(job) else gr.skip()
 
 
 # ---------------------------------------------------------------------------------------------------

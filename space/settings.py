@@ -20,6 +20,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # read what the Space's account can read (private models, datasets), and only webhook work uses it.
 os.environ.setdefault("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# one text of a forget-set item, at most (the library refuses longer ones; the upload check says it at once)
+os.environ.setdefault("HUBAUDIT_MAX_ITEM_CHARS", os.environ.get("HUBAUDIT_SPACE_MAX_ITEM_CHARS", "20000"))
+# a Hub forget set's files, at most, checked against the pinned commit's sizes before anything is downloaded
+os.environ.setdefault("HUBAUDIT_MAX_DATASET_BYTES", os.environ.get("HUBAUDIT_SPACE_MAX_FORGET_BYTES", str(200 << 20)))
+# Gradio keeps every upload (and the files it serves) in its temp folder: a folder of ours, outside the data
+# folder (which is never served) and counted in the disk budget (worker.evict_disk)
+os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(__import__("tempfile").gettempdir(), "hubaudit-space-gradio"))
 
 from jobs import JobStore  # noqa: E402
 
@@ -59,6 +66,8 @@ PAUSE_WORKER = os.environ.get("HUBAUDIT_SPACE_PAUSE_WORKER") == "1"  # tests: qu
 MAX_UPLOAD_BYTES = int(os.environ.get("HUBAUDIT_SPACE_MAX_UPLOAD_BYTES", str(20 << 20)))
 MAX_UPLOAD_ITEMS = int(os.environ.get("HUBAUDIT_SPACE_MAX_UPLOAD_ITEMS", "5000"))
 MAX_FORGET_BYTES = int(os.environ.get("HUBAUDIT_SPACE_MAX_FORGET_BYTES", str(200 << 20)))  # a Hub forget set's files
+MAX_ITEM_CHARS = int(os.environ["HUBAUDIT_MAX_ITEM_CHARS"])  # one text of one item
+GRADIO_TEMP = Path(os.environ["GRADIO_TEMP_DIR"])
 MAX_FORGET_ITEMS = int(os.environ.get("HUBAUDIT_SPACE_MAX_FORGET_ITEMS", "20000"))
 JOB_TIMEOUT_S = float(os.environ.get("HUBAUDIT_SPACE_JOB_TIMEOUT", "3600"))  # one audit's wall time, at most
 MAX_JOBS_PER_VISITOR = int(os.environ.get("HUBAUDIT_SPACE_MAX_JOBS_PER_VISITOR", "2"))  # queued or running

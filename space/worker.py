@@ -9,8 +9,8 @@ from pathlib import Path
 
 from checks import InputError, check_size
 from publishing import publish_webhook_result
-from settings import (DATA, DEVICE, JOB_TIMEOUT_S, MAX_DISK_BYTES, MAX_FORGET_ITEMS, POLL_SECONDS, RESULTS,
-                      downloads_dir, log, space_token, store, wake)
+from settings import (DATA, DEVICE, GRADIO_TEMP, JOB_TIMEOUT_S, MAX_DISK_BYTES, MAX_FORGET_ITEMS, POLL_SECONDS,
+                      RESULTS, downloads_dir, log, space_token, store, wake)
 from webhooks import only_card_changed, webhook_reference
 
 
@@ -151,11 +151,27 @@ def worker_loop(stop: threading.Event | None = None) -> None:
                 wake.wait(2.0)
                 wake.clear()
                 continue
-            evict_disk()
-            run_job(job)
         except Exception:  # noqa: BLE001 - the worker must survive (a locked database, a full disk, a bug)
             log.error("the worker recovered from an error:\n%s", traceback.format_exc())
             time.sleep(POLL_SECONDS)
+            continue
+        try:  # the job is claimed ("running"): whatever happens now, it ends in a final state
+            try:
+                evict_disk()
+            except Exception:  # noqa: BLE001 - a failed eviction does not stop the audit
+                log.error("evicting disk failed:\n%s", traceback.format_exc())
+            run_job(job)
+        except Exception:  # noqa: BLE001
+            log.error("the worker recovered from an error:\n%s", traceback.format_exc())
+            try:
+                if (store.get(job["id"]) or {}).get("state") == "running":
+                    store.finish(job["id"], "error", message="the Space failed outside the audit; try again")
+            except Exception:  # noqa: BLE001
+                log.error("could not mark job %s as failed:\n%s", job["id"], traceback.format_exc())
+            time.sleep(POLL_SECONDS)
+
+
+UPLOAD_GRACE_S = 3600  # an upload younger than this is never evicted (its job may be being queued)
 
 
 def _tree_bytes(path: Path) -> int:
@@ -177,13 +193,17 @@ def evict_disk(budget: int | None = None, hub_cache: str | Path | None = None) -
     active = {j["id"] for j in live}
     active_uploads = {j["inputs"].get("upload_dir") for j in live}
     items: list[tuple[float, int, str, object]] = []  # (last used, bytes, label, how to delete)
-    for folder, skip in ((DATA / "jobs", active), (DATA / "uploads", None), (downloads_dir(), active)):
+    for folder, skip in ((DATA / "jobs", active), (DATA / "uploads", None), (downloads_dir(), active),
+                         (GRADIO_TEMP, None)):  # Gradio's own uploads and served files count too
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
             if (skip is not None and p.name in skip) or str(p) in active_uploads:
                 continue
-            items.append((p.stat().st_mtime, _tree_bytes(p), str(p), p))
+            mtime = p.stat().st_mtime
+            if folder in (DATA / "uploads", GRADIO_TEMP) and time.time() - mtime < UPLOAD_GRACE_S:
+                continue  # written moments ago: its job row may not exist yet
+            items.append((mtime, _tree_bytes(p), str(p), p))
     try:
         info = scan_cache_dir(hub_cache) if hub_cache.is_dir() else None
     except Exception:  # noqa: BLE001 - a cache huggingface_hub cannot read is left alone

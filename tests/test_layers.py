@@ -28,7 +28,7 @@ LAYERS = [
     ("source", 30, ("hubaudit.source",), False),
     ("helpers", 10, ("hubaudit.errors", "hubaudit.registry", "hubaudit.stats", "hubaudit.store", "hubaudit.results",
                      "hubaudit.memory", "hubaudit.cardmeta", "hubaudit.modeling", "hubaudit.logprobs",
-                     "hubaudit.recommend", "hubaudit.trainrows",
+                     "hubaudit.recommend", "hubaudit.trainrows", "hubaudit.weights",
                      "hubaudit.__version__"), True),  # a constant set before the package root imports anything
 ]
 

@@ -20,8 +20,9 @@ def app(tmp_path_factory):
     """space/app.py imported in this process with its data folder in a temporary place and small caps."""
     data = tmp_path_factory.mktemp("space_data")
     env = {"HUBAUDIT_SPACE_DATA": str(data), "HUBAUDIT_SPACE_MAX_UPLOAD_BYTES": "4000",
-           "HUBAUDIT_SPACE_MAX_UPLOAD_ITEMS": "5", "HUBAUDIT_SPACE_PAUSE_WORKER": "1"}
-    old = {k: os.environ.get(k) for k in env}
+           "HUBAUDIT_SPACE_MAX_UPLOAD_ITEMS": "5", "HUBAUDIT_SPACE_PAUSE_WORKER": "1",
+           "HUBAUDIT_SPACE_MAX_ITEM_CHARS": "1000"}
+    old = dict(os.environ)  # the Space's settings set some defaults of their own: all restored below
     os.environ.update(env)
     sys.path.insert(0, str(SPACE))
     try:
@@ -35,11 +36,8 @@ def app(tmp_path_factory):
         yield mod
     finally:
         sys.path.remove(str(SPACE))
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.clear()
+        os.environ.update(old)
 
 
 def test_a_commit_is_audited_once_however_many_jobs_came_before(tmp_path):
@@ -232,3 +230,123 @@ def test_only_the_specs_on_the_page_are_accepted(app):
     the Space's own disk) or any spec the page does not offer."""
     _, message = app.submit("org/m", "", "Synthetic (built in)", "", None, ["rtn:4", "file:/etc/hostname"], 5)
     assert "from the list on the page" in message  # refused before the model id is even looked up
+
+
+# -- limits a visitor could bypass (issue 27) -----------------------------------------------------------------
+class _Request:
+    def __init__(self, forwarded: str, client: str = "10.0.0.9"):
+        from types import SimpleNamespace
+
+        self.headers = {"x-forwarded-for": forwarded}
+        self.client = SimpleNamespace(host=client)
+
+
+def test_the_visitor_key_is_the_proxys_last_hop_not_what_the_visitor_sends(app):
+    keys = {app.visitor_key(_Request(f"203.0.113.{i}, 198.51.100.7")) for i in range(4)}  # forged first hops
+    assert len(keys) == 1
+    assert app.visitor_key(_Request("198.51.100.8")) not in keys  # another visitor, as the proxy saw them
+
+
+def test_simultaneous_submits_cannot_pass_the_per_visitor_limit(app):
+    import threading
+
+    key, got = "s" * 16, []
+    barrier = threading.Barrier(8)
+
+    def submit():
+        barrier.wait()
+        got.append(app.store.add_limited({"model": "org/m", "visitor": key}, "ui", key, app.MAX_JOBS_PER_VISITOR)[0])
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len([j for j in got if j]) == app.MAX_JOBS_PER_VISITOR == app.store.count_active(key)
+
+
+def test_the_upload_limit_is_given_to_gradio_at_launch(app, monkeypatch):
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def launch(self, *a, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(app.gr.Blocks, "launch", launch)
+    with pytest.raises(Stop):
+        app.main()
+    assert seen["max_file_size"] == app.MAX_UPLOAD_BYTES  # refused by Gradio before it stores the upload
+    assert Path(os.environ["GRADIO_TEMP_DIR"]) == app.GRADIO_TEMP and not app.GRADIO_TEMP.is_relative_to(app.DATA)
+
+
+def test_gradios_temp_folder_counts_in_the_disk_budget(app, tmp_path, monkeypatch):
+    import tempfile
+    import time
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(app.worker, "GRADIO_TEMP", tmp_path / "gradio")
+    upload = tmp_path / "gradio" / "abc123" / "forget.jsonl"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"x" * 5000)
+    old = time.time() - 10_000
+    os.utime(upload.parent, (old, old))
+    deleted = app.evict_disk(budget=1000, hub_cache=tmp_path / "no-hub-cache")
+    assert str(upload.parent) in deleted and not upload.exists()
+
+
+def test_one_long_item_in_an_upload_is_refused_at_once(app, tmp_path):
+    line = tmp_path / "long.jsonl"
+    line.write_text(json.dumps({"text": "word " * (app.MAX_ITEM_CHARS // 5 + 1)}) + "\n")
+    with pytest.raises(app.InputError, match="at most .* per text"):
+        app.upload_to_muse(str(line), tmp_path / "out-long")
+
+
+def test_a_failed_disk_eviction_does_not_leave_a_job_running_forever(app, monkeypatch):
+    import threading
+
+    stop = threading.Event()
+    jid = app.store.add({"model": "org/m", "specs": ["rtn:4"], "threshold": 5}, kind="ui")
+    ran = []
+
+    def evict():
+        raise OSError("disk full")
+
+    def run(job):
+        ran.append(job["id"])
+        stop.set()
+        raise RuntimeError("a bug after the claim")
+
+    monkeypatch.setattr(app.worker, "_warm_up", lambda: None)
+    monkeypatch.setattr(app.worker, "evict_disk", evict)
+    monkeypatch.setattr(app.worker, "run_job", run)
+    monkeypatch.setattr(app.worker, "POLL_SECONDS", 0.01)
+    app.worker_loop(stop)
+    assert len(ran) == 1  # the eviction failed, the audit still ran (the oldest queued job: perhaps not ours)
+    assert app.store.get(ran[0])["state"] == "error"  # and its failure ended the job
+    assert app.store.get(jid)["state"] in ("queued", "error")
+
+
+def test_a_fresh_upload_is_never_evicted_before_its_job_exists(app, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    fresh = app.DATA / "uploads" / "just-written"
+    fresh.mkdir(parents=True)
+    (fresh / "knowmem.jsonl").write_bytes(b"x" * 5000)
+    app.evict_disk(budget=0, hub_cache=tmp_path / "no-hub-cache")
+    assert fresh.exists()
+
+
+@pytest.mark.parametrize("job", ["[click](https://evil.example/login)", "![x](https://evil.example/t.png)",
+                                 "abc` ![x](https://evil.example/t.png) `"])
+def test_a_job_id_from_the_url_is_never_rendered_as_markdown(app, job):
+    from types import SimpleNamespace
+
+    out = app.render(job, None)
+    assert "evil.example" not in out[0] and "There is no audit" in out[0]
+    req = SimpleNamespace(query_params={"job": job})
+    assert not isinstance(app.load_job_from_url(req), str)  # gr.skip(): nothing put in the box
+    assert app.load_job_from_url(SimpleNamespace(query_params={"job": "0123abcd4567"})) == "0123abcd4567"

@@ -209,11 +209,12 @@ def test_failing_models_become_error_rows(world, shared_store, tmp_path):
     res = sweep(models, forget=str(world["forget"]), specs="rtn:4", store=shared_store, out=tmp_path / "out",
                 num_cpus=2, progress=False)
     by = {r.model: r for r in res.rows}
-    assert by[str(broken)].status == "error" and "could not be evaluated" in by[str(broken)].reason
+    # refused when planned, before any worker loads it: its weights file is not a safetensors file
+    assert by[str(broken)].status == "error" and "model.safetensors is damaged" in by[str(broken)].reason
     assert by[str(tmp_path / "missing")].status == "error" and "not found" in by[str(tmp_path / "missing")].reason
     assert by[str(world["other"])].status == "ok"
     lb = res.leaderboard.set_index("model")
-    assert lb.loc[str(broken), "verdict"] == "error" and "could not be evaluated" in lb.loc[str(broken), "summary"]
+    assert lb.loc[str(broken), "verdict"] == "error" and "is damaged" in lb.loc[str(broken), "summary"]
     assert lb.loc[str(world["other"]), "verdict"] != "error"
 
 

@@ -284,6 +284,41 @@ class HubDatasetFormat(Format):
         return fs
 
 
+DEFAULT_MAX_ITEM_CHARS = 100_000  # one text of an item: a long news article is ~10k characters
+
+
+def max_item_chars() -> int:
+    """The longest text one item may hold: ``HUBAUDIT_MAX_ITEM_CHARS`` (the Space sets a lower one), else
+    ``DEFAULT_MAX_ITEM_CHARS``."""
+    import os
+
+    try:
+        return int(os.environ.get("HUBAUDIT_MAX_ITEM_CHARS") or DEFAULT_MAX_ITEM_CHARS)
+    except ValueError:
+        return DEFAULT_MAX_ITEM_CHARS
+
+
+def check_item_lengths(fs: ForgetSet) -> None:
+    """Refuse a forget set with one text longer than :func:`max_item_chars` (one 10 MB line would be tokenized
+    and scored whole: gigabytes of memory), naming the part and the item."""
+    from dataclasses import fields as dc_fields, is_dataclass
+
+    cap = max_item_chars()
+    for part in PARTS:
+        for i, item in enumerate(getattr(fs, part, None) or []):
+            texts = [item] if isinstance(item, str) else []
+            if is_dataclass(item):
+                for f in dc_fields(item):
+                    v = getattr(item, f.name)
+                    texts += [v] if isinstance(v, str) else [x for x in v if isinstance(x, str)] \
+                        if isinstance(v, (list, tuple)) else []
+            longest = max((len(t) for t in texts), default=0)
+            if longest > cap:
+                where = fs.files.get(part) or PARTS[part][1]
+                raise ForgetSetError(f"item {i + 1} of {where} in forget set '{fs.name}' is {longest:,} characters "
+                                     f"long; at most {cap:,} per text (HUBAUDIT_MAX_ITEM_CHARS): shorten or drop it")
+
+
 def load_forget_set(source: str | Path | ForgetSet | None = None) -> ForgetSet:
     """Read a forget set.
 
@@ -309,7 +344,9 @@ def load_forget_set(source: str | Path | ForgetSet | None = None) -> ForgetSet:
     for _, fmt_cls in FORMATS.items():
         fmt = fmt_cls()
         if fmt.detect(source):
-            return fmt.read(source)
+            fs = fmt.read(source)
+            check_item_lengths(fs)
+            return fs
     if Path(source).is_file():
         raise ForgetSetError(
             f"{source} is a file; --forget takes a folder in the MUSE layout (put it at e.g. "

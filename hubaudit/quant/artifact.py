@@ -39,6 +39,7 @@ import fnmatch
 import hashlib
 import json
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -347,7 +348,18 @@ def check(art: Artifact, src: "ModelSource") -> None:
     cfg = src.config()
     text_cfg = cfg.get("text_config") or cfg
     if art.kind == "gguf":
-        meta, tokens = gguf_metadata(art.folder / art.filename)
+        from .gguf_check import GGUFLayoutError, check_gguf_layout
+
+        try:  # every count bounded by the file's size before gguf-py's reader trusts them
+            vocab = text_cfg.get("vocab_size")
+            check_gguf_layout(art.folder / art.filename, vocab if isinstance(vocab, int) and vocab > 0 else None)
+            meta, tokens = gguf_metadata(art.folder / art.filename)
+        except GGUFLayoutError as e:
+            raise ArtifactError(f"file:{art.target} is not a usable GGUF file: {e}") from None
+        except (ValueError, KeyError, IndexError, struct.error, OSError) as e:
+            raise ArtifactError(f"file:{art.target} is not a usable GGUF file ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}); give a GGUF file written by llama.cpp "
+                                "or gguf-py") from None
         _check_gguf_loadable(art.target, meta, tokens)
         if not _same_model_type(meta["architecture"], cfg.get("model_type", "")):
             raise ArtifactError(f"file:{art.target} is a GGUF of architecture '{meta['architecture']}' and the audited "
