@@ -67,7 +67,8 @@ def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str
     """What a stored value depends on besides model, spec and forget set: the metric's version and
     settings, the device type and compute dtype, and for a quantized cell the versions of the backend's
     libraries (a new bitsandbytes may round differently) and, for a published artifact (``file:``), its
-    pinned identity (file sha256 or Hub commit)."""
+    pinned identity (file sha256 or Hub commit), and what the backend adds (:meth:`Attack.cache_key`: the
+    dtype a ``cast:`` cell computes in)."""
     key = {"v": metric.version, "settings": metric.settings(cfg), "device": source.device.split(":")[0],
            "dtype": str(source.compute_dtype()).replace("torch.", "")}
     if spec != FULL_PRECISION:
@@ -77,6 +78,9 @@ def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str
             artifact = backend.identity(qspec)  # a published file: its sha256 or commit, never reused for another
             if artifact:
                 key["artifact"] = artifact
+            extra = backend.cache_key(qspec, source)
+            if extra:
+                key["cell"] = extra
         except HubauditError:
             pass
     return json.dumps(key, sort_keys=True)

@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--fresh", action="store_true", help="ignore stored results (the trained world is still reused)")
     d.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads for building the world (default 2; the labels are the same with 1)")
+    d.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="what the world's bf16 unlearning computes in (default auto: bf16 where this CPU has "
+                        "AMX or AVX512-BF16, else float32 with the weights rounded to bf16 after every step)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("backends", aliases=["attacks"],
@@ -262,7 +265,16 @@ def _unlearn_parser(sub) -> None:
                    help="clip the gradient to global norm G before every step (default 1.0, the Hugging Face "
                         "Trainer's; 0 for none)")
     u.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default="bfloat16",
-                   help="weights' dtype while training (default bfloat16, as the paper)")
+                   help="the weights' dtype: what the model is saved in and, without --master-weights, the values "
+                        "the weights hold while training, so updates smaller than its step are lost (default "
+                        "bfloat16, as the paper)")
+    u.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="what training computes in: auto (default: --dtype where the hardware computes it natively, "
+                        "a GPU or a CPU with AMX/AVX512-BF16; else float32 holding --dtype values, rounded after "
+                        "every step), float32, or --dtype itself (pure 16-bit even where it is emulated, slowly)")
+    u.add_argument("--master-weights", choices=["float32"], default=None,
+                   help="train float32 weights (float32 compute) and save them in --dtype: small updates accumulate "
+                        "instead of being lost to 16-bit rounding")
     u.add_argument("--utility-floor", type=float, default=0.9, metavar="F",
                    help="stop, and go back to the last good state, when utility (KnowMem retain, TOFU retain, MMLU, "
                         "else the retain passages' token probability) falls below F x the original's (default 0.9; "
@@ -288,11 +300,12 @@ def _unlearn_parser(sub) -> None:
 
 
 def cmd_unlearn(args) -> int:
-    from .unlearn.train import UnlearnConfig, describe_controls, unlearn
+    from .unlearn.train import UnlearnConfig, describe_controls, describe_precision, unlearn
 
     cfg = UnlearnConfig(
         method=args.method, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
-        retain_weight=args.retain_weight, beta=args.beta, dtype=args.dtype, sure=args.sure,
+        retain_weight=args.retain_weight, beta=args.beta, dtype=args.dtype, compute_dtype=args.compute_dtype,
+        master_weights=args.master_weights, sure=args.sure,
         max_length=args.max_length, max_grad_norm=args.max_grad_norm or None,
         threshold=args.threshold, saliency=args.saliency, scope=args.scope, eval_every=args.eval_every,
         utility_floor=args.utility_floor or None, stop_at=args.stop_at, stop_metric=args.stop_metric,
@@ -313,6 +326,9 @@ def cmd_unlearn(args) -> int:
           f"{m['train_seconds']:.0f} s; {m['stop_reason'] or 'ran all steps'}): {scores}")
     if m.get("control"):
         print(f"Controls: {describe_controls(m['control'], m['config']['stop_at'], m['config']['utility_floor'])}")
+    if m.get("precision"):
+        print(f"{describe_precision(m['precision'], m['config']['dtype']).capitalize()}; weights changed per step: "
+              f"{100 * m['changed_share']['mean_per_step']:.2f}% on average")
     if m.get("target"):
         print(f"Forgetting target {m['target']['summary']}")
     print(f"Model: {res.out} (README.md, unlearn.json)")
@@ -454,7 +470,8 @@ def cmd_demo(args) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise HubauditError(f"--threads must be at least 1, got {args.threads}")
-    run_demo(Path(args.out), size=args.size, fresh=args.fresh, progress=not args.quiet, threads=args.threads)
+    run_demo(Path(args.out), size=args.size, fresh=args.fresh, progress=not args.quiet, threads=args.threads,
+             compute_dtype=args.compute_dtype)
     return EXIT_OK
 
 
