@@ -17,9 +17,11 @@ Built here, on the CPU, from SmolLM2-135M-Instruct (tests/assets.py fetches it f
     SmolLM2 itself, never fine-tuned on the forget facts: no quantizer can bring back what it never had.
 
 The bins are 8-bit (``rtn:8``), not the paper's 4-bit: per-tensor 4-bit RTN wrecks a 135M model (its
-token loss on plain English goes from about 1.5 to about 12), so ``target``'s own RTN-4 model knows
-nothing and a control built on its bins could not regain anything. Per-tensor 8-bit RTN keeps SmolLM2
-nearly intact.
+token loss on an English paragraph goes from 1.55 to 12.2; per-tensor 8-bit: 1.65; 4-bit in groups of
+128: 1.88), so ``target``'s own RTN-4 model knows nothing and a control built on its bins could not
+regain anything. Per-tensor 8-bit RTN keeps SmolLM2 nearly intact. The control is a blunt one: its full-precision model has lost the forget facts and its
+fluency with them (it answers with repeated tokens); a smaller ascent step (2e-4) left 5 of the target's 7
+facts in full precision and brought 2 of 10 back in 8 bits, which the audit calls ``inconclusive``.
 """
 
 from __future__ import annotations
@@ -91,8 +93,9 @@ def _top_linear(model, n_layers: int):
 
 @pytest.fixture(scope="module")
 def real_world(tmp_path_factory):
-    """Forget set, ``target`` and ``constructed`` folders (built once per run, about a minute of training
-    on two free cores), and the audits of ``constructed`` and of SmolLM2 itself against ``target``."""
+    """Forget set, ``target`` and ``constructed`` folders (built once per run, nothing cached; the whole
+    file takes about 105 CPU seconds, 3 minutes of wall time on a busy 2-core machine), and the audits of ``constructed`` and of
+    SmolLM2 itself against ``target``."""
     import torch
     from assets import AssetError, smollm2_folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
