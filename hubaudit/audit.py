@@ -69,6 +69,9 @@ def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str
     pinned identity (file sha256 or Hub commit)."""
     key = {"v": metric.version, "settings": metric.settings(cfg), "device": source.device.split(":")[0],
            "dtype": str(source.compute_dtype()).replace("torch.", "")}
+    prompt = metric.prompt_key(cfg, source.tokenizer)  # what shapes its prompts: a rendered example's hash
+    if prompt:
+        key["prompt"] = prompt
     if spec != FULL_PRECISION:
         try:
             backend, qspec = get_attack(spec)
@@ -526,9 +529,9 @@ def _chat_template_used(src: ModelSource, cfg: MetricConfig, metrics: list[Metri
     """The chat template the prompts went through (TOFU-style metrics only), for the report; None if none."""
     if not cfg.chat_template or not any(getattr(m, "chat", False) for m in metrics):
         return None
-    from .metrics.prompts import describe_chat_template
+    from .metrics.prompts import PromptFormat, describe_chat_template
 
-    return describe_chat_template(src.tokenizer)
+    return describe_chat_template(src.tokenizer, PromptFormat.from_config(src.tokenizer, cfg))
 
 
 def prepare_specs(specs: list[str], src: ModelSource, *, token: str | None = None, all_files: bool = False,
