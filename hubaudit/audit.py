@@ -594,6 +594,7 @@ def audit(
     progress: bool | object = True,
     on_cell: Callable[[CellResult], None] | None = None,
     all_files: bool = False,
+    retain_logs: str | Path | None = None,
 ) -> AuditReport:
     """Audit an unlearned model: does quantization bring the forgotten knowledge back?
 
@@ -611,6 +612,8 @@ def audit(
         metrics: metric names (``verbmem_f,knowmem_f,knowmem_r,mia_auc``); default: all the set supports.
         retrain: a model trained without the forget set; its MIA AUC is PrivLeak's baseline.
         auc_retrain: PrivLeak's baseline given as a number (else the forget set's, else 0.5).
+        retain_logs: TOFU forget quality's baseline when there is no ``retrain`` model: the retain model's
+            open-unlearning eval log (``TOFU_EVAL.json``, as its ``retain_logs_path``) or a JSON list of truth ratios.
         out: a folder for ``report.json``, ``report.md`` and ``report.png`` (written only on success;
             earlier reports there are moved to ``history/``).
         store: the results store: a path, a :class:`ResultStore`, None for the default file,
@@ -657,6 +660,10 @@ def audit(
     if auc_retrain is not None and not 0 < auc_retrain < 1:
         raise HubauditError(f"--auc-retrain must be between 0 and 1, got {auc_retrain}")
     fs = load_forget_set(forget)
+    if retain_logs is not None:
+        from .metrics.tofu import retain_ratios_from_logs
+
+        fs.meta["retain_truth_ratios"] = retain_ratios_from_logs(retain_logs)
     metric_objs = resolve_metrics(metrics, fs)
     cfg = metric_config or MetricConfig()
     kw = dict(device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -739,7 +746,7 @@ def build_report(cells: list[CellResult], *, src, ref, ret, fs: ForgetSet, metri
         derived["reference_note"] = reference_note
     from .metrics.tofu import forget_quality_by_spec
 
-    fq = forget_quality_by_spec(cells)
+    fq = forget_quality_by_spec(cells, fs.meta.get("retain_truth_ratios"))
     if fq:
         derived["forget_quality"] = fq  # TOFU: KS-test p-value of truth ratios vs the retrain model
 

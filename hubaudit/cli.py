@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--fail-on-fragile", action="store_true", help=argparse.SUPPRESS)  # the default now
     a.add_argument("--retrain", metavar="MODEL", help="a model trained without the forget set (PrivLeak baseline)")
     a.add_argument("--auc-retrain", type=float, metavar="AUC", help="PrivLeak baseline AUC, when no --retrain model")
+    a.add_argument("--retain-logs", metavar="JSON",
+                   help="TOFU forget quality's baseline when no --retrain model: the retain model's open-unlearning "
+                        "eval log (TOFU_EVAL.json, as its retain_logs_path)")
     a.add_argument("--store", metavar="FILE", help="results store (default: ~/.cache/hubaudit/results.sqlite)")
     a.add_argument("--no-store", action="store_true", help="do not read or write the results store")
     a.add_argument("--fresh", action="store_true", help="ignore stored results and recompute every cell")
@@ -359,6 +362,7 @@ def cmd_audit(args) -> int:
         token=args.token,
         memory_check=not args.no_memory_check,
         progress=not args.quiet,
+        retain_logs=args.retain_logs,
         metric_config=MetricConfig(chat_template=not args.no_chat_template, system_prompt=args.system_prompt,
                                    date_string=args.date_string, plain_prompt=args.plain_prompt, mcq_bos=args.mcq_bos),
         all_files=args.all_files,

@@ -76,14 +76,41 @@ def forget_quality(model_ratios, retain_ratios) -> float:
     return float(ks_2samp(np.asarray(model_ratios), np.asarray(retain_ratios)).pvalue)
 
 
-def forget_quality_by_spec(cells) -> dict[str, float]:
-    """Forget quality of every ``model`` cell with ``tofu_tr_f`` against the ``retrain`` cell's."""
-    ret = next((c for c in cells if c.role == "retrain" and c.status == "ok" and c.items.get("tofu_tr_f")), None)
-    if ret is None:
-        return {}
-    base = [r["truth_ratio"] for r in ret.items["tofu_tr_f"]]
-    return {c.spec: forget_quality([r["truth_ratio"] for r in c.items["tofu_tr_f"]], base)
+def forget_quality_by_spec(cells, retain_ratios=None) -> dict[str, float]:
+    """Forget quality of every ``model`` cell with ``tofu_tr_f`` against the ``retrain`` cell's truth ratios,
+    or against ``retain_ratios`` (a retain model's, from :func:`retain_ratios_from_logs`) when given."""
+    if retain_ratios is None:
+        ret = next((c for c in cells if c.role == "retrain" and c.status == "ok" and c.items.get("tofu_tr_f")), None)
+        if ret is None:
+            return {}
+        retain_ratios = [r["truth_ratio"] for r in ret.items["tofu_tr_f"]]
+    return {c.spec: forget_quality([r["truth_ratio"] for r in c.items["tofu_tr_f"]], retain_ratios)
             for c in cells if c.role == "model" and c.status == "ok" and c.items.get("tofu_tr_f")}
+
+
+def retain_ratios_from_logs(path) -> list[float]:
+    """The retain model's forget-set truth ratios from open-unlearning's eval log (``TOFU_EVAL.json``:
+    ``forget_truth_ratio.value_by_index.<i>.score``, what its ``retain_logs_path`` points to), or from a
+    JSON list of numbers."""
+    import json
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MetricError(f"cannot read the retain model's logs {p} ({getattr(e, 'strerror', None) or e}); give "
+                          "open-unlearning's TOFU_EVAL.json of the retain model") from None
+    if isinstance(data, dict):
+        by_index = (data.get("forget_truth_ratio") or {}).get("value_by_index")
+        if not isinstance(by_index, dict):
+            raise MetricError(f"{p} has no forget_truth_ratio.value_by_index: give open-unlearning's TOFU_EVAL.json "
+                              "of the retain model (eval with the forget_truth_ratio metric)")
+        data = [by_index[k].get("score") if isinstance(by_index[k], dict) else None
+                for k in sorted(by_index, key=lambda k: int(k) if str(k).isdigit() else 0)]
+    if not isinstance(data, list) or not data or not all(isinstance(v, (int, float)) for v in data):
+        raise MetricError(f"{p}: expected truth ratios (numbers) from the retain model; give its TOFU_EVAL.json")
+    return [float(v) for v in data]
 
 
 def prompt_format(runner, cfg: MetricConfig) -> PromptFormat:
