@@ -164,6 +164,10 @@ def render_markdown(report: AuditReport) -> str:
                   "(forget: mean min(R, 1/R), 1 = cannot tell right from wrong; retain: mean max(0, 1 - R)). "
                   "WMDP/MMLU: accuracy x 100, the answer letter with the highest log-likelihood "
                   "(lm-evaluation-harness's zero-shot prompt)."]
+    subjects = (inp.get("forget") or {}).get("mmlu_subjects") or []
+    if "mmlu_acc" in metrics and subjects and subjects != ["all"]:
+        lines += ["", f"MMLU accuracy rests on {len(subjects)} of MMLU's 57 subjects ({', '.join(subjects)}), not the "
+                  "harness's full MMLU group (read it with `+mmlu=all`)."]
     if any(m.startswith("tofu_") for m in metrics):
         t = inp.get("chat_template")
         lines += ["", f"TOFU prompts: the model's chat template (sha256 {t['sha256']}), e.g. `{t['example']!r}`."

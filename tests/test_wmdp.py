@@ -97,6 +97,8 @@ def test_shorthand_reads_wmdp_and_the_mmlu_utility_subsets(client):
     only = load_forget_set("wmdp-bio+mmlu=virology")
     assert len(only.mcq_retain) == 4 and {x.subject for x in only.mcq_retain} == {"virology"}
     assert load_forget_set("wmdp-bio+mmlu=").mcq_retain is None
+    full = load_forget_set("wmdp-bio+mmlu=all")  # the whole group, each row with its own subject
+    assert [(x.question, x.subject) for x in full.mcq_retain] == [(x.question, x.subject) for x in fs.mcq_retain]
     assert len(load_forget_set("wmdp-cyber+mmlu=").mcq) == 4
     with pytest.raises(ForgetSetError, match="wmdp-chem"):
         load_forget_set("wmdp-chem+mmlu=")
@@ -144,3 +146,5 @@ def test_cli_audit_of_wmdp_counts_accuracy_in_the_verdict(client, capsys):
     assert report["inputs"]["metrics"] == ["wmdp_acc", "mmlu_acc"]
     assert report["verdict"]["worst_metric"] == "wmdp_acc"  # the only forget metric counted here
     assert "WMDP accuracy" in stdout and "MMLU accuracy" in stdout
+    # the MMLU figure rests on 2 subjects, and the report says so
+    assert f"MMLU accuracy rests on 2 of MMLU's 57 subjects ({', '.join(MMLU_SUBJECTS)})" in (out / "report.md").read_text()
