@@ -69,9 +69,8 @@ def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str
     pinned identity (file sha256 or Hub commit)."""
     key = {"v": metric.version, "settings": metric.settings(cfg), "device": source.device.split(":")[0],
            "dtype": str(source.compute_dtype()).replace("torch.", "")}
-    prompt = metric.prompt_key(cfg, source.tokenizer)  # what shapes its prompts: a rendered example's hash
-    if prompt:
-        key["prompt"] = prompt
+    if type(metric).prompt_key is not Metric.prompt_key:  # what shapes its prompts: a rendered example's hash
+        key["prompt"] = metric.prompt_key(cfg, source.tokenizer)
     if spec != FULL_PRECISION:
         try:
             backend, qspec = get_attack(spec)

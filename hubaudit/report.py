@@ -174,7 +174,8 @@ def render_markdown(report: AuditReport) -> str:
                   if t else "TOFU prompts: plain text, as open-unlearning builds them without a chat template "
                   "(`Question: {q}\\nAnswer: `, or `[INST] {q} [/INST]` for Llama-2-style tokenizers)."]
     if d.get("forget_quality"):
-        lines += ["", "TOFU forget quality (KS-test p-value of forget truth ratios vs the retrain model; high = "
+        lines += ["", "TOFU forget quality (KS-test p-value of forget truth ratios vs the retrain model's, or the retain "
+                  "model's logs given with --retain-logs; high = "
                   "indistinguishable from never trained): " + ", ".join(f"{spec_label(k)} {p:.3g}" for k, p in d["forget_quality"].items()) + "."]
     lines += _decoding_lines(report)
     lines += _artifact_lines(report)
