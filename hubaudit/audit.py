@@ -71,6 +71,8 @@ def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str
     dtype a ``cast:`` cell computes in)."""
     key = {"v": metric.version, "settings": metric.settings(cfg), "device": source.device.split(":")[0],
            "dtype": str(source.compute_dtype()).replace("torch.", "")}
+    if type(metric).prompt_key is not Metric.prompt_key:  # what shapes its prompts: a rendered example's hash
+        key["prompt"] = metric.prompt_key(cfg, source.tokenizer)
     if spec != FULL_PRECISION:
         try:
             backend, qspec = get_attack(spec)
@@ -575,9 +577,9 @@ def _chat_template_used(src: ModelSource, cfg: MetricConfig, metrics: list[Metri
     """The chat template the prompts went through (TOFU-style metrics only), for the report; None if none."""
     if not cfg.chat_template or not any(getattr(m, "chat", False) for m in metrics):
         return None
-    from .metrics.prompts import describe_chat_template
+    from .metrics.prompts import PromptFormat, describe_chat_template
 
-    return describe_chat_template(src.tokenizer)
+    return describe_chat_template(src.tokenizer, PromptFormat.from_config(src.tokenizer, cfg))
 
 
 def prepare_specs(specs: list[str], src: ModelSource, *, token: str | None = None, all_files: bool = False,
@@ -650,6 +652,7 @@ def audit(
     progress: bool | object = True,
     on_cell: Callable[[CellResult], None] | None = None,
     all_files: bool = False,
+    retain_logs: str | Path | None = None,
 ) -> AuditReport:
     """Audit an unlearned model: does quantization bring the forgotten knowledge back?
 
@@ -667,6 +670,8 @@ def audit(
         metrics: metric names (``verbmem_f,knowmem_f,knowmem_r,mia_auc``); default: all the set supports.
         retrain: a model trained without the forget set; its MIA AUC is PrivLeak's baseline.
         auc_retrain: PrivLeak's baseline given as a number (else the forget set's, else 0.5).
+        retain_logs: TOFU forget quality's baseline when there is no ``retrain`` model: the retain model's
+            open-unlearning eval log (``TOFU_EVAL.json``, as its ``retain_logs_path``) or a JSON list of truth ratios.
         out: a folder for ``report.json``, ``report.md`` and ``report.png`` (written only on success;
             earlier reports there are moved to ``history/``).
         store: the results store: a path, a :class:`ResultStore`, None for the default file,
@@ -713,6 +718,10 @@ def audit(
     if auc_retrain is not None and not 0 < auc_retrain < 1:
         raise HubauditError(f"--auc-retrain must be between 0 and 1, got {auc_retrain}")
     fs = load_forget_set(forget)
+    if retain_logs is not None:
+        from .metrics.tofu import retain_ratios_from_logs
+
+        fs.meta["retain_truth_ratios"] = retain_ratios_from_logs(retain_logs)
     metric_objs = resolve_metrics(metrics, fs)
     cfg = metric_config or MetricConfig()
     kw = dict(device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -798,7 +807,7 @@ def build_report(cells: list[CellResult], *, src, ref, ret, fs: ForgetSet, metri
         derived["reference_note"] = reference_note
     from .metrics.tofu import forget_quality_by_spec
 
-    fq = forget_quality_by_spec(cells)
+    fq = forget_quality_by_spec(cells, fs.meta.get("retain_truth_ratios"))
     if fq:
         derived["forget_quality"] = fq  # TOFU: KS-test p-value of truth ratios vs the retrain model
 
@@ -816,7 +825,8 @@ def build_report(cells: list[CellResult], *, src, ref, ret, fs: ForgetSet, metri
         "model": model_info(src),
         "reference": model_info(ref),
         "retrain": model_info(ret),
-        "forget": {"name": fs.name, "source": fs.source, "hash": fs.content_hash(), "sizes": fs.sizes()},
+        "forget": {"name": fs.name, "source": fs.source, "hash": fs.content_hash(), "sizes": fs.sizes(),
+                   **({"mmlu_subjects": fs.meta["mmlu_subjects"]} if fs.meta.get("mmlu_subjects") else {})},
         "specs": spec_list,
         "metrics": [m.name for m in metric_objs],
         "metric_settings": {m.name: m.settings(cfg) for m in metric_objs},

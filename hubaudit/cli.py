@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--fail-on-fragile", action="store_true", help=argparse.SUPPRESS)  # the default now
     a.add_argument("--retrain", metavar="MODEL", help="a model trained without the forget set (PrivLeak baseline)")
     a.add_argument("--auc-retrain", type=float, metavar="AUC", help="PrivLeak baseline AUC, when no --retrain model")
+    a.add_argument("--retain-logs", metavar="JSON",
+                   help="TOFU forget quality's baseline when no --retrain model: the retain model's open-unlearning "
+                        "eval log (TOFU_EVAL.json, as its retain_logs_path)")
     a.add_argument("--store", metavar="FILE", help="results store (default: ~/.cache/hubaudit/results.sqlite)")
     a.add_argument("--no-store", action="store_true", help="do not read or write the results store")
     a.add_argument("--fresh", action="store_true", help="ignore stored results and recompute every cell")
@@ -104,6 +107,16 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.add_argument("--no-chat-template", action="store_true",
                    help="build TOFU prompts as plain text even when the tokenizer has a chat template")
+    a.add_argument("--system-prompt", default="You are a helpful assistant.", metavar="TEXT",
+                   help="system turn of TOFU chat prompts (open-unlearning's default; '' for none)")
+    a.add_argument("--date-string", default="10 Apr 2025", metavar="DATE",
+                   help="date a Llama-3.x chat template prints (open-unlearning's fixed default; '' = the template's "
+                        "own, i.e. today's)")
+    a.add_argument("--plain-prompt", default="auto", metavar="FORMAT",
+                   help="TOFU prompt without a chat template, with {question} ('auto': [INST] {question} [/INST] for "
+                        "Llama-2-style tokenizers, else 'Question: {question}\\nAnswer: ')")
+    a.add_argument("--mcq-bos", action=argparse.BooleanOptionalAction, default=None,
+                   help="WMDP/MMLU prompts start with BOS (default: as lm-evaluation-harness 0.4.8, none except Gemma)")
     a.add_argument("--yes", "-y", action="store_true",
                    help="without --forget: use the forget set proposed from the model card without asking")
 
@@ -372,7 +385,9 @@ def cmd_audit(args) -> int:
         token=args.token,
         memory_check=not args.no_memory_check,
         progress=not args.quiet,
-        metric_config=MetricConfig(chat_template=not args.no_chat_template),
+        retain_logs=args.retain_logs,
+        metric_config=MetricConfig(chat_template=not args.no_chat_template, system_prompt=args.system_prompt,
+                                   date_string=args.date_string, plain_prompt=args.plain_prompt, mcq_bos=args.mcq_bos),
         all_files=args.all_files,
     )
     _print_report(report, out)
