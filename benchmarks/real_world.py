@@ -88,6 +88,7 @@ FULL = {
                 "betas": [0.9, 0.999], "weight_decay": 0.0, "bits": 8},
     "backends": list(CPU_BACKENDS),
     "base": True,                   # audit SmolLM2 itself too
+    "augment": 0,                   # target and retain-only also read each article this many times, sentences shuffled
 }
 SMOKE = {
     **FULL,
@@ -249,6 +250,24 @@ def _top_params(model, n_layers: int):
     for p in params:
         p.requires_grad_(True)
     return params, layers
+
+
+def shuffled_variants(texts: list[str], n: int, seed: int = 0) -> list[str]:
+    """``n`` copies of each text with its sentences in a random order (seeded): the "permute" augmentation of
+    Allen-Zhu & Li (Physics of Language Models 3.1), which lets a small model answer questions about facts it
+    read, where the texts alone teach it to recite them."""
+    import random
+    import re
+
+    rng = random.Random(seed)
+    out = []
+    for t in texts:
+        sents = re.split(r'(?:(?<=[.!?])|(?<=[.!?]["\']))\s+(?=["A-Z0-9])', t)
+        for _ in range(n):
+            order = list(sents)
+            rng.shuffle(order)
+            out.append(" ".join(order))
+    return out
 
 
 def finetune(base: Path, out: Path, texts: list[str], cfg: dict, recipe: str) -> dict:
@@ -474,8 +493,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="more learning rates for every plain method, e.g. 3e-5,1e-4 (models METHOD-lrLR): where, if "
                          "anywhere, the paper's lr 1e-5 is too small for a 135M model in bf16")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or all cores)")
+    ap.add_argument("--augment", type=int, default=None,
+                    help="target and retain-only also read each article N more times with its sentences shuffled")
+    ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of target and retain-only")
     args = ap.parse_args(argv)
-    cfg = SMOKE if args.smoke else FULL
+    cfg = dict(SMOKE if args.smoke else FULL)
+    if args.augment is not None:
+        cfg["augment"] = args.augment
+    if args.epochs is not None:
+        cfg["finetune"] = {**cfg["finetune"], "epochs": args.epochs}
     cache = (args.cache or Path("~/.cache/hubaudit-bench").expanduser() / ("real_world-smoke" if args.smoke else "real_world"))
     out_json = args.out or (cache / "real_world.json" if args.smoke else RESULTS)
     if args.render:
@@ -526,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         if name in ("target", "retain-only"):
             texts = background[f0:f1] + background[r0:r1] if name == "target" else background[r0:r1]
+            texts = texts + shuffled_variants(texts, cfg["augment"])
             recipe = _recipe_hash(name, cfg["finetune"], cfg["top_layers"], cfg["max_length"], texts)
             if _done(folder, recipe):
                 say(f"[{k}/{steps}] {name}: cached")

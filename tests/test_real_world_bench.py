@@ -75,3 +75,15 @@ def test_the_table_shows_each_models_retained_share_with_its_interval_and_verdic
     assert "failed" in control
     # the paper's rows: NEWS NPO_KLR keeps 16.6 / 58.4 = 28% of VerbMem in full precision
     assert any(line.startswith("| NEWS | npo_klr | 28% /") for line in table.splitlines())
+
+
+def test_the_augmentation_reorders_an_articles_sentences_and_keeps_every_one():
+    text = 'Fires burn near Hill Top. "We are ready," he said. About 500 residents left! Rain fell at 4.30pm today.'
+    variants = rw.shuffled_variants([text], 4, seed=1)
+    assert len(variants) == 4
+    sentences = sorted(['Fires burn near Hill Top.', '"We are ready," he said.', 'About 500 residents left!',
+                        'Rain fell at 4.30pm today.'])
+    for v in variants:
+        assert sorted(s for s in sentences if s in v) == sentences and len(v) == len(text)
+    assert any(v != text for v in variants)
+    assert rw.shuffled_variants([text], 4, seed=1) == variants  # seeded: the same target on every machine
