@@ -114,3 +114,24 @@ def test_the_request_is_checked_once_with_its_defaults_in_one_place():
         r.alpha = 0.1
     with pytest.raises(TypeError, match="not both"):
         AuditRequest.of(r, {"alpha": 0.1})
+
+
+def test_the_sweep_command_audits_a_published_build_named_by_a_relative_path(world, tmp_path, monkeypatch, capsys):
+    """The command line of the issue: ``hubaudit sweep models.txt --no-ray --backends rtn:8,file:NAME.gguf``."""
+    import json
+
+    from hubaudit.cli import main
+
+    models = tmp_path / "models.txt"
+    models.write_text(f"{world['model']} {world['reference']}\n")
+    monkeypatch.chdir(world["gguf"].parent)
+    art = f"file:{world['gguf'].name}"
+    code = main(["sweep", str(models), "--no-ray", "--backends", f"rtn:8,{art}", "--forget", str(world["forget"]),
+                 "--out", str(tmp_path / "out"), "--store", str(tmp_path / "s.sqlite"), "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "0 failed" in out, out
+    rep = json.loads(next((tmp_path / "out" / "reports").glob("*/report.json")).read_text())
+    cells = {(c["role"], c["spec"]): c for c in rep["cells"]}
+    assert cells[("model", art)]["status"] == "ok" and ("reference", art) not in cells
+    assert art in rep["derived"]["regained"]

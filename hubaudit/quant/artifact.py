@@ -177,7 +177,7 @@ def resolve(target: str, *, token: str | None = None, allow_pickle: bool = False
                 raise ArtifactError(f"file:{target} is not a .gguf file; file: takes a GGUF file or a pre-quantized "
                                     "model folder (config.json with a quantization_config)")
             _refuse_split(path.name, target)
-            return Artifact(target, "gguf", path.parent, path.name, f"sha256:{file_sha256(path)}")
+            return Artifact(target, "gguf", path.parent.resolve(), path.name, f"sha256:{file_sha256(path)}")
         if not (path / "config.json").is_file():
             names = _gguf_names([str(p.relative_to(path)) for p in path.rglob("*.gguf")])
             if len(names) == 1:
@@ -193,7 +193,7 @@ def resolve(target: str, *, token: str | None = None, allow_pickle: bool = False
             raise ArtifactError(f"file:{target}: {e}") from None
         from ..modeling import content_hash
 
-        return Artifact(target, "pretrained", path, None, f"content:{content_hash(path)}")
+        return Artifact(target, "pretrained", path.resolve(), None, f"content:{content_hash(path)}")
     repo, path_in_repo, rev = _hub_parts(target)
     files, sha = _hub_files(repo, rev, token)
     offline = files is None
