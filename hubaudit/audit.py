@@ -39,16 +39,6 @@ def _version() -> str:
     return __version__
 
 
-def prepare_specs(specs, src: ModelSource, *, token: str | None = None, all_files: bool = False,
-                  allow_pickle: bool = False) -> list:
-    """The specs resolved (:func:`~hubaudit.plan.resolve_specs`: a ``file:`` artifact found and pinned) and
-    checked against the audited model (:func:`~hubaudit.plan.check_specs`), before anything is loaded."""
-    request = AuditRequest(specs=specs, all_files=all_files, allow_pickle=allow_pickle)
-    out = resolve_specs(request, token=token)
-    check_specs(out, src)
-    return out
-
-
 def audit(
     model,
     *,
