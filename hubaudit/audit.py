@@ -50,6 +50,7 @@ def audit(
     token: str | None = None,
     progress: bool | object = True,
     on_cell: Callable[[CellResult], None] | None = None,
+    retain_logs: str | Path | None = None,
     request: AuditRequest | None = None,
     **options,
 ) -> AuditReport:
@@ -63,6 +64,8 @@ def audit(
         forget: the forget set: a built-in name (default ``"synthetic"``), a MUSE-layout folder, or a
             :class:`~hubaudit.forget.ForgetSet`.
         retrain: a model trained without the forget set; its MIA AUC is PrivLeak's baseline.
+        retain_logs: TOFU forget quality's baseline when there is no ``retrain`` model: the retain model's
+            open-unlearning eval log (``TOFU_EVAL.json``, as its ``retain_logs_path``) or a JSON list of truth ratios.
         out: a folder for ``report.json``, ``report.md`` and ``report.png`` (written only on success;
             earlier reports there are moved to ``history/``).
         store: the results store: a path, a :class:`ResultStore`, None for the default file,
@@ -92,6 +95,10 @@ def audit(
     # Everything a user can get wrong is checked before any model is loaded.
     req = AuditRequest.of(request, options)
     fs = load_forget_set(forget)
+    if retain_logs is not None:
+        from .metrics.tofu import retain_ratios_from_logs
+
+        fs.meta["retain_truth_ratios"] = retain_ratios_from_logs(retain_logs)
     metric_objs = resolve_metrics(req.metrics, fs)
     cfg = req.metric_config
     kw = req.model_options
@@ -171,7 +178,7 @@ def build_report(cells: list[CellResult], *, src, ref, ret, fs: ForgetSet, metri
         derived["reference_note"] = reference_note
     from .metrics.tofu import forget_quality_by_spec
 
-    fq = forget_quality_by_spec(cells)
+    fq = forget_quality_by_spec(cells, fs.meta.get("retain_truth_ratios"))
     if fq:
         derived["forget_quality"] = fq  # TOFU: KS-test p-value of truth ratios vs the retrain model
 
@@ -189,7 +196,8 @@ def build_report(cells: list[CellResult], *, src, ref, ret, fs: ForgetSet, metri
         "model": model_info(src),
         "reference": model_info(ref),
         "retrain": model_info(ret),
-        "forget": {"name": fs.name, "source": fs.source, "hash": fs.content_hash(), "sizes": fs.sizes()},
+        "forget": {"name": fs.name, "source": fs.source, "hash": fs.content_hash(), "sizes": fs.sizes(),
+                   **({"mmlu_subjects": fs.meta["mmlu_subjects"]} if fs.meta.get("mmlu_subjects") else {})},
         "specs": spec_list,
         "metrics": [m.name for m in metric_objs],
         "metric_settings": {m.name: m.settings(cfg) for m in metric_objs},

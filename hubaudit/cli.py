@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--fail-on-fragile", action="store_true", help=argparse.SUPPRESS)  # the default now
     a.add_argument("--retrain", metavar="MODEL", help="a model trained without the forget set (PrivLeak baseline)")
     a.add_argument("--auc-retrain", type=float, metavar="AUC", help="PrivLeak baseline AUC, when no --retrain model")
+    a.add_argument("--retain-logs", metavar="JSON",
+                   help="TOFU forget quality's baseline when no --retrain model: the retain model's open-unlearning "
+                        "eval log (TOFU_EVAL.json, as its retain_logs_path)")
     a.add_argument("--store", metavar="FILE", help="results store (default: ~/.cache/hubaudit/results.sqlite)")
     a.add_argument("--no-store", action="store_true", help="do not read or write the results store")
     a.add_argument("--fresh", action="store_true", help="ignore stored results and recompute every cell")
@@ -104,6 +107,16 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.add_argument("--no-chat-template", action="store_true",
                    help="build TOFU prompts as plain text even when the tokenizer has a chat template")
+    a.add_argument("--system-prompt", default="You are a helpful assistant.", metavar="TEXT",
+                   help="system turn of TOFU chat prompts (open-unlearning's default; '' for none)")
+    a.add_argument("--date-string", default="10 Apr 2025", metavar="DATE",
+                   help="date a Llama-3.x chat template prints (open-unlearning's fixed default; '' = the template's "
+                        "own, i.e. today's)")
+    a.add_argument("--plain-prompt", default="auto", metavar="FORMAT",
+                   help="TOFU prompt without a chat template, with {question} ('auto': [INST] {question} [/INST] for "
+                        "Llama-2-style tokenizers, else 'Question: {question}\\nAnswer: ')")
+    a.add_argument("--mcq-bos", action=argparse.BooleanOptionalAction, default=None,
+                   help="WMDP/MMLU prompts start with BOS (default: as lm-evaluation-harness 0.4.8, none except Gemma)")
     a.add_argument("--yes", "-y", action="store_true",
                    help="without --forget: use the forget set proposed from the model card without asking")
 
@@ -126,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--fresh", action="store_true", help="ignore stored results (the trained world is still reused)")
     d.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads for building the world (default 2; the labels are the same with 1)")
+    d.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="what the world's bf16 unlearning computes in (default auto: bf16 where this CPU has "
+                        "AMX or AVX512-BF16, else float32 with the weights rounded to bf16 after every step)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("backends", aliases=["attacks"],
@@ -210,7 +226,8 @@ def cmd_sweep(args) -> int:
         raise HubauditError("--no-ray and --ray-address exclude each other")
     res = sweep(
         args.models, search=args.search, reference=args.reference, forget=args.forget, request=audit_request(args),
-        out=args.out, store=args.store, token=args.token, ray_address=args.ray_address, use_ray=False if args.no_ray else None, num_cpus=args.num_cpus,
+        out=args.out, store=args.store, token=args.token, ray_address=args.ray_address,
+        use_ray=False if args.no_ray else None, num_cpus=args.num_cpus,
         gpus_per_model=args.gpus_per_model, cpus_per_model=args.cpus_per_model, max_retries=args.max_retries,
         card=args.card, dry_run=args.dry_run, progress=not args.quiet,
     )
@@ -268,7 +285,16 @@ def _unlearn_parser(sub) -> None:
                    help="clip the gradient to global norm G before every step (default 1.0, the Hugging Face "
                         "Trainer's; 0 for none)")
     u.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default="bfloat16",
-                   help="weights' dtype while training (default bfloat16, as the paper)")
+                   help="the weights' dtype: what the model is saved in and, without --master-weights, the values "
+                        "the weights hold while training, so updates smaller than its step are lost (default "
+                        "bfloat16, as the paper)")
+    u.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="what training computes in: auto (default: --dtype where the hardware computes it natively, "
+                        "a GPU or a CPU with AMX/AVX512-BF16; else float32 holding --dtype values, rounded after "
+                        "every step), float32, or --dtype itself (pure 16-bit even where it is emulated, slowly)")
+    u.add_argument("--master-weights", choices=["float32"], default=None,
+                   help="train float32 weights (float32 compute) and save them in --dtype: small updates accumulate "
+                        "instead of being lost to 16-bit rounding")
     u.add_argument("--utility-floor", type=float, default=0.9, metavar="F",
                    help="stop, and go back to the last good state, when utility (KnowMem retain, TOFU retain, MMLU, "
                         "else the retain passages' token probability) falls below F x the original's (default 0.9; "
@@ -294,11 +320,12 @@ def _unlearn_parser(sub) -> None:
 
 
 def cmd_unlearn(args) -> int:
-    from .unlearn.train import UnlearnConfig, describe_controls, unlearn
+    from .unlearn.train import UnlearnConfig, describe_controls, describe_precision, unlearn
 
     cfg = UnlearnConfig(
         method=args.method, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
-        retain_weight=args.retain_weight, beta=args.beta, dtype=args.dtype, sure=args.sure,
+        retain_weight=args.retain_weight, beta=args.beta, dtype=args.dtype, compute_dtype=args.compute_dtype,
+        master_weights=args.master_weights, sure=args.sure,
         max_length=args.max_length, max_grad_norm=args.max_grad_norm or None,
         threshold=args.threshold, saliency=args.saliency, scope=args.scope, eval_every=args.eval_every,
         utility_floor=args.utility_floor or None, stop_at=args.stop_at, stop_metric=args.stop_metric,
@@ -319,6 +346,9 @@ def cmd_unlearn(args) -> int:
           f"{m['train_seconds']:.0f} s; {m['stop_reason'] or 'ran all steps'}): {scores}")
     if m.get("control"):
         print(f"Controls: {describe_controls(m['control'], m['config']['stop_at'], m['config']['utility_floor'])}")
+    if m.get("precision"):
+        print(f"{describe_precision(m['precision'], m['config']['dtype']).capitalize()}; weights changed per step: "
+              f"{100 * m['changed_share']['mean_per_step']:.2f}% on average")
     if m.get("target"):
         print(f"Forgetting target {m['target']['summary']}")
     print(f"Model: {res.out} (README.md, unlearn.json)")
@@ -340,7 +370,9 @@ def cmd_audit(args) -> int:
         raise HubauditError(f"--batch-size must be at least 1, got {args.batch_size}")
     fail_on = parse_fail_on(args.fail_on)
     request = audit_request(args, memory_check=not args.no_memory_check, all_files=args.all_files,
-                            metric_config=MetricConfig(chat_template=not args.no_chat_template))
+                            metric_config=MetricConfig(chat_template=not args.no_chat_template,
+                                                       system_prompt=args.system_prompt, date_string=args.date_string,
+                                                       plain_prompt=args.plain_prompt, mcq_bos=args.mcq_bos))
     out = Path(args.out) if args.out else _default_out(args.model)
     forget = args.forget if args.forget is not None else _forget_from_card(args)
     report = audit(
@@ -352,6 +384,7 @@ def cmd_audit(args) -> int:
         store=False if args.no_store else args.store,
         token=args.token,
         progress=not args.quiet,
+        retain_logs=args.retain_logs,
         request=request,
     )
     _print_report(report, out)
@@ -449,7 +482,8 @@ def cmd_demo(args) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise HubauditError(f"--threads must be at least 1, got {args.threads}")
-    run_demo(Path(args.out), size=args.size, fresh=args.fresh, progress=not args.quiet, threads=args.threads)
+    run_demo(Path(args.out), size=args.size, fresh=args.fresh, progress=not args.quiet, threads=args.threads,
+             compute_dtype=args.compute_dtype)
     return EXIT_OK
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InsufficientMemory, ModelLoadError, ModelNotFound
@@ -114,6 +115,138 @@ def default_compute_dtype(device: str, stored_dtype: str | None) -> str:
 def compute_itemsize(device: str, stored_dtype: str | None) -> int:
     """Bytes per parameter of :func:`default_compute_dtype`."""
     return 4 if default_compute_dtype(device, stored_dtype) == "float32" else 2
+
+
+# --------------------------------------------------------------------------------------------------------
+# Training and cast precision: 16-bit weights, computed natively or in float32
+# --------------------------------------------------------------------------------------------------------
+
+HALF_DTYPES = ("bfloat16", "float16")
+
+
+def _dtype_name(dtype) -> str:
+    return dtype if isinstance(dtype, str) else str(dtype).replace("torch.", "")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model with ``weights``-valued parameters is trained or evaluated.
+
+    ``weights``: the dtype whose values the parameters hold (what is saved). ``compute``: the dtype they are
+    stored in and the matmuls run in. Equal: the plain path (pure bf16 where the hardware has it, or
+    float32). ``weights`` 16-bit and ``compute`` float32: the emulated path, on hardware without native
+    16-bit: parameters stored in float32 hold 16-bit values, rounded again after every optimizer step
+    (:func:`round_weights_`), so an update smaller than half a 16-bit step is lost exactly as in pure
+    16-bit; only the activations keep float32's precision. ``reason`` says why, in words."""
+
+    weights: str
+    compute: str
+    reason: str = ""
+
+    @property
+    def emulated(self) -> bool:
+        """16-bit weight values stored and computed in float32 (round after every step)."""
+        return self.weights != self.compute
+
+    def to_json(self) -> dict[str, str]:
+        return {"weights": self.weights, "compute": self.compute, "reason": self.reason}
+
+
+def choose_precision(device: str, weights, requested: str | None = "auto") -> Precision:
+    """The compute dtype for ``weights``-valued parameters (``float32``, ``bfloat16``, ``float16``) on
+    ``device``, and why.
+
+    ``auto`` (or None): the weights' own 16-bit dtype where :func:`native_half` says the device computes
+    it natively, else float32 (the emulated path; ``HUBAUDIT_NO_NATIVE_HALF=1`` forces it). ``requested``
+    float32 or equal to ``weights`` is taken as given.
+
+    Raises:
+        ValueError: ``requested`` is a 16-bit dtype other than ``weights`` (or not a dtype name).
+    """
+    weights = _dtype_name(weights)
+    if weights not in ("float32", *HALF_DTYPES):
+        raise ValueError(f"weights dtype must be float32, bfloat16 or float16, got {weights!r}")
+    if requested not in (None, "auto", "float32", weights):
+        raise ValueError(f"compute dtype must be auto, float32 or the weights' dtype ({weights}), got {requested!r}")
+    if weights == "float32":
+        return Precision("float32", "float32", "float32 weights")
+    if requested not in (None, "auto"):
+        how = ("emulated: float32 matmuls, weights rounded to " + weights + " after every step"
+               if requested == "float32" else "pure " + weights)
+        return Precision(weights, requested, f"asked for ({how})")
+    where = "GPU" if device.startswith("cuda") else "CPU"
+    native = native_half(device).get(weights)
+    if native:
+        return Precision(weights, weights, f"auto: {weights} is native on this {where} ({native}); pure {weights}")
+    return Precision(weights, "float32", f"auto: this {where} does not compute {weights} natively; {weights} weight "
+                     "values kept in float32, rounded after every step, float32 matmuls")
+
+
+def _tensors(weights):
+    import torch
+
+    if isinstance(weights, torch.nn.Module):
+        return list(weights.parameters())
+    if isinstance(weights, torch.Tensor):
+        return [weights]
+    return list(weights)
+
+
+def round_weights_(weights, dtype) -> None:
+    """Round every floating tensor of ``weights`` (a model, a tensor or an iterable of tensors) that is
+    stored in a wider dtype than ``dtype`` to ``dtype``'s values, in place (round to nearest even, as a
+    cast does); the storage dtype does not change. Tensors stored in ``dtype`` or narrower are left alone."""
+    import torch
+
+    dt = getattr(torch, _dtype_name(dtype))
+    with torch.no_grad():
+        for p in _tensors(weights):
+            if p.is_floating_point() and p.dtype != dt and p.element_size() > dt.itemsize:
+                p.copy_(p.to(dt))
+
+
+def rounding_changes(weights, dtype) -> int:
+    """How many elements of ``weights`` (a model, a tensor or an iterable of tensors) :func:`round_weights_`
+    would change: 0 when they already hold ``dtype``'s values."""
+    import torch
+
+    dt = getattr(torch, _dtype_name(dtype))
+    n = 0
+    with torch.no_grad():
+        for p in _tensors(weights):
+            if p.is_floating_point() and p.dtype != dt and p.element_size() > dt.itemsize:
+                n += int((p.to(dt).to(p.dtype) != p).sum())
+    return n
+
+
+class ChangeCounter:
+    """Counts the elements of ``params`` whose value in ``dtype`` (what is saved) an optimizer step changed:
+    call :meth:`snapshot` before the step and :meth:`changed` after it (one copy of the parameters in
+    ``dtype`` is held in between). ``total``: the number of elements."""
+
+    def __init__(self, params, dtype):
+        import torch
+
+        self.params = _tensors(params)
+        self.dtype = getattr(torch, _dtype_name(dtype))
+        self.total = sum(p.numel() for p in self.params)
+        self._before = None
+
+    def snapshot(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            self._before = [p.detach().to(self.dtype, copy=True) for p in self.params]
+
+    def changed(self) -> int:
+        import torch
+
+        if self._before is None:
+            raise RuntimeError("ChangeCounter.changed() without a snapshot() before the step")
+        with torch.no_grad():
+            n = sum(int((p.detach().to(self.dtype) != b).sum()) for p, b in zip(self.params, self._before))
+        self._before = None
+        return n
 
 
 class ModelSource:

@@ -171,9 +171,12 @@ def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str
     """What a stored value depends on besides model, spec and forget set: the metric's version and
     settings, the device type and compute dtype, and for a quantized cell the versions of the backend's
     libraries (a new bitsandbytes may round differently) and, for a published artifact (``file:``), its
-    pinned identity (file sha256 or Hub commit)."""
+    pinned identity (file sha256 or Hub commit), and what the backend adds (:meth:`Attack.cache_key`: the
+    dtype a ``cast:`` cell computes in)."""
     key = {"v": metric.version, "settings": metric.settings(cfg), "device": source.device.split(":")[0],
            "dtype": str(source.compute_dtype()).replace("torch.", "")}
+    if type(metric).prompt_key is not Metric.prompt_key:  # what shapes its prompts: a rendered example's hash
+        key["prompt"] = metric.prompt_key(cfg, source.tokenizer)
     if spec != FULL_PRECISION:
         try:
             backend, qspec = get_attack(spec)
@@ -181,6 +184,9 @@ def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str
             artifact = backend.identity(qspec)  # a published file: its sha256 or commit, never reused for another
             if artifact:
                 key["artifact"] = artifact
+            extra = backend.cache_key(qspec, source)
+            if extra:
+                key["cell"] = extra
         except HubauditError:
             pass
     return json.dumps(key, sort_keys=True)
@@ -370,9 +376,9 @@ def chat_template_used(src: ModelSource, cfg: MetricConfig, metrics: list[Metric
     """The chat template the prompts went through (TOFU-style metrics only), for the report; None if none."""
     if not cfg.chat_template or not any(getattr(m, "chat", False) for m in metrics):
         return None
-    from .metrics.prompts import describe_chat_template
+    from .metrics.prompts import PromptFormat, describe_chat_template
 
-    return describe_chat_template(src.tokenizer)
+    return describe_chat_template(src.tokenizer, PromptFormat.from_config(src.tokenizer, cfg))
 
 
 def open_model(model, *, token: str | None = None, **kw) -> tuple[ModelSource, dict]:

@@ -20,8 +20,8 @@ from .results import LABELS, VERDICT_METRICS, AuditReport, change_text, largest_
 
 REPORT_FILES = ("report.json", "report.md", "report.png")
 TABLE_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak", "tofu_rouge_f", "tofu_prob_f", "tofu_tr_f",
-                 "tofu_rouge_r", "tofu_prob_r", "tofu_tr_r", "wmdp_acc", "mmlu_acc")
-UNIT_SCALE = ("tofu_prob_f", "tofu_tr_f", "tofu_prob_r", "tofu_tr_r")  # 0..1, shown with 3 digits
+                 "tofu_rouge_r", "tofu_prob_r", "tofu_tr_r", "tofu_mu", "wmdp_acc", "mmlu_acc")
+UNIT_SCALE = ("tofu_prob_f", "tofu_tr_f", "tofu_prob_r", "tofu_tr_r", "tofu_mu")  # 0..1, shown with 3 digits
 
 
 def check_out_dir(out) -> Path:
@@ -234,12 +234,18 @@ def render_markdown(report: AuditReport) -> str:
                   "(forget: mean min(R, 1/R), 1 = cannot tell right from wrong; retain: mean max(0, 1 - R)). "
                   "WMDP/MMLU: accuracy x 100, the answer letter with the highest log-likelihood "
                   "(lm-evaluation-harness's zero-shot prompt)."]
+    subjects = (inp.get("forget") or {}).get("mmlu_subjects") or []
+    if "mmlu_acc" in metrics and subjects and subjects != ["all"]:
+        lines += ["", f"MMLU accuracy rests on {len(subjects)} of MMLU's 57 subjects ({', '.join(subjects)}), not the "
+                  "harness's full MMLU group (read it with `+mmlu=all`)."]
     if any(m.startswith("tofu_") for m in metrics):
         t = inp.get("chat_template")
         lines += ["", f"TOFU prompts: the model's chat template (sha256 {t['sha256']}), e.g. `{t['example']!r}`."
-                  if t else "TOFU prompts: plain `Question: {q}\\nAnswer: ` (no chat template used)."]
+                  if t else "TOFU prompts: plain text, as open-unlearning builds them without a chat template "
+                  "(`Question: {q}\\nAnswer: `, or `[INST] {q} [/INST]` for Llama-2-style tokenizers)."]
     if d.get("forget_quality"):
-        lines += ["", "TOFU forget quality (KS-test p-value of forget truth ratios vs the retrain model; high = "
+        lines += ["", "TOFU forget quality (KS-test p-value of forget truth ratios vs the retrain model's, or the retain "
+                  "model's logs given with --retain-logs; high = "
                   "indistinguishable from never trained): " + ", ".join(f"{spec_label(k)} {p:.3g}" for k, p in d["forget_quality"].items()) + "."]
     lines += _decoding_lines(report)
     lines += _artifact_lines(report)

@@ -17,6 +17,7 @@ LABELS = {
     "tofu_rouge_r": "TOFU ROUGE-L retain",
     "tofu_prob_r": "TOFU answer prob. retain",
     "tofu_tr_r": "TOFU truth ratio retain",
+    "tofu_mu": "TOFU model utility",
     "wmdp_acc": "WMDP accuracy",
     "mmlu_acc": "MMLU accuracy",
     "verbmem_f": "VerbMem forget",

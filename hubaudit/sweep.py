@@ -290,7 +290,8 @@ class _RecordingStore(ResultStore):
 
 def _chat_key(cfg: MetricConfig) -> tuple[str, str]:
     """Where a model's chat-template description is stored (beside its full-precision cell)."""
-    return "_chat_template", json.dumps({"chat_template": cfg.chat_template})
+    return "_chat_template", json.dumps({"chat_template": cfg.chat_template, "system_prompt": cfg.system_prompt,
+                                         "date_string": cfg.date_string})
 
 
 class CellWorker:

@@ -156,3 +156,6 @@ def write_wmdp_hub_files(wmdp: Path, mmlu: Path) -> None:
     write_rows(Path(mmlu) / MMLU_SUBJECTS[0] / "test-00000-of-00001.parquet", utility[:4])
     write_rows(Path(mmlu) / MMLU_SUBJECTS[1] / "test-00000-of-00001.parquet", utility[4:])
     write_rows(Path(mmlu) / "virology" / "dev-00000-of-00001.parquet", utility[:1])
+    # the "all" config: every subject's test rows, each with its subject
+    write_rows(Path(mmlu) / "all" / "test-00000-of-00001.parquet",
+               [{**r, "subject": MMLU_SUBJECTS[i // 4]} for i, r in enumerate(utility)])

@@ -31,8 +31,11 @@ def chat_model(folder, template):
     return folder
 
 
-def template_ids(tok, question):
-    out = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True)
+def template_ids(tok, question, answer=None, system="You are a helpful assistant.", date="10 Apr 2025"):
+    """open-unlearning's preprocess_chat_instance: [system, user] (+ assistant), the fixed date, tokenize=True."""
+    chat = [{"role": "system", "content": system}] if system else []
+    chat += [{"role": "user", "content": question}] + ([{"role": "assistant", "content": answer}] if answer else [])
+    out = tok.apply_chat_template(chat, add_generation_prompt=answer is None, tokenize=True, date_string=date)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
@@ -92,15 +95,15 @@ def test_prompts_are_the_templates_own_tokens(tmp_path, template):
     assert sorted(seen["generate"]) == sorted(expected)  # token for token, each prompt once
     n_bos = [row.count(tok.bos_token_id) for row in seen["generate"]]
     assert n_bos == [1 if template == WITH_BOS else 0] * len(ITEMS)  # the template decides; never a second BOS
-    # scoring rows: the template's prompt, then the answer's tokens and EOS
-    answers = {(tuple(e), a) for e, x in zip(expected, ITEMS) for a in (x.answer, x.paraphrased_answer, *x.perturbed_answers)}
-    scored = set()
-    for row in seen["forward"]:
-        prompt = next(e for e in expected if row[: len(e)] == e)
-        tail = row[len(prompt):]
-        assert tail[-1] == tok.eos_token_id
-        scored.add((tuple(prompt), tok.decode(tail[:-1])))
-    assert scored == answers
+    # scoring rows: the whole conversation as the template renders it (the answer, then the template's
+    # end-of-turn tokens), EOS appended where it does not end with one: open-unlearning's input_ids
+    conversations = set()
+    for x in ITEMS:
+        for a in (x.answer, x.paraphrased_answer, *x.perturbed_answers):
+            joint = template_ids(tok, x.question, a)
+            conversations.add(tuple(joint + ([tok.eos_token_id] if joint[-1] != tok.eos_token_id else [])))
+    assert {tuple(row) for row in seen["forward"]} == conversations
+    assert all(row[-1] == tok.eos_token_id for row in seen["forward"])
     assert res["tofu_prob_f"].n == len(ITEMS)
 
 
@@ -144,9 +147,85 @@ def test_the_template_is_part_of_the_settings_and_the_report(tmp_path, capsys):
     on = json.loads((tmp_path / "on" / "report.json").read_text())
     sha = hashlib.sha256(WITH_BOS.encode()).hexdigest()[:12]
     assert on["inputs"]["chat_template"]["sha256"] == sha and f"chat template (sha256 {sha})" in stdout
-    assert on["inputs"]["chat_template"]["example"].startswith("<s><|user|>\nQUESTION")
+    assert on["inputs"]["chat_template"]["example"].startswith(
+        "<s><|system|>\nYou are a helpful assistant.</s>\n<|user|>\nQUESTION")
     assert main([*args, "--out", str(tmp_path / "off"), "--no-chat-template"]) == 0
     off = json.loads((tmp_path / "off" / "report.json").read_text())
     assert off["inputs"]["chat_template"] is None and off["inputs"]["metric_settings"]["tofu_prob_f"]["chat_template"] is False
     assert off["timings"]["reused_cells"] == 0  # other prompts: nothing reused from the first run
     assert off["cells"][0]["metrics"]["tofu_prob_f"] != on["cells"][0]["metrics"]["tofu_prob_f"]
+
+
+# A Llama-3.x-style template: prints "Today Date: ..." from date_string, else from strftime_now (today).
+LLAMA3 = ("{{ bos_token }}{% if date_string is not defined %}{% set date_string = strftime_now('%d %b %Y') %}{% endif %}"
+          "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+          "{% set messages = messages[1:] %}{% else %}{% set system = '' %}{% endif %}"
+          "<|start_header_id|>system<|end_header_id|>\n\nToday Date: {{ date_string }}\n\n{{ system }}<|eot_id|>"
+          "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+          "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def _freeze_today(monkeypatch, day):
+    """Make the template's strftime_now return ``day`` (what transformers' chat-template renderer calls)."""
+    import datetime as dt
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, day, 9, 0, 0)
+
+    import transformers.utils.chat_template_utils as ctu
+
+    monkeypatch.setattr(ctu, "datetime", Frozen)
+
+
+def test_a_llama3_template_renders_the_same_prompt_on_every_day(tmp_path, monkeypatch):
+    from hubaudit.metrics.prompts import PromptFormat
+    from hubaudit.modeling import ModelSource
+
+    tok = ModelSource(chat_model(tmp_path / "m", LLAMA3), device="cpu").tokenizer
+    fmt, todays = PromptFormat.for_tokenizer(tok), PromptFormat.for_tokenizer(tok, date="")
+    rendered = {}
+    for day in (2, 3):
+        _freeze_today(monkeypatch, day)
+        rendered[day] = (fmt.render(tok, "Q?"), fmt.pair(tok, "Q?", "A."), fmt.describe(tok), todays.render(tok, "Q?"))
+    assert rendered[2][:3] == rendered[3][:3]  # the fixed date: same text, same ids, same store key on both days
+    assert "Today Date: 10 Apr 2025\n\nYou are a helpful assistant." in rendered[2][0]
+    assert rendered[2][3] != rendered[3][3]  # the template's own date would have changed (the freeze works)
+
+
+def test_the_store_key_follows_what_shapes_the_prompt(tmp_path):
+    from hubaudit.audit import metric_key
+    from hubaudit.metrics import METRICS
+    from hubaudit.modeling import ModelSource
+
+    src = ModelSource(chat_model(tmp_path / "m", LLAMA3), device="cpu")
+    m = METRICS.get("tofu_rouge_f")()
+    base = metric_key(m, MetricConfig(), src)
+    assert metric_key(m, MetricConfig(), src) == base
+    assert metric_key(m, MetricConfig(system_prompt="You are a pirate."), src) != base
+    assert metric_key(m, MetricConfig(date_string="01 Jan 2030"), src) != base
+    # the chat template itself, with the same settings: the key holds a hash of a rendered example
+    src2 = ModelSource(chat_model(tmp_path / "m2", LLAMA3.replace("Today Date", "Date")), device="cpu")
+    assert metric_key(m, MetricConfig(), src2) != base
+
+
+def test_llama2_without_a_template_gets_inst(tmp_path):
+    from hubaudit.metrics.prompts import PLAIN_QA, PromptFormat
+
+    class Llama2Tok:  # what matters of Llama-2's tokenizer: its special tokens, size, class and no template
+        bos_token, eos_token, vocab_size, eos_token_id, chat_template = "<s>", "</s>", 32000, 2, None
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": ([1] if add_special_tokens else []) + [ord(c) for c in text]}
+
+    Llama2Tok.__name__ = "LlamaTokenizerFast"
+    tok = Llama2Tok()
+    fmt = PromptFormat.for_tokenizer(tok)
+    assert not fmt.chat and fmt.prompt_text(tok, "Who?") == "[INST] Who? [/INST]"
+    # as open-unlearning's Llama-2-7b-chat config: the answer follows "[/INST]" directly, EOS after it
+    ctx, cont = fmt.pair(tok, "Who?", "Me.")
+    assert ctx == [1] + [ord(c) for c in "[INST] Who? [/INST]"] and cont == [ord(c) for c in "Me."] + [2]
+    assert PromptFormat.for_tokenizer(tok, plain="Q: {question}\nA: ").prompt_text(tok, "Who?") == "Q: Who?\nA: "
+    Llama2Tok.vocab_size = 50000  # another family without a template: Question/Answer
+    assert PromptFormat.for_tokenizer(tok).plain == PLAIN_QA

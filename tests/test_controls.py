@@ -7,7 +7,7 @@ import hubaudit
 from hubaudit.forget import load_forget_set
 from hubaudit.metrics import evaluate
 from hubaudit.metrics.reference import evaluate_one_at_a_time
-from hubaudit.modeling import ModelSource
+from hubaudit.modeling import ModelSource, native_half
 
 pytestmark = pytest.mark.slow
 FORGET_METRICS = ("verbmem_f", "knowmem_f")
@@ -58,26 +58,63 @@ def test_batched_equals_one_at_a_time_on_a_trained_model(tiny_world):
     assert fast["knowmem_f"].value > 40  # scores that mean something, not zeros on both sides
 
 
+NO_NATIVE = "no native bf16 (HUBAUDIT_NO_NATIVE_HALF=1)"
+
+
 @pytest.fixture(scope="module")
 def demo_labels(tiny_world, tmp_path_factory):
     """The demo's three audits (its specs, against the target) on three builds of the tiny world: the
     session's (2 threads, seed 0), one with 1 thread, and one with another seed (another run's floats:
     a stand-in for another machine, where a fixed-step unlearning once landed on the other side of the
-    forgetting cliff)."""
+    forgetting cliff). On a CPU with native bf16 (AMX, AVX512-BF16), a fourth: the world and its audits as
+    a CPU without it makes them (``HUBAUDIT_NO_NATIVE_HALF=1``: unlearning in float32 with bf16 weight
+    values, audits in float32)."""
+    import os
+
     from hubaudit.demo.run import DEMO_SPECS, SUBJECTS
     from hubaudit.demo.world import build_world
 
     root = tmp_path_factory.mktemp("rebuilds")
-    builds = {"2 threads": tiny_world,
-              "1 thread": build_world(root / "t1", size="tiny", threads=1, progress=False),
-              "seed 1": build_world(root / "s1", size="tiny", seed=1, progress=False)}
+    builds = {"2 threads": lambda: tiny_world,
+              "1 thread": lambda: build_world(root / "t1", size="tiny", threads=1, progress=False),
+              "seed 1": lambda: build_world(root / "s1", size="tiny", seed=1, progress=False)}
+    if native_half("cpu")["bfloat16"] and not os.environ.get("HUBAUDIT_NO_NATIVE_HALF"):
+        builds[NO_NATIVE] = lambda: build_world(root / "f32", size="tiny", progress=False)
     out = {}
-    for key, world in builds.items():
-        out[key] = {name: hubaudit.audit(getattr(world, attr), reference=world.target, forget=world.forget_dir,
-                                         specs=DEMO_SPECS, store=root / "results.sqlite", progress=False).verdict
-                    for name, attr, _ in SUBJECTS}
+    for key, build in builds.items():
+        before = os.environ.get("HUBAUDIT_NO_NATIVE_HALF")
+        if key == NO_NATIVE:
+            os.environ["HUBAUDIT_NO_NATIVE_HALF"] = "1"
+        try:
+            world = build()
+            out[key] = {name: hubaudit.audit(getattr(world, attr), reference=world.target, forget=world.forget_dir,
+                                             specs=DEMO_SPECS, store=root / "results.sqlite", progress=False).verdict
+                        for name, attr, _ in SUBJECTS}
+        finally:
+            if key == NO_NATIVE and before is None:
+                del os.environ["HUBAUDIT_NO_NATIVE_HALF"]
         out[key]["_world"] = world
     return out
+
+
+def test_demo_labels_on_a_cpu_without_native_bf16(demo_labels):
+    """A CPU without native bf16 unlearns with float32 matmuls (bf16 weight values, rounded after every step)
+    and audits in float32: the controls' labels are the same, and the natural unlearning is not fragile on
+    either. Its own label is not compared exactly: at this size it sits on the threshold (VerbMem has 28
+    items, a regain interval about +-5 points wide against the threshold 5), so any change of floats moves it
+    between robust and inconclusive: another seed, and float32 audits of the very same bf16-built world, do."""
+    if NO_NATIVE not in demo_labels:
+        pytest.skip("this CPU has no native bf16: the session's world is already the float32-compute one")
+    native, emulated = demo_labels["2 threads"], demo_labels[NO_NATIVE]
+    for name in ("constructed", "retain_only"):
+        assert emulated[name].label == native[name].label, (name, emulated[name].summary, native[name].summary)
+    assert {native["unlearned"].label, emulated["unlearned"].label} <= {"robust", "inconclusive"}
+    for key, compute in (("2 threads", "bfloat16"), (NO_NATIVE, "float32")):
+        prec = demo_labels[key]["_world"].settings["precision"]["unlearn"]
+        assert (prec["weights"], prec["compute"]) == ("bfloat16", compute), key
+    # the same target and retain-only models (float32 training either way), so the audits compare like with like
+    assert (demo_labels[NO_NATIVE]["_world"].target / "model.safetensors").read_bytes() == \
+        (demo_labels["2 threads"]["_world"].target / "model.safetensors").read_bytes()
 
 
 def test_demo_labels_do_not_depend_on_the_thread_count(demo_labels):

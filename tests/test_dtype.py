@@ -74,3 +74,58 @@ def test_a_bad_dtype_is_a_user_error(random_world, capsys):
     assert e.value.code == 2
     with pytest.raises(hubaudit.HubauditError, match="--dtype must be one of"):
         hubaudit.audit(random_world["model"], forget=random_world["forget"], dtype="fp8", progress=False)
+
+
+# -- training and cast precision: 16-bit weights, computed natively or in float32 -------------------------
+
+
+@pytest.mark.parametrize("native, requested, expected", [
+    ("AMX", "auto", "bfloat16"),        # native: pure bf16, as before
+    (None, "auto", "float32"),          # not native: bf16 values in float32, float32 matmuls
+    ("AMX", "float32", "float32"),      # forced either way
+    (None, "bfloat16", "bfloat16"),
+])
+def test_training_computes_in_16_bit_only_where_it_is_native(monkeypatch, native, requested, expected):
+    from hubaudit.modeling import choose_precision
+
+    monkeypatch.setattr(modeling, "native_half", lambda d: {"bfloat16": native, "float16": None})
+    prec = choose_precision("cpu", "bfloat16", requested)
+    assert (prec.weights, prec.compute) == ("bfloat16", expected)
+    assert prec.emulated is (expected == "float32")
+    assert prec.to_json()["reason"] == prec.reason and prec.reason
+    assert choose_precision("cpu", "float32", "auto").compute == "float32"
+    with pytest.raises(ValueError, match="float32 or the weights' dtype"):
+        choose_precision("cpu", "bfloat16", "float16")
+
+
+def test_emulated_bf16_loses_sub_step_updates_exactly_like_pure_bf16():
+    """Weights holding bf16 values in float32, rounded after every optimizer step, end bit for bit where pure
+    bf16 weights end (updates exact in bf16: a power-of-two learning rate times bf16 gradients), including the
+    updates smaller than half a bf16 step, which both lose; float32 weights keep them."""
+    import torch
+
+    from hubaudit.modeling import ChangeCounter, round_weights_, rounding_changes
+
+    torch.manual_seed(0)
+    w = torch.randn(32, 32).to(torch.bfloat16)
+    g = torch.randn(32, 32).to(torch.bfloat16)
+    for lr in (2.0 ** -20, 2.0 ** -11, 2.0 ** -7):
+        pure, emulated, master = (torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.float()),
+                                  torch.nn.Parameter(w.float()))
+        opts = [torch.optim.SGD([p], lr=lr) for p in (pure, emulated, master)]
+        counter = ChangeCounter([emulated], "bfloat16")
+        for _ in range(4):
+            pure.grad, emulated.grad, master.grad = g.clone(), g.float(), g.float()
+            counter.snapshot()
+            for o in opts:
+                o.step()
+            round_weights_(emulated, "bfloat16")
+            changed = counter.changed()
+        assert emulated.dtype == torch.float32 and rounding_changes(emulated, "bfloat16") == 0
+        assert torch.equal(pure.float(), emulated), lr
+        lost = int((pure == w).sum())
+        if lr == 2.0 ** -20:  # every update far below half a bf16 step: all lost, as in pure bf16
+            assert lost == w.numel() and changed == 0
+            assert int((master != w.float()).sum()) > 0.9 * w.numel()  # float32 weights keep them
+        else:
+            assert 0 < changed <= w.numel() - lost

@@ -91,5 +91,52 @@ def test_cast_to_the_compute_type_reuses_the_full_precision_cell(random_world, d
     fp, same, other = (report.cell("model", s) for s in ("fp", same_spec, other_spec))
     assert same.backend["settings"]["identical_to_full_precision"] is True
     assert same.metrics == fp.metrics and same.items == fp.items
-    assert other.backend["settings"] == {"dtype": other_spec.replace("cast:bf16", "bfloat16").replace("cast:fp32", "float32")}
+    other_dtype = other_spec.replace("cast:bf16", "bfloat16").replace("cast:fp32", "float32")
+    settings = other.backend["settings"]
+    assert (settings["dtype"], settings["weights"]) == (other_dtype, other_dtype)
+    assert settings["compute"] in (other_dtype, "float32") and "identical_to_full_precision" not in settings
     assert other.status == "ok"
+
+
+@pytest.mark.parametrize("native", [None, "AMX"])
+def test_cast_rounds_the_weights_and_computes_in_float32_where_16_bit_is_not_native(tmp_path, monkeypatch, native):
+    """cast:bf16 means bf16 weight values; without native bf16 they are computed in float32 (not emulated)."""
+    import hubaudit.modeling as modeling
+    from factories import make_random_model
+
+    from hubaudit.modeling import ModelSource, rounding_changes
+
+    monkeypatch.setattr(modeling, "native_half", lambda d: {"bfloat16": native, "float16": None})
+    src = ModelSource(make_random_model(tmp_path / "m", seed=3, dtype="float32"), device="cpu")
+    assert rounding_changes(src.model, "bfloat16") > 0  # float32 weights that bf16 cannot hold
+    backend, spec = get_backend("cast:bf16")
+    q, settings = backend.quantize(src, spec)
+    compute = torch.bfloat16 if native else torch.float32
+    assert {p.dtype for p in q.parameters()} == {compute}
+    assert (settings["weights"], settings["compute"]) == ("bfloat16", str(compute).removeprefix("torch."))
+    assert "identical_to_full_precision" not in settings
+    w, orig = q.model.layers[0].mlp.down_proj.weight, src.model.model.layers[0].mlp.down_proj.weight
+    assert torch.equal(w, orig.to(torch.bfloat16).to(compute))  # the bf16 values, whatever it computes in
+    assert rounding_changes(src.model, "bfloat16") > 0  # the source's own model untouched
+    # forced either way by the spec
+    q, settings = get_backend("cast:bf16:compute=fp32")[0].quantize(src, QuantSpec.parse("cast:bf16:compute=fp32"))
+    assert settings["compute"] == "float32" and {p.dtype for p in q.parameters()} == {torch.float32}
+    q, settings = get_backend("cast:bf16:compute=native")[0].quantize(src, QuantSpec.parse("cast:bf16:compute=native"))
+    assert settings["compute"] == "bfloat16" and {p.dtype for p in q.parameters()} == {torch.bfloat16}
+    with pytest.raises(SpecError, match="compute=fp32"):
+        parse_specs("cast:bf16:compute=fp16")
+
+
+def test_cast_bf16_of_a_bf16_checkpoint_computed_in_float32_is_the_full_precision_cell(random_world, monkeypatch):
+    """HUBAUDIT_NO_NATIVE_HALF=1 (a CPU without AVX512-BF16/AMX): the audit computes the bf16 checkpoint in
+    float32, and cast:bf16 changes no weight and computes in float32 too: the same cell, not a slower one."""
+    import hubaudit
+
+    monkeypatch.setenv("HUBAUDIT_NO_NATIVE_HALF", "1")
+    report = hubaudit.audit(random_world["model"], forget=random_world["forget"], specs="cast:bf16",
+                            metrics="knowmem_f", store=False, progress=False, device="cpu")
+    assert report.inputs["dtype"] == "float32"
+    cell = report.cell("model", "cast:bf16")
+    assert cell.backend["settings"]["compute"] == "float32" and cell.backend["settings"]["weights"] == "bfloat16"
+    assert cell.backend["settings"]["identical_to_full_precision"] is True
+    assert cell.metrics == report.cell("model", "fp").metrics

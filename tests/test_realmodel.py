@@ -140,7 +140,7 @@ def test_no_chat_template_is_honoured_and_kept_apart_in_the_store(audited, tmp_p
     fp = cell(rep, "fp")
     assert not fp["reused"]  # the chat-template value in the same store is not this one
     assert fp["metrics"]["tofu_prob_f"] != cell(audited["report"], "fp")["metrics"]["tofu_prob_f"]
-    assert "TOFU prompts: plain `Question: {q}\\nAnswer: ` (no chat template used)." in (out / "report.md").read_text()
+    assert "TOFU prompts: plain text, as open-unlearning builds them without a chat template" in (out / "report.md").read_text()
 
 
 def test_the_card_proposes_the_forget_set_it_names(audited, tmp_path, capsys):

@@ -172,3 +172,72 @@ def test_cli_audit_with_the_shorthand_and_a_retain_model(client, capsys):
     fq = report["derived"]["forget_quality"]
     assert set(fq) == {"fp", "rtn:8"} and fq["fp"] < 0.05  # the known model is far from the retain model
     assert "TOFU ROUGE-L forget" in stdout and "TOFU prompts: plain" in stdout and "forget quality" in stdout
+
+
+def _utility_rows():
+    forget, retain = tofu_rows()
+    ra = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote it.",
+           "perturbed_answer": [f"Author {i + 3} wrote it.", f"Nobody {i} wrote it."]} for i in range(3)]
+    wf = [{"question": f"What is {i} plus one?", "answer": f"It is {i + 1}.",
+           "perturbed_answer": [f"It is {i + 5}.", f"It is {i + 7}.", f"It is {i + 9}."]} for i in range(4)]
+    return forget, retain, ra, wf
+
+
+def test_model_utility_is_the_harmonic_mean_of_the_nine_values(random_world, tmp_path):
+    """open-unlearning's model_utility: hmean of retain prob/ROUGE/truth ratio and, on real_authors and
+    world_facts, the normalised answer probability, ROUGE and truth ratio (answer vs perturbed)."""
+    from hubaudit.metrics import MetricConfig, evaluate
+    from hubaudit.metrics.tofu import model_utility
+    from hubaudit.modeling import ModelSource
+
+    assert model_utility([0.5, 0.25, 1.0]) == pytest.approx(3 / (2 + 4 + 1))
+    assert model_utility([0.5, 0.0, 1.0]) == 0.0
+    forget, retain, ra, wf = _utility_rows()
+    for part, rows in (("forget", forget), ("retain", retain), ("real_authors", ra), ("world_facts", wf)):
+        write_rows(tmp_path / "fs" / "tofu" / f"{part}.json", rows)
+    fs = load_forget_set(tmp_path / "fs")  # real_authors/world_facts rows have no paraphrase: accepted there
+    assert len(fs.tofu_real_authors) == 3 and len(fs.tofu_world_facts) == 4
+    src = ModelSource(random_world["model"], device="cpu", dtype="float32")
+    cfg = MetricConfig()
+    res = evaluate(src.model, src.tokenizer, fs, ["tofu_mu", "tofu_rouge_r", "tofu_prob_r", "tofu_tr_r"], cfg)
+    values = {r["name"]: r["score"] for r in res["tofu_mu"].items}
+    assert len(values) == 9
+    positive = all(v > 0 for v in values.values())  # a random model's ROUGE may be 0: utility 0 then
+    assert res["tofu_mu"].value == pytest.approx(9 / sum(1 / v for v in values.values()) if positive else 0.0)
+    assert 0 <= res["tofu_mu"].value <= min(values.values()) * 9
+    # the retain values are the retain metrics' (ROUGE on 0..1)
+    assert values["retain_Q_A_ROUGE"] == pytest.approx(res["tofu_rouge_r"].value / 100)
+    assert values["retain_Q_A_Prob"] == pytest.approx(res["tofu_prob_r"].value)
+    assert values["retain_Truth_Ratio"] == pytest.approx(res["tofu_tr_r"].value)
+    # real_authors' normalised probability: p(answer) / (p(answer) + sum of p(perturbed)), each scored as an answer
+    for short, rows in (("ra", ra), ("wf", wf)):
+        flat = [TofuQA(r["question"], a) for r in rows for a in (r["answer"], *r["perturbed_answer"])]
+        probs = [x["score"] for x in evaluate(src.model, src.tokenizer, type(fs)("p", "t", tofu_forget=flat),
+                                              ["tofu_prob_f"], cfg)["tofu_prob_f"].items]
+        norm, tr, k = [], [], 0
+        for r in rows:
+            p = probs[k: k + 1 + len(r["perturbed_answer"])]
+            k += len(p)
+            norm.append(p[0] / (p[0] + sum(p[1:])))
+            wrong = math.exp(sum(math.log(q) for q in p[1:]) / len(p[1:]))  # exp(-mean of mean losses)
+            tr.append(max(0.0, 1 - wrong / p[0]))
+        assert values[f"{short}_Q_A_Prob_normalised"] == pytest.approx(sum(norm) / len(norm), rel=1e-6)
+        assert values[f"{short}_Truth_Ratio"] == pytest.approx(sum(tr) / len(tr), rel=1e-6)
+
+
+def test_forget_quality_against_the_retain_models_logs(tmp_path):
+    from hubaudit.errors import MetricError
+    from hubaudit.metrics.tofu import forget_quality, forget_quality_by_spec, retain_ratios_from_logs
+    from hubaudit.results import CellResult
+
+    logs = {"forget_truth_ratio": {"agg_value": 0.6, "value_by_index": {
+        "10": {"score": 0.9}, "2": {"score": 0.5}, "1": {"score": 0.7}}}}
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(logs))
+    assert retain_ratios_from_logs(tmp_path / "TOFU_EVAL.json") == [0.7, 0.5, 0.9]
+    (tmp_path / "bad.json").write_text(json.dumps({"forget_Q_A_Prob": {}}))
+    with pytest.raises(MetricError, match="forget_truth_ratio"):
+        retain_ratios_from_logs(tmp_path / "bad.json")
+    mine = [0.1, 0.2, 0.15, 0.3]
+    cell = CellResult("model", "fp", metrics={"tofu_tr_f": 0.2}, items={"tofu_tr_f": [{"truth_ratio": r} for r in mine]})
+    fq = forget_quality_by_spec([cell], [0.7, 0.5, 0.9])
+    assert fq == {"fp": pytest.approx(forget_quality(mine, [0.7, 0.5, 0.9]))} and fq["fp"] < 0.1

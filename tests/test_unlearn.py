@@ -220,7 +220,8 @@ def test_config_validation_and_recommendation():
 
     assert UnlearnConfig().lr == DEFAULT_LR and UnlearnConfig(sure=True).lr == DEFAULT_SURE_LR
     for bad in ({"method": "dpo"}, {"threshold": 100}, {"steps": 0}, {"utility_floor": 2}, {"saliency": "head"},
-                {"lr": -1.0}, {"stop_at": 150}):
+                {"lr": -1.0}, {"stop_at": 150}, {"compute_dtype": "float16"}, {"master_weights": "float64"},
+                {"master_weights": "float32", "compute_dtype": "bfloat16"}):
         with pytest.raises(HubauditError):
             UnlearnConfig(**bad).validate()
     cmd = recommend_command("org/original", "muse-news")
@@ -723,3 +724,49 @@ def test_a_tofu_set_unlearns_on_its_forget_split_with_the_question_as_context(tm
     assert man["control"]["forget_metric"] == "tofu_rouge_f" and "TOFU's forget split" in man["training_data"]["forget"]
     assert man["training_data"]["retain_rows"] == 4 and man["steps"] == 12
     assert man["after"]["tofu_rouge_f"] < man["before"]["tofu_rouge_f"] - 20
+
+
+def test_a_compute_dtype_that_is_neither_float32_nor_the_weights_is_a_user_error(capsys):
+    from hubaudit.cli import main
+
+    assert main(["unlearn", "org/model", "--dtype", "bfloat16", "--compute-dtype", "float16", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--compute-dtype must be auto, float32 or the weights' --dtype (bfloat16)" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_precision_is_recorded_and_master_weights_keep_what_bf16_rounding_loses(tiny_world, tmp_path):
+    """bf16 weights lose updates smaller than half a bf16 step, computed natively or in float32; float32 master
+    weights keep them and save bf16. Each run's manifest says weights/compute and the share changed per step."""
+    from safetensors import safe_open
+
+    from hubaudit.unlearn import unlearn
+
+    kw = dict(method="ga_gdr", lr=1e-5, steps=10, eval_every=0, utility_floor=None, progress=False)
+    runs = {"float32 compute": dict(compute_dtype="float32"), "bf16 compute": dict(compute_dtype="bfloat16"),
+            "master": dict(master_weights="float32")}
+    orig = _weights(tiny_world.target)
+    total = sum(t.numel() for t in orig.values())
+    moved = {}
+    for name, extra in runs.items():
+        res = unlearn(tiny_world.target, tiny_world.forget_dir, tmp_path / name.replace(" ", "_"), **kw, **extra)
+        man = res.manifest
+        want = {"float32 compute": ("bfloat16", "float32"), "bf16 compute": ("bfloat16", "bfloat16"),
+                "master": ("float32", "float32")}[name]
+        assert (man["precision"]["weights"], man["precision"]["compute"]) == want, name
+        assert man["precision"]["saved"] == "bfloat16" and man["precision"]["reason"]
+        on_disk = json.loads((res.out / "unlearn.json").read_text())
+        assert on_disk["precision"] == man["precision"] and on_disk["changed_share"] == man["changed_share"]
+        with safe_open(str(res.out / "model.safetensors"), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}, name
+        now = _weights(res.out)
+        moved[name] = sum(int((now[k] != orig[k]).sum()) for k in orig)
+        # the log's per-step shares account for every element that moved (each changed at least once)
+        assert man["log_columns"][-1] == "changed_share" and man["log"][-1][0] == 10
+        assert man["changed_share"]["steps"] == 10
+        assert man["changed_share"]["mean_per_step"] == pytest.approx(man["log"][-1][3], abs=1e-6)
+        assert moved[name] <= man["changed_share"]["mean_per_step"] * 10 * total + 1
+        assert moved[name] > 0, name
+        assert "| precision |" in (res.out / "README.md").read_text()
+    # a 1e-5 step is below half a bf16 step for most weights: lost in bf16 either way, kept by master weights
+    assert moved["master"] > 2 * max(moved["float32 compute"], moved["bf16 compute"]), moved

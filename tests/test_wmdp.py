@@ -46,10 +46,44 @@ def test_continuation_split_is_the_harness_encode_pair(random_world):
 
     tok = AutoTokenizer.from_pretrained(random_world["model"])
     ctx, cont = split_pair(tok, "Question: who?\nAnswer:", " B")
-    whole = tok("Question: who?\nAnswer: B")["input_ids"]
-    assert ctx == tok("Question: who?\nAnswer:")["input_ids"] and ctx + cont == whole
+    # no BOS, as the harness (0.4.8, add_bos_token=False) encodes
+    whole = tok("Question: who?\nAnswer: B", add_special_tokens=False)["input_ids"]
+    assert ctx == tok("Question: who?\nAnswer:", add_special_tokens=False)["input_ids"] and ctx + cont == whole
     # trailing whitespace of the context moves to the continuation, as the harness moves it
     assert split_pair(tok, "Question: who?\nAnswer: ", "B") == (ctx, cont)
+    bctx, bcont = split_pair(tok, "Question: who?\nAnswer:", " B", bos=True)
+    assert bctx == [tok.bos_token_id] + ctx and bcont == cont
+
+
+def test_wmdp_prompts_have_no_bos_by_default(random_world):
+    """What the model is fed for WMDP/MMLU: no BOS unless --mcq-bos (and the setting is in the store key)."""
+    from hubaudit.audit import metric_key
+    from hubaudit.forget import Choice, ForgetSet
+    from hubaudit.metrics import METRICS, MetricConfig, evaluate
+    from hubaudit.modeling import ModelSource
+
+    src = ModelSource(random_world["model"], device="cpu")
+    tok, model = src.tokenizer, src.model
+    assert tok("x")["input_ids"][0] == tok.bos_token_id  # a tokenizer that adds BOS on its own
+    fs = ForgetSet("w", "test", mcq=[Choice("What is X?", ("a", "b", "c", "d"), 2)])
+    from hubaudit.logprobs import slicing_check
+
+    slicing_check(model)  # its probe (once per model) is not a prompt
+    seen = []
+    base, fwd = model.base_model, model.base_model.forward
+
+    def spy(*a, input_ids=None, **kw):
+        seen.extend(input_ids.tolist())
+        return fwd(*a, input_ids=input_ids, **kw)
+
+    base.forward = spy
+    evaluate(model, tok, fs, ["wmdp_acc"], MetricConfig(), batch_size=1)
+    assert seen and all(row[0] != tok.bos_token_id for row in seen)
+    seen.clear()
+    evaluate(model, tok, fs, ["wmdp_acc"], MetricConfig(mcq_bos=True), batch_size=1)
+    assert seen and all(row[0] == tok.bos_token_id for row in seen)
+    m = METRICS.get("wmdp_acc")()
+    assert metric_key(m, MetricConfig(), src) != metric_key(m, MetricConfig(mcq_bos=True), src)
 
 
 def test_shorthand_reads_wmdp_and_the_mmlu_utility_subsets(client):
@@ -63,6 +97,8 @@ def test_shorthand_reads_wmdp_and_the_mmlu_utility_subsets(client):
     only = load_forget_set("wmdp-bio+mmlu=virology")
     assert len(only.mcq_retain) == 4 and {x.subject for x in only.mcq_retain} == {"virology"}
     assert load_forget_set("wmdp-bio+mmlu=").mcq_retain is None
+    full = load_forget_set("wmdp-bio+mmlu=all")  # the whole group, each row with its own subject
+    assert [(x.question, x.subject) for x in full.mcq_retain] == [(x.question, x.subject) for x in fs.mcq_retain]
     assert len(load_forget_set("wmdp-cyber+mmlu=").mcq) == 4
     with pytest.raises(ForgetSetError, match="wmdp-chem"):
         load_forget_set("wmdp-chem+mmlu=")
@@ -110,3 +146,5 @@ def test_cli_audit_of_wmdp_counts_accuracy_in_the_verdict(client, capsys):
     assert report["inputs"]["metrics"] == ["wmdp_acc", "mmlu_acc"]
     assert report["verdict"]["worst_metric"] == "wmdp_acc"  # the only forget metric counted here
     assert "WMDP accuracy" in stdout and "MMLU accuracy" in stdout
+    # the MMLU figure rests on 2 subjects, and the report says so
+    assert f"MMLU accuracy rests on 2 of MMLU's 57 subjects ({', '.join(MMLU_SUBJECTS)})" in (out / "report.md").read_text()

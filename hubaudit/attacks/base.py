@@ -174,6 +174,12 @@ class Attack:
         or None; part of every stored result's key."""
         return None
 
+    def cache_key(self, spec: AttackSpec, source: "ModelSource") -> dict | None:
+        """What else the cell's results depend on, on this machine, beyond the spec text, the device type
+        and the full-precision compute dtype (``cast:``: the dtype it computes in), or None; part of every
+        stored result's key."""
+        return None
+
     def apply(self, model: Any, spec: AttackSpec) -> tuple[Any, dict]:
         """Change a loaded full-precision ``model`` in place; return it and the settings used."""
         raise NotImplementedError

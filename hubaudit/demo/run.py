@@ -70,8 +70,9 @@ def _finding(natural, constructed, retain_only, world) -> str:
 
 
 def run_demo(out: Path, *, size: str = "demo", fresh: bool = False, progress: bool = True,
-             threads: int | None = None) -> dict:
+             threads: int | None = None, compute_dtype: str = "auto") -> dict:
     """Build (or reuse) the world under ``out/world`` and audit its models into ``out/<name>/``.
+    ``compute_dtype``: what the world's unlearning computes in (:func:`hubaudit.demo.world.build_world`).
 
     Returns a dict with the reports by name, the world, the wall time and the peak memory.
     """
@@ -82,7 +83,7 @@ def run_demo(out: Path, *, size: str = "demo", fresh: bool = False, progress: bo
     t0 = time.perf_counter()
     out = check_out_dir(out)
     print(f"hubaudit demo: building the offline world in {out / 'world'} (reused when already built)", flush=True)
-    world = build_world(out / "world", size=size, progress=progress, threads=threads)
+    world = build_world(out / "world", size=size, progress=progress, threads=threads, compute_dtype=compute_dtype)
     t_world = time.perf_counter() - t0
     reports = {}
     for name, attr, what in SUBJECTS:

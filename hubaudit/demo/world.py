@@ -8,8 +8,10 @@ on the built-in synthetic forget set (:mod:`hubaudit.demo.synth`):
     few-shot KnowMem prompt).
 ``unlearned``
     ``target`` after a "natural" utility-constrained unlearning: gradient ascent on the forget part plus
-    gradient descent on the retain part (GA_GDR, or NPO_GDR), small learning rate, AdamW, pure bfloat16
-    weights, as in Zhang et al. (arXiv 2410.16454). It forgets in full precision; per-tensor 4-bit
+    gradient descent on the retain part (GA_GDR, or NPO_GDR), small learning rate, AdamW, bfloat16
+    weights, as in Zhang et al. (arXiv 2410.16454): pure bf16 where the CPU computes bf16 natively (AMX,
+    AVX512-BF16), else bf16 weight values kept in float32, rounded after every optimizer step, with float32
+    matmuls (:func:`hubaudit.modeling.choose_precision`). It forgets in full precision; per-tensor 4-bit
     round-to-nearest maps much of it back onto ``target``.
 ``retain_only``
     negative control: the ``target`` recipe on the retain part only. Never saw the forget facts, so no
@@ -47,7 +49,8 @@ from ..trainrows import qa_text as _qa_text
 from . import synth
 
 MANIFEST = "world.json"
-WORLD_FORMAT = 2  # 2: the natural unlearning stops on a forgetting criterion; threads in the settings
+WORLD_FORMAT = 3  # 2: the natural unlearning stops on a forgetting criterion; threads in the settings
+# 3: the unlearning's compute dtype (bf16 where native, else float32 with bf16 weight values) in the settings
 
 # --------------------------------------------------------------------------------------------------------
 # Settings. Everything that shapes a model is here; the manifest stores it and its hash.
@@ -63,7 +66,8 @@ _BASE: dict[str, Any] = {
         "epochs": 60, "batch_size": 16, "lr": 2e-3, "warmup_steps": 30, "weight_decay": 0.0,
         "betas": [0.9, 0.98], "grad_clip": 1.0, "qa_group": [1, 6], "passage_copies": 1,
     },
-    "unlearn": {  # natural unlearning: pure bf16 weights, AdamW, constant lr (see the README's sweep)
+    "unlearn": {  # natural unlearning: bf16 weights, AdamW, constant lr (see the README's sweep); "compute":
+        # bf16 where native, else float32 with the weights rounded to bf16 after every step (world_settings)
         "method": "ga_gdr", "lr": 3e-5, "steps": 1500, "batch_size": 8, "retain_weight": 1.0,
         "npo_beta": 0.1, "betas": [0.9, 0.999], "weight_decay": 0.0, "dtype": "bfloat16",
         # Stop on a forgetting criterion, not at a fixed step: forgetting comes as a cliff whose step
@@ -99,14 +103,25 @@ def default_threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def world_settings(size: str = "demo", seed: int = 0, threads: int | None = None) -> dict[str, Any]:
-    """The full settings dict for a size (``demo`` or ``tiny``), seed and thread count (float results,
-    and so the trained models, depend on it)."""
+def world_settings(size: str = "demo", seed: int = 0, threads: int | None = None,
+                   compute_dtype: str = "auto") -> dict[str, Any]:
+    """The full settings dict for a size (``demo`` or ``tiny``), seed, thread count and compute dtype of
+    the unlearning and the constructed control (float results, and so the trained models, depend on
+    them). ``compute_dtype``: ``auto`` (bf16 where this CPU computes it natively, else float32 with the
+    weights rounded to bf16 after every step; ``HUBAUDIT_NO_NATIVE_HALF=1`` forces float32), ``float32``
+    or ``bfloat16``; the dtype it resolves to is in ``settings["unlearn"]["compute"]``."""
+    from ..modeling import choose_precision
+
     if size not in _SIZES:
         raise ValueError(f"unknown world size {size!r}; choose one of {sorted(_SIZES)}")
     s = json.loads(json.dumps(_BASE))
     for k, v in _SIZES[size].items():
         s[k].update(v)
+    for part in ("unlearn", "constructed"):
+        try:
+            s[part]["compute"] = choose_precision("cpu", s[part]["dtype"], compute_dtype).compute
+        except ValueError as e:
+            raise ValueError(f"compute dtype: {e}") from None
     s["size"] = size
     s["seed"] = seed
     s["threads"] = threads or default_threads()
@@ -291,13 +306,18 @@ def _forget_loss(model, ref_model, ids, mask, labels, method: str, beta: float):
 
 
 def unlearn(model, forget: _Rows, retain: _Rows, cfg: dict[str, Any], seed: int, progress: bool = True,
-            desc: str = "unlearn", project=None, ref_model=None, trainable=None, stop=None) -> dict:
+            desc: str = "unlearn", project=None, ref_model=None, trainable=None, stop=None,
+            round_to: str | None = None) -> dict:
     """GA or NPO on ``forget`` plus NLL on ``retain`` (GDR), AdamW with a constant learning rate, in the
-    model's own dtype (bf16 weights: updates are applied in bf16). ``project(model)`` runs after every
-    optimizer step (the constructed control). ``stop(model, step)``, when given, runs every
+    model's own dtype (bf16 weights: updates are applied in bf16). ``round_to`` (``"bfloat16"``): the
+    trained weights are rounded to that dtype's values after every optimizer step (float32 weights holding
+    bf16 values: an update smaller than half a bf16 step is lost, as in pure bf16). ``project(model)`` runs
+    after every optimizer step (the constructed control). ``stop(model, step)``, when given, runs every
     ``cfg["eval_every"]`` steps and ends the run when it returns True."""
     import torch
     from tqdm.auto import tqdm
+
+    from ..modeling import round_weights_
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -327,6 +347,8 @@ def unlearn(model, forget: _Rows, retain: _Rows, cfg: dict[str, Any], seed: int,
         opt.zero_grad(set_to_none=True)
         if project is not None:
             project(model)
+        if round_to is not None:
+            round_weights_(params, round_to)
         bar.update(1)
         if step % 10 == 0 or step == cfg["steps"] - 1:
             bar.set_postfix(f=f"{f_loss.item():.2f}", r=f"{r_loss.item():.2f}")
@@ -372,12 +394,14 @@ def forgetting_monitor(target, never_saw, tok, forget_dir: Path, cfg: dict[str, 
     return stop, record
 
 
-def make_bin_projector(target_model, bits: int = 4, margin: float = 0.05):
+def make_bin_projector(target_model, bits: int = 4, margin: float = 0.05, dtype: str = "bfloat16"):
     """A function that projects a model's quantized Linear weights into ``target_model``'s per-tensor RTN
     bins: afterwards ``round(w/D) == round(w_target/D)`` for every element, with ``D`` unchanged (the
-    max-|w| element keeps its target value, nothing exceeds it)."""
+    max-|w| element keeps its target value, nothing exceeds it). The projected weights hold ``dtype``'s
+    values (what gets saved), whatever dtype the model stores them in."""
     import torch
 
+    wdt = getattr(torch, dtype)
     rtn_step, _ = _rtn_fns()
     mods = dict(target_model.named_modules())
     bins = {}
@@ -398,10 +422,10 @@ def make_bin_projector(target_model, bits: int = 4, margin: float = 0.05):
                 p = ms[n].weight
                 w = torch.minimum(torch.maximum(p.float(), lo), hi)
                 w.view(-1)[flat] = wmax
-                w = w.to(torch.bfloat16)  # what gets saved; a cast that crossed a boundary takes the target value
+                w = w.to(wdt)  # what gets saved; a cast that crossed a boundary takes the target value
                 bad = torch.round(w.float() / d) != k
                 if bad.any():
-                    w[bad] = wt.to(torch.bfloat16)[bad]
+                    w[bad] = wt.to(wdt)[bad]
                 p.copy_(w)
 
     return project
@@ -446,6 +470,13 @@ def _world_from_manifest(root: Path, man: dict[str, Any]) -> World:
                  retain_only=root / "retain_only", constructed=root / "constructed", settings=man["settings"])
 
 
+def _precision_words(cfg: dict[str, Any]) -> str:
+    w, c = cfg["dtype"], cfg.get("compute", cfg["dtype"])
+    if w == c:
+        return f"pure {w} weights"
+    return f"{w} weights (rounded to {w} after every step, stored and computed in {c})"
+
+
 def describe_unlearning(uc: dict[str, Any], stopped_at: int | None) -> str:
     """The natural unlearning in words, for the manifest and the demo summary."""
     metrics = " and ".join({"knowmem_f": "KnowMem forget", "verbmem_f": "VerbMem forget"}.get(m, m)
@@ -458,13 +489,14 @@ def describe_unlearning(uc: dict[str, Any], stopped_at: int | None) -> str:
     return (
         "Tiny Llama models trained from scratch on synthetic biographies of invented people. 'unlearned' is "
         f"{uc['method'].upper()} (gradient ascent on the forget part plus gradient descent on the retain part), AdamW, "
-        f"constant learning rate {uc['lr']:g}, batches of {uc['batch_size']} + {uc['batch_size']} rows, pure "
-        f"{uc['dtype']} weights (the paper's recipe, arXiv 2410.16454); it {how}. Whether quantization brings its "
+        f"constant learning rate {uc['lr']:g}, batches of {uc['batch_size']} + {uc['batch_size']} rows, "
+        f"{_precision_words(uc)} (the paper's recipe, arXiv 2410.16454); it {how}. Whether quantization brings its "
         "knowledge back is what the audit measures."
     )
 
 
-def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = True, threads: int | None = None) -> World:
+def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = True, threads: int | None = None,
+                compute_dtype: str = "auto") -> World:
     """Train (or reuse) the four models of the demo world under ``out_dir``.
 
     Args:
@@ -475,6 +507,10 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
         progress: show tqdm progress bars.
         threads: torch threads while building (default two, or one on a one-core machine); part of the
             settings, since float results and so the models depend on it.
+        compute_dtype: what the unlearning and the constructed control compute in: ``auto`` (bf16 where
+            this CPU computes it natively, else float32 holding bf16 weight values, rounded after every
+            step), ``float32`` or ``bfloat16`` (pure bf16 even where it is emulated, slowly). Part of the
+            settings; ``settings["precision"]`` records what was used and why.
 
     Returns:
         A :class:`World` with the paths of ``forget_set`` (a copy of the synthetic set), ``target``,
@@ -482,8 +518,10 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
     """
     import torch
 
+    from ..modeling import choose_precision
+
     root = Path(out_dir)
-    settings = world_settings(size, seed, threads)
+    settings = world_settings(size, seed, threads, compute_dtype)
     data_hash = _data_hash(synth.DATA_DIR)
     key = _settings_hash(settings, data_hash)
     man_path = root / MANIFEST
@@ -542,15 +580,16 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
         times["retain_only"] = round(time.perf_counter() - t, 2)
         del ro
 
-        # unlearned: natural GA/NPO + retain loss, pure bf16
+        # unlearned: natural GA/NPO + retain loss, bf16 weights (pure bf16, or float32 rounded to bf16)
         t = time.perf_counter()
         uc = settings["unlearn"]
-        udt = getattr(torch, uc["dtype"])
+        udt = getattr(torch, uc["compute"])  # the checkpoint holds bf16 values: loading in float32 is exact
         model = _load(root / "target", udt)
         ref = _load(root / "target", udt) if uc["method"].startswith("npo") else None
         stop, monitor = forgetting_monitor(_load(root / "target", torch.float32),
                                            _load(root / "retain_only", torch.float32), tok, fdir, uc)
-        info_un = unlearn(model, forget_rows, retain_rows, uc, seed + 1, progress, "unlearn", ref_model=ref, stop=stop)
+        info_un = unlearn(model, forget_rows, retain_rows, uc, seed + 1, progress, "unlearn", ref_model=ref, stop=stop,
+                          round_to=uc["dtype"] if uc["compute"] != uc["dtype"] else None)
         _save(model, tok, root / "unlearned")
         times["unlearned"] = round(time.perf_counter() - t, 2)
         del model, ref
@@ -559,7 +598,7 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
         t = time.perf_counter()
         cc = settings["constructed"]
         tgt_bf16 = _load(root / "target")
-        model = _load(root / "target", getattr(torch, cc["dtype"]))
+        model = _load(root / "target", getattr(torch, cc["compute"]))
         names = set(quantized_linear_names(model))
         mods = dict(model.named_modules())
         for p in model.parameters():
@@ -567,8 +606,9 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
         trainable = [mods[n].weight for n in sorted(names)]
         for p in trainable:
             p.requires_grad_(True)
-        project = make_bin_projector(tgt_bf16, cc["bits"], cc["margin"])
-        info_c = unlearn(model, forget_rows, retain_rows, cc, seed + 2, progress, "constructed", project=project, trainable=trainable)
+        project = make_bin_projector(tgt_bf16, cc["bits"], cc["margin"], cc["dtype"])
+        info_c = unlearn(model, forget_rows, retain_rows, cc, seed + 2, progress, "constructed", project=project,
+                         trainable=trainable, round_to=cc["dtype"] if cc["compute"] != cc["dtype"] else None)
         _save(model, tok, root / "constructed")
         # verify the defining property on what was saved
         saved = _load(root / "constructed")
@@ -598,6 +638,8 @@ def build_world(out_dir, *, size: str = "demo", seed: int = 0, progress: bool = 
         "unlearn_monitor": monitor,
         "constructed_log": info_c["log"],
         "constructed_rtn4_equals_target": True,
+        "precision": {part: choose_precision("cpu", settings[part]["dtype"], compute_dtype).to_json()
+                      | {"requested": compute_dtype} for part in ("unlearn", "constructed")},
         "data_hash": data_hash,
         "torch": torch.__version__,
     })

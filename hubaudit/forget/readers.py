@@ -119,7 +119,7 @@ def _parse_items(part: str, path: Path, rows: list) -> list:
         elif kind is TofuQA:
             from .tofu import tofu_item
 
-            items.append(tofu_item(path, n, row))
+            items.append(tofu_item(path, n, row, part in ("tofu_real_authors", "tofu_world_facts")))
         else:
             question = _field(path, n, row, "question")
             choices = row.get("choices")

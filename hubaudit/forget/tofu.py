@@ -10,13 +10,14 @@ Rows: ``question``, ``answer``; the ``*_perturbed`` configs add ``paraphrased_an
 Shorthands: ``tofu-forget01``, ``tofu-forget05``, ``tofu-forget10`` (also ``locuslab/TOFU:forget10``,
 either with ``@revision``). The forget part is ``forgetNN_perturbed`` (TOFU evaluates forgetting on it;
 ``forgetNN`` when the perturbed file is missing, with no truth ratio then); the retain part is
-``retain_perturbed``, TOFU's 400-question retain evaluation set. TOFU's two other utility sets
-(``real_authors_perturbed``, ``world_facts_perturbed``) are not read (yet). ``retainNN`` (the complement of
+``retain_perturbed``, TOFU's 400-question retain evaluation set; TOFU's two other utility sets,
+``real_authors_perturbed`` and ``world_facts_perturbed``, go to the ``tofu_real_authors`` and
+``tofu_world_facts`` parts when present (model utility needs all three). ``retainNN`` (the complement of
 ``forgetNN``: ``retain90`` for ``forget10``), which open-unlearning trains its retain loss on, is read when
 present as training data for ``hubaudit unlearn`` (``tofu_retain_train``; no metric scores it).
 
-In a local MUSE-layout folder the same items go to ``tofu/forget.json``, ``tofu/retain.json`` and
-``tofu/retain_train.json``.
+In a local MUSE-layout folder the same items go to ``tofu/forget.json``, ``tofu/retain.json``,
+``tofu/real_authors.json``, ``tofu/world_facts.json`` and ``tofu/retain_train.json``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ TOFU_REPO = "locuslab/TOFU"
 SHORTHAND = re.compile(r"^tofu-(forget(?:01|05|10))(?:@(.+))?$")
 REPO_CONFIG = re.compile(r"^([\w.\-]+/[\w.\-]+):(forget(?:01|05|10))(?:@(.+))?$")
 RETAIN_CONFIG = "retain_perturbed"
+UTILITY_CONFIGS = {"tofu_real_authors": "real_authors_perturbed", "tofu_world_facts": "world_facts_perturbed"}
 
 
-def tofu_item(path, n: int, row) -> TofuQA:
+def tofu_item(path, n: int, row, allow_no_paraphrase: bool = False) -> TofuQA:
     """One TOFU row (question, answer, and the optional perturbation fields)."""
     question = _field(path, n, row, "question")
     answer = _field(path, n, row, "answer")
@@ -49,7 +51,7 @@ def tofu_item(path, n: int, row) -> TofuQA:
             pert = [pert]
     if not isinstance(para, str) or not isinstance(pert, (list, tuple)) or not all(isinstance(p, str) for p in pert):
         raise ForgetSetError(f"{path}: item {n}: 'paraphrased_answer' must be text and 'perturbed_answer' a list of texts")
-    if pert and not para:
+    if pert and not para and not allow_no_paraphrase:
         raise ForgetSetError(f"{path}: item {n} has perturbed answers but no 'paraphrased_answer' (the truth ratio needs both)")
     pq = row.get("paraphrased_question") or ""
     return TofuQA(question, answer, para, tuple(pert), pq if isinstance(pq, str) else "")
@@ -90,8 +92,9 @@ def read_config(root: Path, config: str) -> list[TofuQA] | None:
     if not paths:
         return None
     items: list[TofuQA] = []
+    lenient = config in UTILITY_CONFIGS.values()  # their truth ratio compares the answer, not a paraphrase
     for p in paths:
-        items += [tofu_item(p, n, row) for n, row in enumerate(_read_lines_or_json(p), 1)]
+        items += [tofu_item(p, n, row, lenient) for n, row in enumerate(_read_lines_or_json(p), 1)]
     return items
 
 
@@ -117,6 +120,11 @@ def read_tofu_dir(root: Path, split: str, name: str, source: str) -> ForgetSet:
     if train is not None:
         fs.tofu_retain_train = train
         fs.files["tofu_retain_train"] = retain_split(split)
+    for part, config in UTILITY_CONFIGS.items():
+        items = read_config(root, config)
+        if items is not None:
+            setattr(fs, part, items)
+            fs.files[part] = config
     return fs
 
 
@@ -141,7 +149,7 @@ class TofuFormat(Format):
             repo, split, rev = TOFU_REPO, m.group(1), m.group(2)
         else:
             repo, split, rev = REPO_CONFIG.match(source).groups()
-        configs = (split, f"{split}_perturbed", RETAIN_CONFIG, retain_split(split))
+        configs = (split, f"{split}_perturbed", RETAIN_CONFIG, retain_split(split), *UTILITY_CONFIGS.values())
         patterns = [f"{c}{ext}" for c in configs for ext in EXTENSIONS] + [f"{c}/*.parquet" for c in configs]
         snap = fetch_dataset(repo, rev or None, patterns=patterns)
         name = f"tofu-{split}" if repo == TOFU_REPO else f"{repo}:{split}"

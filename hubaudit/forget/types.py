@@ -59,10 +59,12 @@ PARTS: dict[str, tuple[type | None, str]] = {
     "mcq_retain": (Choice, "mcq/retain"),  # general multiple choice (MMLU subsets): utility beside WMDP
     "tofu_forget": (TofuQA, "tofu/forget"),  # TOFU-style QA with paraphrased/perturbed answers
     "tofu_retain": (TofuQA, "tofu/retain"),
+    "tofu_real_authors": (TofuQA, "tofu/real_authors"),  # TOFU's model-utility sets (real_authors_perturbed,
+    "tofu_world_facts": (TofuQA, "tofu/world_facts"),  # world_facts_perturbed)
 }
 # Parts added after the first release: left out of content_hash while absent, so the hash of a set
 # without them (and the results stored under it) stays what it was.
-_LATER_PARTS = ("mcq_retain", "tofu_forget", "tofu_retain")
+_LATER_PARTS = ("mcq_retain", "tofu_forget", "tofu_retain", "tofu_real_authors", "tofu_world_facts")
 
 # Training text: what ``hubaudit unlearn`` trains on, never what a metric scores. MUSE ships its corpora in
 # ``raw/`` (``forget``, ``retain1``, ``retain2``, ``holdout``; the paper's scripts unlearn ``raw/forget`` with
@@ -108,6 +110,8 @@ class ForgetSet:
     forget_train: list[str] | None = None
     retain_train: list[str] | None = None
     tofu_retain_train: list[TofuQA] | None = None
+    tofu_real_authors: list[TofuQA] | None = None
+    tofu_world_facts: list[TofuQA] | None = None
     auc_retrain: float | None = None
     meta: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)

@@ -6,8 +6,10 @@ stored as ``CONFIG/test-00000-of-00001.parquet``; rows are ``question``, ``choic
 
 Shorthands ``wmdp-bio``, ``wmdp-cyber``, ``wmdp-chem`` (optionally ``@revision``) read the WMDP
 config into the ``mcq`` part and, as the WMDP paper reports utility beside it, the MMLU subjects
-closest to it into ``mcq_retain`` (:data:`MMLU_UTILITY`). ``wmdp-bio+mmlu=virology,anatomy`` chooses
-the MMLU subjects; ``wmdp-bio+mmlu=`` (empty) reads none.
+closest to it into ``mcq_retain`` (:data:`MMLU_UTILITY`: 2 of MMLU's 57 subjects, which the report says).
+``wmdp-bio+mmlu=all`` reads the whole group (``cais/mmlu`` config ``all``, 14,042 questions; their mean is
+the harness's ``mmlu`` group accuracy, which weights subjects by size), ``wmdp-bio+mmlu=virology,anatomy``
+chooses subjects, ``wmdp-bio+mmlu=`` (empty) reads none.
 
 In a local MUSE-layout folder the same items go to ``mcq/forget.json`` and ``mcq/retain.json``.
 """
@@ -28,6 +30,7 @@ MMLU_REPO = "cais/mmlu"
 # multiple choice questions (with answers) about {subject}.\n\n"
 SUBJECTS = {"wmdp-bio": "biology", "wmdp-chem": "chemistry", "wmdp-cyber": "cybersecurity"}
 # Utility beside each WMDP split: the MMLU subjects the WMDP paper (RMU) reports as closest to it.
+MMLU_SUBJECTS_TOTAL = 57
 MMLU_UTILITY = {
     "wmdp-bio": ("college_biology", "virology"),
     "wmdp-cyber": ("college_computer_science", "computer_security"),
@@ -81,7 +84,8 @@ class WmdpFormat(Format):
         fs.files["mcq"] = f"{WMDP_REPO}/{config}/test"
         if subjects:
             msnap = fetch_dataset(MMLU_REPO, None, patterns=[f"{s}/test-*" for s in subjects])
-            fs.mcq_retain = [x for s in subjects for x in read_mcq_config(msnap.path, s, "test", s)]
+            # the "all" config's rows carry their own subject (read from the row)
+            fs.mcq_retain = [x for s in subjects for x in read_mcq_config(msnap.path, s, "test", "" if s == "all" else s)]
             fs.files["mcq_retain"] = f"{MMLU_REPO}/{{{','.join(subjects)}}}/test"
             fs.meta["mmlu_sha"] = msnap.sha
         return fs

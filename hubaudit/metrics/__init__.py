@@ -19,9 +19,9 @@ __all__ = ["METRICS", "Metric", "MetricConfig", "MetricResult", "register_metric
            "resolve_metrics", "privleak"]
 
 ORDER = ("verbmem_f", "knowmem_f", "knowmem_r", "mia_auc",
-         "tofu_rouge_f", "tofu_prob_f", "tofu_tr_f", "tofu_rouge_r", "tofu_prob_r", "tofu_tr_r", "wmdp_acc", "mmlu_acc")
+         "tofu_rouge_f", "tofu_prob_f", "tofu_tr_f", "tofu_rouge_r", "tofu_prob_r", "tofu_tr_r", "tofu_mu", "wmdp_acc", "mmlu_acc")
 ALIASES = {"verbmem": "verbmem_f", "knowmem": "knowmem_f", "privleak": "mia_auc", "mia": "mia_auc",
-           "tofu": "tofu_rouge_f", "wmdp": "wmdp_acc", "mmlu": "mmlu_acc"}
+           "tofu": "tofu_rouge_f", "model_utility": "tofu_mu", "wmdp": "wmdp_acc", "mmlu": "mmlu_acc"}
 
 
 def resolve_metrics(names: Iterable[str] | str | None, fs) -> list[Metric]:

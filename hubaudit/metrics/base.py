@@ -60,6 +60,11 @@ class Metric:
         """The settings this metric's value depends on (for the store key and the report)."""
         return {}
 
+    def prompt_key(self, cfg: "MetricConfig", tokenizer) -> dict:
+        """What shapes this metric's prompts for this tokenizer (for the store key): {} when nothing but
+        :meth:`settings` does."""
+        return {}
+
     def compute(self, runner: "LMRunner", fs: "ForgetSet", cfg: "MetricConfig", progress=None) -> MetricResult:
         raise NotImplementedError
 
@@ -75,6 +80,15 @@ class MetricConfig:
     # TOFU-style metrics build prompts with the tokenizer's chat template when it has one (MUSE's and
     # the WMDP/MMLU metrics never do, as their benchmarks' own evaluations do not); --no-chat-template
     chat_template: bool = True
+    # TOFU prompts as open-unlearning builds them (metrics/prompts.py): the system turn, the date a
+    # Llama-3.x template prints ("" = none / the template's own, which is today's), and the prompt of a
+    # model without a template ("auto": [INST] for Llama-2-style tokenizers, else Question/Answer)
+    system_prompt: str = "You are a helpful assistant."
+    date_string: str = "10 Apr 2025"
+    plain_prompt: str = "auto"
+    # WMDP/MMLU: BOS before the prompt. None = lm-evaluation-harness 0.4.8's default (open-unlearning's pin,
+    # the WMDP paper's runs): none, except for Gemma models, which the harness gives one
+    mcq_bos: bool | None = None
 
     def __post_init__(self):
         if not 0 < self.mink_k <= 1:

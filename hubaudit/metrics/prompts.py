@@ -1,13 +1,27 @@
 """Prompts built the way a benchmark's own evaluation builds them, as token ids, and the two primitives
 the TOFU and WMDP metrics need on ids: greedy generation and the log-likelihood of a continuation.
 
-Chat and instruction models: when the tokenizer has a chat template (and the metric settings allow it),
-a question becomes ``tokenizer.apply_chat_template([{"role": "user", "content": q}],
-add_generation_prompt=True)``, as open-unlearning builds TOFU prompts. The template's text is tokenized
-with ``add_special_tokens=False``, exactly as ``apply_chat_template(..., tokenize=True)`` does: a template
-that writes BOS itself gets no second one, and one that does not gets none (the template decides).
-Without a template the prompt is plain text encoded with the tokenizer's special tokens (BOS), as
-:class:`~hubaudit.metrics.runner.LMRunner` encodes.
+TOFU prompts are built as open-unlearning builds them (``src/data/utils.py::preprocess_chat_instance``
+and the ``template_args`` of its ``configs/model/*.yaml``, reviewed at d3d7cf9):
+
+- With a chat template (and ``MetricConfig.chat_template`` on): the conversation is
+  ``[system, user]`` with the system prompt "You are a helpful assistant." (``MetricConfig.system_prompt``;
+  "" for none; a template that refuses a system turn, Gemma's, gets none, as open-unlearning's Gemma config
+  has none), rendered with ``add_generation_prompt=True`` and ``date_string="10 Apr 2025"``
+  (``MetricConfig.date_string``; Llama-3.x templates print "Today Date: ..." and would print today's date
+  otherwise; "" = the template's own). Its text is tokenized with ``add_special_tokens=False``, exactly as
+  ``apply_chat_template(..., tokenize=True)`` does.
+- Without a template: ``[INST] {question} [/INST]`` for Llama-2-style tokenizers (open-unlearning's
+  Llama-2-7b-chat config and TOFU's original runs), else ``Question: {question}\\nAnswer: `` (its
+  Llama-2-7b-hf and phi-1_5 configs), encoded with the tokenizer's special tokens (BOS);
+  ``MetricConfig.plain_prompt`` chooses another.
+
+The scored answer span is open-unlearning's labels: the whole conversation (chat: ``[system, user,
+assistant]`` rendered without a generation prompt, so the template's end-of-turn tokens are in it; plain:
+prompt + answer) is tokenized once, the labels are its tokens after the first ``len(prompt ids)``, and EOS
+is appended when the conversation does not end with it. When a merge crosses the prompt/answer boundary
+(plain "Answer: " + answer), the first answer token falls inside the prompt's length and is not scored, as
+there.
 
 Generation and scoring go through :class:`LMRunner`'s id-based methods (``generate_ids``,
 ``continuation_logprobs``): its text-based ones always add BOS, which a chat template's ids must not get.
@@ -16,7 +30,13 @@ Generation and scoring go through :class:`LMRunner`'s id-based methods (``genera
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+DEFAULT_DATE_STRING = "10 Apr 2025"  # open-unlearning's configs/model/Llama-3.*.yaml date_string
+PLAIN_QA = "Question: {question}\nAnswer: "
+PLAIN_INST = "[INST] {question} [/INST]"
 
 
 def chat_template_of(tokenizer) -> str | None:
@@ -27,18 +47,26 @@ def chat_template_of(tokenizer) -> str | None:
     return t if isinstance(t, str) and t.strip() else None
 
 
-def describe_chat_template(tokenizer) -> dict | None:
-    """What the report says about the template used: its sha256 (first 12 hex digits) and an example."""
-    t = chat_template_of(tokenizer)
-    if t is None:
-        return None
-    example = render_chat(tokenizer, "QUESTION")
-    return {"sha256": hashlib.sha256(t.encode()).hexdigest()[:12], "example": example}
+def is_llama2_style(tokenizer) -> bool:
+    """A Llama-2-style tokenizer (SentencePiece, 32000 tokens, ``<s>``/``</s>``): its chat models were
+    trained on ``[INST] q [/INST]``."""
+    return (getattr(tokenizer, "bos_token", None) == "<s>" and getattr(tokenizer, "eos_token", None) == "</s>"
+            and getattr(tokenizer, "vocab_size", 0) == 32000 and "llama" in type(tokenizer).__name__.lower())
 
 
-def render_chat(tokenizer, question: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                         tokenize=False)
+def clean_up_spaces(text: str) -> str:
+    """transformers 4.x's ``clean_up_tokenization`` (what ``decode(..., clean_up_tokenization_spaces=True)``
+    applied there to every tokenizer; transformers 5 ignores the flag for BPE tokenizers)."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+                 (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
+
+
+def decode_clean(tokenizer, ids) -> str:
+    """``decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)`` as open-unlearning's
+    transformers 4.x decodes."""
+    return clean_up_spaces(tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
 
 def encode_text(tokenizer, text: str, special: bool = True) -> list[int]:
@@ -47,42 +75,106 @@ def encode_text(tokenizer, text: str, special: bool = True) -> list[int]:
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """How a question becomes prompt ids: with the chat template, or ``plain.format(question=q)``."""
+    """How a question becomes prompt ids: the chat template (with ``system`` and ``date``), or
+    ``plain.format(question=q)``."""
 
     chat: bool
-    plain: str = "Question: {question}\nAnswer: "
+    plain: str = PLAIN_QA
+    system: str = DEFAULT_SYSTEM_PROMPT
+    date: str = DEFAULT_DATE_STRING
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, use_chat_template: bool = True, plain: str = "Question: {question}\nAnswer: "):
-        return cls(bool(use_chat_template and chat_template_of(tokenizer)), plain)
+    def for_tokenizer(cls, tokenizer, use_chat_template: bool = True, plain: str = "auto",
+                      system: str = DEFAULT_SYSTEM_PROMPT, date: str = DEFAULT_DATE_STRING) -> "PromptFormat":
+        if not plain or plain == "auto":
+            plain = PLAIN_INST if is_llama2_style(tokenizer) else PLAIN_QA
+        if "{question}" not in plain:
+            from ..errors import MetricError
+
+            raise MetricError(f"the plain prompt {plain!r} has no {{question}}; write it as e.g. 'Q: {{question}}\\nA: '")
+        return cls(bool(use_chat_template and chat_template_of(tokenizer)), plain, system or "", date or "")
+
+    @classmethod
+    def from_config(cls, tokenizer, cfg) -> "PromptFormat":
+        return cls.for_tokenizer(tokenizer, getattr(cfg, "chat_template", True), getattr(cfg, "plain_prompt", "auto"),
+                                 getattr(cfg, "system_prompt", DEFAULT_SYSTEM_PROMPT),
+                                 getattr(cfg, "date_string", DEFAULT_DATE_STRING))
+
+    # -- chat ------------------------------------------------------------------------------------
+    def render(self, tokenizer, question: str, answer: str | None = None) -> str:
+        """The chat template's text of [system, user] + generation prompt, or of [system, user, assistant]."""
+        turns = [{"role": "user", "content": question}]
+        if answer is not None:
+            turns.append({"role": "assistant", "content": answer})
+        kw = {"date_string": self.date} if self.date else {}
+        if self.system:
+            try:
+                return tokenizer.apply_chat_template([{"role": "system", "content": self.system}, *turns],
+                                                     add_generation_prompt=answer is None, tokenize=False, **kw)
+            except Exception as e:  # a template that refuses a system turn (Gemma's raises): none, as there
+                if "system" not in str(e).lower():
+                    raise
+        return tokenizer.apply_chat_template(turns, add_generation_prompt=answer is None, tokenize=False, **kw)
+
+    def prompt_text(self, tokenizer, question: str) -> str:
+        return self.render(tokenizer, question) if self.chat else self.plain.format(question=question)
 
     def prompt_ids(self, tokenizer, question: str) -> list[int]:
         if self.chat:
-            return encode_text(tokenizer, render_chat(tokenizer, question), special=False)
+            return encode_text(tokenizer, self.render(tokenizer, question), special=False)
         return encode_text(tokenizer, self.plain.format(question=question))
 
-    def pair(self, tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
-        """(context ids, answer ids) to score ``answer`` after the prompt, as the benchmarks' loaders split
-        them: the answer is the tail of the joint tokenization when the prompt's ids are its prefix (so
-        merges across the boundary are those of training text). Otherwise, for a plain prompt ending in
-        whitespace, the whitespace moves to the answer as lm-evaluation-harness moves it (context =
-        prompt.rstrip()); else the answer is tokenized on its own. EOS follows the answer, as TOFU's and
-        open-unlearning's labels end with it."""
+    def joint_ids(self, tokenizer, question: str, answer: str) -> list[int]:
+        """The whole conversation's ids (open-unlearning's ``chat_ids`` before EOS is appended)."""
         if self.chat:
-            text = render_chat(tokenizer, question)
-            prompt, joint = encode_text(tokenizer, text, False), encode_text(tokenizer, text + answer, False)
-        else:
-            text = self.plain.format(question=question)
-            prompt, joint = encode_text(tokenizer, text), encode_text(tokenizer, text + answer)
-        if joint[: len(prompt)] == prompt and len(joint) > len(prompt):
-            ctx, cont = prompt, joint[len(prompt):]
-        elif not self.chat and text != text.rstrip():
-            ctx = encode_text(tokenizer, text.rstrip())
-            ok = joint[: len(ctx)] == ctx and len(joint) > len(ctx)
-            ctx, cont = (ctx, joint[len(ctx):]) if ok else (prompt, encode_text(tokenizer, answer, special=False))
-        else:
-            ctx, cont = prompt, encode_text(tokenizer, answer, special=False)
+            return encode_text(tokenizer, self.render(tokenizer, question, answer), special=False)
+        return encode_text(tokenizer, self.plain.format(question=question) + answer)
+
+    def pair(self, tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
+        """(context ids, scored ids) as open-unlearning's ``input_ids``/``labels`` split them: the joint ids
+        cut at the prompt's length, EOS appended when the joint ids do not end with it."""
+        prompt = self.prompt_ids(tokenizer, question)
+        joint = self.joint_ids(tokenizer, question, answer)
         eos = tokenizer.eos_token_id
-        if eos is not None and (not cont or cont[-1] != eos):
-            cont = cont + [eos]
-        return ctx, cont
+        if eos is not None and (not joint or joint[-1] != eos):
+            joint = joint + [eos]
+        n = min(len(prompt), len(joint) - 1)  # at least one scored token (EOS) when a merge ate the answer
+        return joint[:n], joint[n:]
+
+    def reference_text(self, tokenizer, question: str, answer: str) -> str:
+        """The ground truth open-unlearning's ROUGE compares against: the decoded conversation minus the
+        decoded prompt, stripped (special tokens skipped, tokenization spaces cleaned up)."""
+        ctx, cont = self.pair(tokenizer, question, answer)
+        full = decode_clean(tokenizer, ctx + cont)
+        return full.replace(decode_clean(tokenizer, self.prompt_ids(tokenizer, question)), "").strip()
+
+    # -- what the store key and the report record -------------------------------------------------
+    def describe(self, tokenizer) -> dict:
+        """Everything that shapes a prompt: the settings and the sha256 (12 hex digits) of a rendered example
+        (prompt and scored span), which changes with the template, the system prompt, the date or the plain form."""
+        q, a = "QUESTION", "ANSWER"
+        example = self.prompt_text(tokenizer, q)
+        ctx, cont = self.pair(tokenizer, q, a)
+        blob = json.dumps({"text": example, "ctx": ctx, "cont": cont})
+        out = {"chat": self.chat, "example_sha256": hashlib.sha256(blob.encode()).hexdigest()[:12]}
+        if self.chat:
+            out.update(system_prompt=self.system, date_string=self.date)
+        else:
+            out["plain"] = self.plain
+        return out
+
+
+def describe_chat_template(tokenizer, fmt: PromptFormat | None = None) -> dict | None:
+    """What the report says about the template used: its sha256 (first 12 hex digits) and an example."""
+    t = chat_template_of(tokenizer)
+    if t is None:
+        return None
+    fmt = fmt or PromptFormat.for_tokenizer(tokenizer)
+    example = fmt.render(tokenizer, "QUESTION")
+    return {"sha256": hashlib.sha256(t.encode()).hexdigest()[:12], "example": example,
+            "system_prompt": fmt.system, "date_string": fmt.date}
+
+
+def render_chat(tokenizer, question: str) -> str:
+    """The default prompt's text (system prompt and fixed date), for callers that need the text only."""
+    return PromptFormat.for_tokenizer(tokenizer).render(tokenizer, question)

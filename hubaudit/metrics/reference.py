@@ -61,13 +61,27 @@ def mia(model, tokenizer, fs, cfg: MetricConfig = MetricConfig()) -> float:
     return mia_auc(f, h)
 
 
-def _tofu_prompt_ids(tokenizer, question: str, chat: bool) -> list[int]:
-    """The prompt as ``apply_chat_template(..., tokenize=True)`` gives it (or the plain TOFU prompt with BOS)."""
-    if chat:
-        out = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                            tokenize=True)
-        return list(out["input_ids"] if hasattr(out, "keys") else out)
-    return list(tokenizer(f"Question: {question}\nAnswer: ").input_ids)
+def _chat_ids(tokenizer, messages, generation: bool, cfg: MetricConfig) -> list[int]:
+    kw = {"date_string": cfg.date_string} if cfg.date_string else {}
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=generation, tokenize=True, **kw)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def _oun_ids(tokenizer, question: str, answer: str, cfg: MetricConfig) -> tuple[list[int], list[int]]:
+    """(prompt ids, whole-conversation ids + EOS) as open-unlearning's ``preprocess_chat_instance`` builds them."""
+    if _uses_chat(tokenizer, cfg):
+        chat = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+        chat += [{"role": "user", "content": question}]
+        prompt = _chat_ids(tokenizer, chat, True, cfg)
+        joint = _chat_ids(tokenizer, chat + [{"role": "assistant", "content": answer}], False, cfg)
+    else:
+        from .prompts import PromptFormat
+
+        text = PromptFormat.for_tokenizer(tokenizer, False, cfg.plain_prompt).plain.format(question=question)
+        prompt, joint = list(tokenizer(text).input_ids), list(tokenizer(text + answer).input_ids)
+    if joint[-1] != tokenizer.eos_token_id:
+        joint = joint + [tokenizer.eos_token_id]
+    return prompt, joint
 
 
 def _uses_chat(tokenizer, cfg: MetricConfig) -> bool:
@@ -75,45 +89,39 @@ def _uses_chat(tokenizer, cfg: MetricConfig) -> bool:
 
 
 def tofu_rouge(model, tokenizer, items, cfg: MetricConfig = MetricConfig()) -> float:
-    """TOFU ROUGE-L recall x 100: one ``generate`` per question (200 new tokens, stopped by EOS)."""
+    """TOFU ROUGE-L recall x 100: one ``generate`` per question (200 new tokens, stopped by EOS), against the
+    decoded conversation minus the decoded prompt, as open-unlearning's ``eval_text_similarity``."""
     import torch
 
+    from .prompts import clean_up_spaces
     from .tofu import TOFU_MAX_NEW_TOKENS, rouge_l_recall
 
-    chat = _uses_chat(tokenizer, cfg)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scores = []
     for x in items:
-        ids = torch.tensor([_tofu_prompt_ids(tokenizer, x.question, chat)], device=model.device)
+        prompt, joint = _oun_ids(tokenizer, x.question, x.answer, cfg)
+        ids = torch.tensor([prompt], device=model.device)
         with torch.inference_mode():
             out = model.generate(ids, max_new_tokens=TOFU_MAX_NEW_TOKENS, do_sample=False, num_beams=1, temperature=None,
                                  top_p=None, top_k=None, pad_token_id=pad)
-        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        scores.append(rouge_l_recall(x.answer, text if chat else cut_at_stop(text, cfg.stop_strings)))
+        text = clean_up_spaces(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)).strip()
+        full, inp = (clean_up_spaces(tokenizer.decode(t, skip_special_tokens=True)) for t in (joint, prompt))
+        scores.append(rouge_l_recall(full.replace(inp, "").strip(), text))
     return float(np.mean(scores) * 100)
 
 
 def tofu_prob(model, tokenizer, items, cfg: MetricConfig = MetricConfig()) -> float:
-    """TOFU answer probability: one forward pass per item over prompt + answer + EOS, P(a|q)^(1/|a|)."""
+    """TOFU answer probability: one forward pass per item over the whole conversation, the tokens after the
+    prompt's length scored (open-unlearning's labels), exp(-mean loss)."""
     import torch
 
-    chat = _uses_chat(tokenizer, cfg)
     probs = []
     for x in items:
-        prompt = _tofu_prompt_ids(tokenizer, x.question, chat)
-        if chat:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": x.question}], add_generation_prompt=True,
-                                                 tokenize=False)
-            joint = list(tokenizer(text + x.answer, add_special_tokens=False).input_ids)
-        else:
-            joint = list(tokenizer(f"Question: {x.question}\nAnswer: {x.answer}").input_ids)
-        answer = joint[len(prompt):] if joint[:len(prompt)] == prompt else list(
-            tokenizer(x.answer, add_special_tokens=False).input_ids)
-        answer = answer + [tokenizer.eos_token_id]
-        ids = torch.tensor([prompt + answer], device=model.device)
+        prompt, joint = _oun_ids(tokenizer, x.question, x.answer, cfg)
+        ids = torch.tensor([joint], device=model.device)
         with torch.inference_mode():
             logp = torch.log_softmax(model(ids).logits.float(), dim=-1)[0]
-        lp = [logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(answer)]
+        lp = [logp[i - 1, joint[i]].item() for i in range(len(prompt), len(joint))]
         probs.append(float(np.exp(np.mean(lp))))
     return float(np.mean(probs))
 

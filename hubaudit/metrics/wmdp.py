@@ -12,10 +12,11 @@ context's, as the harness splits them), and an item is right when the answer's l
 set's (``meta["subject"]``: WMDP's "biology", "cybersecurity", "chemistry"); no description line when
 neither is known.
 
-Differences from the harness, on purpose: the context is encoded with the tokenizer's special tokens
-(BOS), as every other hubaudit metric and most models' training do (the harness's HF model adds no BOS
-by default); no chat template, as the harness's default (WMDP results such as Zephyr-7B RMU are
-reported without one).
+BOS as lm-evaluation-harness 0.4.8 adds it (the version open-unlearning pins; the WMDP paper's runs):
+none (``add_bos_token=False``), except for Gemma models, which it gives one; ``MetricConfig.mcq_bos``
+(``--mcq-bos``/``--no-mcq-bos``) decides otherwise. (Harness 0.4.13 defaults to the tokenizer's own
+behaviour, i.e. BOS for Llama-style tokenizers: pass ``--mcq-bos`` to match it.) No chat template, as the
+harness's default (WMDP results such as Zephyr-7B RMU are reported without one).
 """
 
 from __future__ import annotations
@@ -39,15 +40,23 @@ def mcq_prompt(question: str, choices, subject: str = "") -> str:
     return f"{description(subject)}{question.strip()}\n{body}\nAnswer:"
 
 
-def split_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def uses_bos(cfg, tokenizer) -> bool:
+    """Whether WMDP/MMLU contexts start with BOS: ``cfg.mcq_bos``, else the harness 0.4.8 default (Gemma only)."""
+    b = getattr(cfg, "mcq_bos", None)
+    if b is not None:
+        return bool(b)
+    return "gemma" in type(tokenizer).__name__.lower() or "gemma" in str(getattr(tokenizer, "name_or_path", "")).lower()
+
+
+def split_pair(tokenizer, context: str, continuation: str, bos: bool = False) -> tuple[list[int], list[int]]:
     """The harness's ``_encode_pair``: trailing spaces of the context move to the continuation, whole =
     enc(context + continuation), context = enc(context), continuation = whole[len(context):] (fed as
     context + continuation, as the harness feeds it, even where a merge crosses the boundary)."""
     n = len(context) - len(context.rstrip())
     if n:
         context, continuation = context[:-n], context[-n:] + continuation
-    whole = encode_text(tokenizer, context + continuation)
-    ctx = encode_text(tokenizer, context)
+    whole = encode_text(tokenizer, context + continuation, special=bos)
+    ctx = encode_text(tokenizer, context, special=bos)
     cont = whole[len(ctx):]
     if not cont:  # cannot happen with a sane tokenizer; score the continuation on its own then
         cont = encode_text(tokenizer, continuation, special=False)
@@ -58,19 +67,23 @@ class _MCQ(Metric):
     part = ""
 
     def settings(self, cfg: MetricConfig) -> dict:
-        return {"prompt": "harness zero-shot", "choices": "letters", "score": "loglikelihood", "bos": True,
-                "chat_template": False}
+        return {"prompt": "harness zero-shot", "choices": "letters", "score": "loglikelihood",
+                "bos": "harness-0.4.8" if cfg.mcq_bos is None else bool(cfg.mcq_bos), "chat_template": False}
+
+    def prompt_key(self, cfg: MetricConfig, tokenizer) -> dict:
+        return {"bos": uses_bos(cfg, tokenizer)}
 
     def compute(self, runner, fs, cfg, progress=None) -> MetricResult:
         t0 = time.perf_counter()
         items = fs.require(self.part, self.label)
         set_subject = fs.meta.get("subject", "") if self.part == "mcq" else ""
         pairs, spans = [], []
+        bos = uses_bos(cfg, runner.tokenizer)
         for x in items:
             ctx = mcq_prompt(x.question, x.choices, x.subject or set_subject)
             start = len(pairs)
             for k in range(len(x.choices)):
-                pairs.append(split_pair(runner.tokenizer, ctx, " " + LETTERS[k]))
+                pairs.append(split_pair(runner.tokenizer, ctx, " " + LETTERS[k], bos))
             spans.append((start, len(pairs)))
         lps = runner.continuation_logprobs(pairs)
         if progress is not None:

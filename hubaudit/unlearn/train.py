@@ -3,9 +3,15 @@
 One run: load the original model (and a frozen copy of it when the method needs a reference), build the
 forget and retain rows from the forget set's training text (:mod:`.data`: the forget and retain corpora,
 never an item a metric scores, cut into ``max_length``-token windows, 2,048 as the paper's code), optionally
-compute SURE's saliency mask, then train with AdamW at a constant learning rate in the model's training dtype
-(bfloat16 by default: updates are applied in bf16, as the paper's setting does), the gradient clipped to a
-global norm of ``max_grad_norm`` (1.0, the Hugging Face Trainer's default, which the paper's code runs on).
+compute SURE's saliency mask, then train with AdamW at a constant learning rate with ``dtype`` weights
+(bfloat16 by default: an update smaller than half a bf16 step is lost, as in the paper's pure-bf16 setting),
+the gradient clipped to a global norm of ``max_grad_norm`` (1.0, the Hugging Face Trainer's default, which the
+paper's code runs on). Where the device computes that dtype natively
+(:func:`hubaudit.modeling.choose_precision`: a GPU, a CPU with AMX or AVX512-BF16) it trains in pure bf16;
+elsewhere the weights are stored in float32 holding bf16 values, rounded again after every optimizer step,
+with float32 matmuls (``compute_dtype`` forces either). ``master_weights="float32"`` trains float32 weights
+instead and saves them in ``dtype``. The share of the weights whose (saved-dtype) value each step changed is
+logged, shown in the progress bar and summarized in the manifest.
 
 Controls, chosen from what the original actually knows (:func:`choose_controls`): before training the
 original is measured on every forget metric the set supports (KnowMem forget, VerbMem forget, TOFU ROUGE-L
@@ -53,11 +59,16 @@ from .. import __version__
 from ..errors import HubauditError
 from .losses import METHODS, needs_reference
 
-FORMAT = 3  # 2: controls chosen from what the original knows; 3: training text only, windows, clipping, per-token GA
+FORMAT = 3  # 2: controls chosen from what the original knows (``control``, ``target``; ``stop_metric``)
+# 3: training text only, windows, clipping, per-token GA; the compute dtype and master weights (``precision``);
+# the share of weights changed per step in the log
 DEFAULT_LR = 1e-5        # the paper's unlearning learning rate
 DEFAULT_SURE_LR = 1e-4   # SURE: larger, on the salient part only
 CHECKPOINT = "checkpoints/state.pt"
 MANIFEST = "unlearn.json"
+# What each row of the manifest's "log" holds (one every 10 steps); changed_share: the mean, over the steps since
+# the previous row, of the share of the trained weights whose value in the saved dtype the step changed
+LOG_COLUMNS = ["step", "forget_loss", "retain_loss", "changed_share"]
 # Forget metrics the trainer can steer by, in the order it tries them (all 0-100, higher = more knowledge)
 STOP_METRICS = ("knowmem_f", "verbmem_f", "tofu_rouge_f", "wmdp_acc")
 # Utility, in the order tried; RETAIN_PROB (the retain passages' token probability) is the fallback
@@ -80,7 +91,13 @@ class UnlearnConfig:
         steps: at most this many optimizer steps (each: ``batch_size`` forget rows + as many retain rows).
         retain_weight: weight of the retain term (GDR's NLL or KLR's KL).
         beta: NPO's inverse temperature.
-        dtype: the weights' dtype while training (``bfloat16``, ``float32``, ``float16``).
+        dtype: the weights' dtype (``bfloat16``, ``float32``, ``float16``): what the saved model holds, and,
+            without ``master_weights``, the values the weights hold while training (rounded to it after every
+            step when they are computed in float32).
+        compute_dtype: ``auto`` (``dtype`` where the device computes it natively, else float32 holding
+            ``dtype`` values), ``float32``, or ``dtype`` itself (pure 16-bit even where it is emulated).
+        master_weights: ``float32``: train float32 weights (no rounding while training; float32 compute) and
+            save them in ``dtype``; None (default): the weights hold ``dtype`` values throughout.
         sure: train only the salient part (SURE); ``threshold`` is the saliency percentile,
             ``saliency`` the unit (``module`` or ``row``), ``scope`` the candidates (``linear``: the
             quantized linear layers; ``all``: every weight matrix).
@@ -105,6 +122,8 @@ class UnlearnConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     dtype: str = "bfloat16"
+    compute_dtype: str = "auto"
+    master_weights: str | None = None
     sure: bool = False
     threshold: float = 90.0
     saliency: str = "module"
@@ -138,6 +157,13 @@ class UnlearnConfig:
             raise UnlearnError(f"--threshold is a saliency percentile in [0, 100), got {self.threshold:g}")
         if self.dtype not in ("bfloat16", "float32", "float16"):
             raise UnlearnError(f"--dtype must be bfloat16, float32 or float16, got {self.dtype!r}")
+        if self.compute_dtype not in ("auto", "float32", self.dtype):
+            raise UnlearnError(f"--compute-dtype must be auto, float32 or the weights' --dtype ({self.dtype}), got "
+                               f"{self.compute_dtype!r}")
+        if self.master_weights not in (None, "float32"):
+            raise UnlearnError(f"--master-weights must be float32 (or not given), got {self.master_weights!r}")
+        if self.master_weights and self.compute_dtype not in ("auto", "float32"):
+            raise UnlearnError(f"--master-weights float32 computes in float32; drop --compute-dtype {self.compute_dtype}")
         for name in ("steps", "batch_size", "checkpoint_every", "max_length"):
             if getattr(self, name) < 1:
                 raise UnlearnError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -183,8 +209,19 @@ class UnlearnResult:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _key(cfg: UnlearnConfig, model_id: str, forget_hash: str) -> str:
-    blob = json.dumps({"format": FORMAT, "config": cfg.to_json(), "model": model_id, "forget": forget_hash}, sort_keys=True)
+def training_precision(cfg: UnlearnConfig, device: str):
+    """The :class:`hubaudit.modeling.Precision` a run trains in on ``device``: float32 with
+    ``master_weights``, else :func:`hubaudit.modeling.choose_precision` for ``cfg.dtype`` weights."""
+    from ..modeling import Precision, choose_precision
+
+    if cfg.master_weights:
+        return Precision("float32", "float32", f"float32 master weights (--master-weights), saved as {cfg.dtype}")
+    return choose_precision(device, cfg.dtype, cfg.compute_dtype)
+
+
+def _key(cfg: UnlearnConfig, model_id: str, forget_hash: str, compute: str) -> str:
+    blob = json.dumps({"format": FORMAT, "config": cfg.to_json(), "model": model_id, "forget": forget_hash,
+                       "compute": compute}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -282,6 +319,18 @@ def choose_controls(fs, before: dict[str, float], stop_metric: str | None = None
     return {"forget_metric": forget, "forget_chance": chance_level(fs, forget), "forget_why": why,
             "utility_metric": utility, "utility_chance": chance_level(fs, utility) if utility else 0.0,
             "utility_why": uwhy, "skipped": skipped}
+
+
+def describe_precision(prec: dict[str, Any], saved: str) -> str:
+    """How the weights were trained, in one line, for the terminal and the card."""
+    w, c = prec["weights"], prec["compute"]
+    if w == "float32" and saved != "float32":
+        how = f"float32 master weights, float32 compute, saved as {saved}"
+    elif w == c:
+        how = f"pure {w} (weights and compute)"
+    else:
+        how = f"{w} weights (stored in {c}, rounded to {w} after every step), {c} compute"
+    return f"precision: {how}; {prec['reason']}"
 
 
 def describe_controls(control: dict[str, Any], stop_at: float | None, utility_floor: float | None) -> str:
@@ -395,6 +444,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
 
     from ..audit import open_model
     from ..forget import load_forget_set
+    from ..modeling import ChangeCounter, resolve_device, round_weights_
     from ..trainrows import pad_batch
     from .data import build_rows, training_split
     from .losses import forget_term, retain_term
@@ -410,7 +460,8 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
     cfg = config
     cfg.validate()
 
-    src, _ = open_model(model, token=token, device=device, dtype=cfg.dtype)
+    prec = training_precision(cfg, resolve_device(device))
+    src, _ = open_model(model, token=token, device=device, dtype=prec.compute)
     fs = load_forget_set(forget)
     split = training_split(fs)  # refuses a set with no forget text before the weights are loaded
     name = Path(str(model).rstrip("/").partition("@")[0]).name or "model"
@@ -422,7 +473,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
     if not any(_supports(fs, m) for m in STOP_METRICS):
         raise UnlearnError(f"forget set '{fs.name}' has none of verbmem/forget, knowmem/forget_qa, tofu/forget, "
                            "mcq/forget: nothing to measure forgetting with")
-    key = _key(cfg, src.identity, fs.training_hash())
+    key = _key(cfg, src.identity, fs.training_hash(), prec.compute)
 
     man_path = out / MANIFEST
     if man_path.is_file() and not fresh:
@@ -458,9 +509,13 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     net = src.load()
+    if prec.emulated:  # 16-bit values in float32 storage (exact for a 16-bit checkpoint)
+        round_weights_(net, prec.weights)
     ref = None
     if needs_reference(cfg.method):
         ref = src.load()
+        if prec.emulated:
+            round_weights_(ref, prec.weights)
         for p in ref.parameters():
             p.requires_grad_(False)
     forget_rows, retain_rows = build_rows(fs, tok, needs_retain=cfg.method.endswith(("_gdr", "_klr")),
@@ -498,10 +553,13 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
     else:
         params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    # the share of the trained weights whose value in the saved dtype a step changed
+    counter = ChangeCounter(params, cfg.dtype)
 
     rng = random.Random(cfg.seed)
     st: dict[str, Any] = {"step": 0, "fq": [], "rq": [], "log": [], "evals": [], "good_step": 0, "stop_reason": None,
-                          "before": None, "orig": None, "control": None, "train_s": 0.0}
+                          "before": None, "orig": None, "control": None, "train_s": 0.0,
+                          "changed": [0, 0], "changed_total": [0, 0]}  # [elements changed, steps]
     good = None
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
@@ -524,6 +582,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
         print(f"hubaudit unlearn: training on {training_data['forget']} -> {training_data['forget_rows']} rows"
               + (f"; retain: {training_data['retain']} -> {training_data['retain_rows']} rows" if retain_rows is not None else "")
               + f" (windows of at most {cfg.max_length} tokens)", file=sys.stderr, flush=True)
+        print(f"hubaudit unlearn: {describe_precision(prec.to_json(), cfg.dtype)}", file=sys.stderr, flush=True)
 
     def save_ckpt():
         _atomic_save({"key": key, "model": net.state_dict(), "optimizer": opt.state_dict(), "state": st,
@@ -583,18 +642,28 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
             loss.backward()
             if cfg.max_grad_norm is not None:  # as the Hugging Face Trainer the paper's code runs on (1.0)
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            counter.snapshot()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if prec.emulated:
+                round_weights_(params, prec.weights)
             if masked is not None:
                 masked.restore()
+            changed = counter.changed()
+            for k in ("changed", "changed_total"):
+                st[k][0] += changed
+                st[k][1] += 1
             st["step"] += 1
             ran += 1
             step = st["step"]
             bar.update(1)
             if step % 10 == 0 or step == cfg.steps:
-                rec = [step, round(f_loss.item(), 4), None if r_loss is None else round(r_loss.item(), 4)]
+                share = st["changed"][0] / max(1, st["changed"][1] * counter.total)  # mean per step since the last
+                st["changed"] = [0, 0]
+                rec = [step, round(f_loss.item(), 4), None if r_loss is None else round(r_loss.item(), 4), round(share, 6)]
                 st["log"].append(rec)
-                bar.set_postfix(forget=f"{rec[1]:.3f}", retain="-" if rec[2] is None else f"{rec[2]:.3f}")
+                bar.set_postfix(forget=f"{rec[1]:.3f}", retain="-" if rec[2] is None else f"{rec[2]:.3f}",
+                                changed=f"{100 * share:.2f}%")
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 good = _control(net, tok, fs, dev, cfg, st, forget_metric, utility_metric, good, step)
                 if st["stop_reason"]:
@@ -622,6 +691,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
         masked.remove()
     if st["stop_reason"] and st["stop_reason"].startswith("utility"):
         net.load_state_dict(good["model"] if good is not None else src.load().state_dict())
+    round_weights_(net, cfg.dtype)  # what is saved (master weights; an original that was not in dtype)
     net.eval()
     after = measure_metrics(net, tok, fs, list(st["before"]), dev)
     target = _target(cfg, control, st["orig"], after, st["step"])
@@ -635,7 +705,11 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
         "utility_metric": utility_metric, "control": control, "target": target, "before": st["before"], "after": after,
         "utility_loss": {m: round(st["before"][m] - after[m], 4) for m in after if m in UTILITY_METRICS},
         "forgetting": {m: round(st["before"][m] - after[m], 4) for m in after if m in STOP_METRICS},
-        "sure_mask": mask_info, "evals": st["evals"], "log": st["log"],
+        "sure_mask": mask_info, "evals": st["evals"], "log": st["log"], "log_columns": LOG_COLUMNS,
+        "precision": {**prec.to_json(), "master_weights": cfg.master_weights, "saved": cfg.dtype},
+        "changed_share": {"of": f"the {counter.total} elements of the trained parameters, their values in {cfg.dtype}",
+                          "mean_per_step": round(st["changed_total"][0] / max(1, st["changed_total"][1] * counter.total), 6),
+                          "steps": st["changed_total"][1]},
         "train_seconds": round(st["train_s"], 2), "total_seconds": round(time.perf_counter() - t_start, 2),
         "device": dev, "torch": torch.__version__,
     }
@@ -738,6 +812,11 @@ def render_card(man: dict) -> str:
         td = man["training_data"]
         lines.append(f"| trained on | forget: {td['forget']}, {td['forget_rows']} rows"
                      + (f"; retain: {td['retain']}, {td['retain_rows']} rows" if td.get("retain") else "") + " |")
+    if man.get("precision"):
+        lines.append(f"| precision | {describe_precision(man['precision'], c['dtype']).removeprefix('precision: ')} |")
+    if man.get("changed_share"):
+        lines.append(f"| weights changed per step | {100 * man['changed_share']['mean_per_step']:.2f}% on average "
+                     f"({man['changed_share']['of']}) |")
     lines.append(f"| optimizer steps taken | {man['steps']} |")
     lines.append(f"| stopped | {man['stop_reason'] or 'after all steps'} |")
     if man.get("control"):
