@@ -20,11 +20,12 @@ from .attacks import AttackSpec  # noqa: E402
 from .audit import DEFAULT_SPECS, DEFAULT_THRESHOLD, audit  # noqa: E402  (the function shadows the module name)
 from .errors import HubauditError  # noqa: E402
 from .forget import ForgetSet, load_forget_set  # noqa: E402
+from .plan import AuditRequest  # noqa: E402
 from .quant import QuantSpec  # noqa: E402  (the same class: a spec's grammar is every attack's)
 from .results import AuditReport, CellResult, Verdict  # noqa: E402
 from .sweep import sweep  # noqa: E402  (the function shadows the module name, as audit does)
 
 __all__ = [
-    "__version__", "audit", "DEFAULT_SPECS", "DEFAULT_THRESHOLD", "HubauditError", "ForgetSet",
+    "__version__", "audit", "AuditRequest", "DEFAULT_SPECS", "DEFAULT_THRESHOLD", "HubauditError", "ForgetSet",
     "load_forget_set", "AttackSpec", "QuantSpec", "AuditReport", "CellResult", "Verdict", "sweep",
 ]

@@ -86,7 +86,8 @@ def render_section(report: AuditReport) -> str:
         + ("(or a recovery attack: pruning, a few fine-tuning steps) " if recovery else "") +
         f"brings back at least {v.threshold:g} points on average *and* more items go up than noise explains (one-sided "
         f"sign test, Holm-adjusted over {st.get('tests', 'the')} (spec, metric) pairs, alpha {st.get('alpha', 0.05):g}); "
-        f"robust means every interval ends below {v.threshold:g}; inconclusive means neither could be shown. "
+        f"robust means every requested spec was evaluated and every interval ends below {v.threshold:g}; inconclusive "
+        "means neither could be shown; incomplete means no verdict (some requested cell could not be evaluated). "
         f"Audited with hubaudit {report.hubaudit_version} on {report.created[:10]}; rerunning the audit replaces "
         "this section.",
         SECTION_END,

@@ -205,8 +205,19 @@ def _sweep_parsers(sub) -> None:
     pub.add_argument("--token", metavar="TOKEN", help="Hub token with write access (default: HF_TOKEN or the saved login)")
 
 
+def audit_request(args, **extra):
+    """The :class:`~hubaudit.plan.AuditRequest` of an ``audit`` or ``sweep`` command, checked before anything
+    else; an option not given keeps the request's own default."""
+    from .plan import AuditRequest
+
+    given = dict(specs=args.backends, threshold=args.threshold, alpha=args.alpha, metrics=args.metrics,
+                 auc_retrain=args.auc_retrain, fresh=args.fresh, device=args.device, dtype=args.dtype,
+                 batch_size=args.batch_size, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                 **extra)
+    return AuditRequest(**{k: v for k, v in given.items() if v is not None})
+
+
 def cmd_sweep(args) -> int:
-    from .audit import DEFAULT_ALPHA, DEFAULT_SPECS, DEFAULT_THRESHOLD
     from .sweep import sweep
 
     if args.models is None and args.search is None:
@@ -214,13 +225,9 @@ def cmd_sweep(args) -> int:
     if args.no_ray and args.ray_address:
         raise HubauditError("--no-ray and --ray-address exclude each other")
     res = sweep(
-        args.models, search=args.search, reference=args.reference, forget=args.forget,
-        specs=args.backends if args.backends is not None else DEFAULT_SPECS,
-        threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD,
-        alpha=args.alpha if args.alpha is not None else DEFAULT_ALPHA, metrics=args.metrics,
-        auc_retrain=args.auc_retrain, out=args.out, store=args.store, fresh=args.fresh, device=args.device,
-        dtype=args.dtype, batch_size=args.batch_size, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-        token=args.token, ray_address=args.ray_address, use_ray=False if args.no_ray else None, num_cpus=args.num_cpus,
+        args.models, search=args.search, reference=args.reference, forget=args.forget, request=audit_request(args),
+        out=args.out, store=args.store, token=args.token, ray_address=args.ray_address,
+        use_ray=False if args.no_ray else None, num_cpus=args.num_cpus,
         gpus_per_model=args.gpus_per_model, cpus_per_model=args.cpus_per_model, max_retries=args.max_retries,
         card=args.card, dry_run=args.dry_run, progress=not args.quiet,
     )
@@ -356,39 +363,29 @@ def _default_out(model: str) -> Path:
 
 
 def cmd_audit(args) -> int:
-    from .audit import DEFAULT_ALPHA, DEFAULT_SPECS, DEFAULT_THRESHOLD, audit
+    from .audit import audit
     from .metrics import MetricConfig
 
     if args.batch_size is not None and args.batch_size < 1:
         raise HubauditError(f"--batch-size must be at least 1, got {args.batch_size}")
     fail_on = parse_fail_on(args.fail_on)
+    request = audit_request(args, memory_check=not args.no_memory_check, all_files=args.all_files,
+                            metric_config=MetricConfig(chat_template=not args.no_chat_template,
+                                                       system_prompt=args.system_prompt, date_string=args.date_string,
+                                                       plain_prompt=args.plain_prompt, mcq_bos=args.mcq_bos))
     out = Path(args.out) if args.out else _default_out(args.model)
     forget = args.forget if args.forget is not None else _forget_from_card(args)
     report = audit(
         args.model,
         reference=False if args.no_reference else args.reference,
         forget=forget,
-        specs=args.backends if args.backends is not None else DEFAULT_SPECS,
-        threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD,
-        alpha=args.alpha if args.alpha is not None else DEFAULT_ALPHA,
-        metrics=args.metrics,
         retrain=args.retrain,
-        auc_retrain=args.auc_retrain,
         out=out,
         store=False if args.no_store else args.store,
-        fresh=args.fresh,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
         token=args.token,
-        memory_check=not args.no_memory_check,
         progress=not args.quiet,
         retain_logs=args.retain_logs,
-        metric_config=MetricConfig(chat_template=not args.no_chat_template, system_prompt=args.system_prompt,
-                                   date_string=args.date_string, plain_prompt=args.plain_prompt, mcq_bos=args.mcq_bos),
-        all_files=args.all_files,
+        request=request,
     )
     _print_report(report, out)
     if args.card != "none":

@@ -17,14 +17,6 @@ class SpecError(HubauditError, ValueError):
     """Raised when a quantization spec string (``rtn:4:g128``) is malformed or names no backend."""
 
 
-class BackendUnavailable(HubauditError, RuntimeError):
-    """Raised when a backend cannot run on this machine (missing package, no GPU); ``reason`` says why."""
-
-    def __init__(self, message: str, *, extra: str | None = None):
-        super().__init__(message)
-        self.extra = extra
-
-
 class ForgetSetError(HubauditError, ValueError):
     """Raised when a forget set cannot be read: unknown source, bad file, missing field, empty part."""
 

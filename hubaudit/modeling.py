@@ -15,7 +15,6 @@ from pathlib import Path
 from .errors import InsufficientMemory, ModelLoadError, ModelNotFound
 
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
-WEIGHT_PATTERNS = ("*.safetensors", *PICKLE_PATTERNS)
 # What a local model's identity (its key in the results store) is made of: config, weights, and every file
 # that changes what the metrics see (tokenizer, chat template, generation config).
 IDENTITY_FILES = ("config.json", "*.safetensors", *PICKLE_PATTERNS, "generation_config.json", "tokenizer*",

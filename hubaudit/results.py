@@ -73,7 +73,8 @@ VERDICT_LABELS = ("incomplete", "not-unlearned", "fragile", "robust", "inconclus
 class Verdict:
     """What the audit concludes, with the evidence it rests on. Labels, asked in this order:
 
-    - ``incomplete``: no quantized cell could be evaluated (or nothing had per-item scores);
+    - ``incomplete``: no quantized cell could be evaluated (or nothing had per-item scores), or the evidence
+      says ``robust`` but a requested spec was not evaluated (failed or skipped: named in the summary);
     - ``not-unlearned``: in full precision the model keeps most of what the original knows on a forget
       metric (knowledge retained at the lower end of its interval >= 80%); needs the original model;
     - ``fragile``: some spec brings back at least ``threshold`` points of a forget metric on average,

@@ -1,6 +1,8 @@
 """Audit many models at once: ``hubaudit sweep`` on Ray (a local ``ray.init()`` when no cluster is named).
 
-The plan is models x specs x forget sets. Its unit of work is a *cell*, one model at one precision on one
+The plan is models x specs x forget sets: one :class:`~hubaudit.plan.AuditRequest` for every model, its specs
+resolved once (:func:`~hubaudit.plan.resolve_specs`: a ``file:`` artifact pinned, and audited on the audited
+model only, never on its original) and carried as typed specs to the cells the workers run. Its unit of work is a *cell*, one model at one precision on one
 forget set, keyed in the results store exactly as :func:`hubaudit.audit` keys it (model identity, spec,
 forget-set hash, metric key): the original behind six unlearned variants is one model, evaluated once, and
 a cell an earlier audit or sweep finished is never computed again.
@@ -36,12 +38,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from .audit import (DEFAULT_ALPHA, DEFAULT_SPECS, DEFAULT_THRESHOLD, Auditor, _chat_template_used, _Plan, build_report,
-                    open_model)
+from .audit import build_report
 from .errors import HubauditError
 from .forget import load_forget_set
 from .metrics import MetricConfig, resolve_metrics
-from .attacks import FULL_PRECISION, parse_specs
+from .attacks import FULL_PRECISION
+from .plan import AuditRequest, Auditor, Cell, chat_template_used, is_artifact, open_model, resolve_specs
 from .results import AuditReport, CellResult
 from .store import ResultStore
 
@@ -156,7 +158,7 @@ class PlannedModel:
     """A model as the driver knows it before any worker loads it: what the store keys cells by, what the
     report names it, and what a worker needs to load it (``load``: a folder, or ``repo@sha``).
 
-    Has the :class:`~hubaudit.modeling.ModelSource` attributes :func:`~hubaudit.audit.metric_key` and
+    Has the :class:`~hubaudit.modeling.ModelSource` attributes :func:`~hubaudit.plan.metric_key` and
     :func:`~hubaudit.audit.build_report` read."""
 
     def __init__(self, *, name: str, load: str, identity: str, device: str, stored_dtype: str | None,
@@ -309,9 +311,10 @@ class CellWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def cell(self, spec: str) -> dict:
-        """One cell: ``{"cell": CellResult, "records": [...], "pid": ...}``; metrics this worker already
-        computed for an earlier cell (a spec identical to full precision) are reused."""
+    def cell(self, spec) -> dict:
+        """One cell (``spec``: a resolved :class:`~hubaudit.attacks.AttackSpec`, or ``"fp"``):
+        ``{"cell": CellResult, "records": [...], "pid": ...}``; metrics this worker already computed for an
+        earlier cell (a spec identical to full precision) are reused."""
         if self.src is None:
             self.src = open_model(self.load, **self.kw)[0]
             if self.src.identity != self.identity:
@@ -319,10 +322,10 @@ class CellWorker:
                                     f"{self.src.identity}, planned {self.identity}); run the sweep again")
         metrics = resolve_metrics(self.metric_names, self.fs)
         self.store.new = []
-        cell = self.auditor.run_cell(_Plan("model", self.src, spec, metrics))
+        cell = self.auditor.run_cell(Cell("model", self.src, spec, metrics))
         if spec == FULL_PRECISION and cell.status == "ok":  # what the report says of the prompts (TOFU)
             self.store.put(self.identity, spec, self.auditor.fs_hash, *_chat_key(self.auditor.cfg),
-                           {"value": _chat_template_used(self.src, self.auditor.cfg, metrics)})
+                           {"value": chat_template_used(self.src, self.auditor.cfg, metrics)})
         records, self.store.new = self.store.new, []
         return {"cell": cell, "records": records, "pid": os.getpid()}
 
@@ -387,20 +390,8 @@ def sweep(
     search: str | dict | None = None,
     reference=None,
     forget: str | None = None,
-    specs: Iterable[str] | str = DEFAULT_SPECS,
-    threshold: float = DEFAULT_THRESHOLD,
-    alpha: float = DEFAULT_ALPHA,
-    metrics: Iterable[str] | str | None = None,
-    auc_retrain: float | None = None,
     out: str | Path = "hubaudit-sweep",
     store: str | Path | None = None,
-    fresh: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_size: int | None = None,
-    metric_config: MetricConfig | None = None,
-    allow_pickle: bool = False,
-    trust_remote_code: bool = False,
     token: str | None = None,
     ray_address: str | None = None,
     use_ray: bool | None = None,
@@ -411,6 +402,8 @@ def sweep(
     card: str = "none",
     dry_run: bool = False,
     progress: bool = True,
+    request: AuditRequest | None = None,
+    **options,
 ) -> SweepResult:
     """Audit many models: every model x every spec x its forget set, on Ray, into one results store, a
     report per model and a leaderboard.
@@ -420,16 +413,10 @@ def sweep(
             :class:`SweepEntry`.
         search: instead of ``models``, a Hub query (``"tag=unlearning,base_model=org/x"``, see
             :func:`parse_search`); the query and the commits it resolved to go into ``sweep.json``.
-        reference, forget, specs, threshold, alpha, metrics, auc_retrain, batch_size, metric_config,
-            allow_pickle, trust_remote_code, token: as in :func:`hubaudit.audit`, the default of every model
-            (a models-file line may name its own reference and forget set).
+        reference, forget, token: as in :func:`hubaudit.audit`, the default of every model (a models-file line
+            may name its own reference and forget set).
         out: the folder for ``leaderboard.parquet``, ``leaderboard.md``, ``sweep.json`` and ``reports/``.
         store: the results store (default: the audit's default file); only this process writes it.
-        fresh: recompute every cell.
-        device: ``auto`` (a GPU per model when the Ray cluster has GPUs), ``cpu`` or ``cuda``.
-        dtype: the compute dtype, as in :func:`hubaudit.audit`. With ``auto`` the driver plans the dtype
-            from the device type and the checkpoint (the store key) by its own hardware; on a cluster
-            whose workers differ from the driver, give it (``bfloat16``) so plan and workers agree.
         ray_address: a Ray cluster (``auto``, ``ray://head:10001``); default: a local Ray on this machine.
         use_ray: False runs everything in this process; None uses Ray when it is installed.
         num_cpus: CPUs of the local Ray (default: all).
@@ -438,6 +425,12 @@ def sweep(
         card: ``pr`` opens (or updates) a pull request with each Hub model's card; ``none`` (default).
         dry_run: resolve the models and write the plan (``sweep.json``), compute nothing.
         progress: a progress bar over cells.
+        request: the audit's parameters (:class:`~hubaudit.plan.AuditRequest`), the same for every model; or its
+            fields as keywords (``specs``, ``threshold``, ``alpha``, ``metrics``, ``fresh``, ...), as for
+            :func:`hubaudit.audit`. ``device``: ``auto`` (a GPU per model when the Ray cluster has GPUs),
+            ``cpu`` or ``cuda``; ``dtype``: with ``auto`` the driver plans the dtype from the device type and
+            the checkpoint (the store key) by its own hardware; on a cluster whose workers differ from the
+            driver, give it (``bfloat16``) so plan and workers agree.
 
     Returns:
         A :class:`SweepResult`.
@@ -446,19 +439,11 @@ def sweep(
         HubauditError: a wrong input (models file, spec, search), before any work.
     """
     t0 = time.perf_counter()
-    spec_list = [str(s) for s in parse_specs(specs)]
-    if not threshold >= 0:
-        raise HubauditError(f"--threshold must be a number of points >= 0, got {threshold}")
-    if not 0 < alpha < 1:
-        raise HubauditError(f"--alpha must be between 0 and 1 (exclusive), got {alpha}")
+    req = AuditRequest.of(request, options)
     if card not in ("none", "pr"):
         raise HubauditError(f"--card must be none or pr for a sweep, got {card}")
     if max_retries < 0:
         raise HubauditError(f"--max-retries must be >= 0, got {max_retries}")
-    from .modeling import DTYPE_CHOICES
-
-    if dtype not in DTYPE_CHOICES:
-        raise HubauditError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got '{dtype}'")
     query, resolved = None, None
     if search is not None:
         if models:
@@ -477,15 +462,15 @@ def sweep(
     from .report import check_out_dir
 
     out = check_out_dir(out)
-    cfg = metric_config or MetricConfig()
+    specs = resolve_specs(req, token=token)  # once, on the driver: a file: artifact pinned, carried to the cells
     result_store = ResultStore(store)
     ray = None
     started_ray = False
     try:
         if ray_address and use_ray is not False:  # a cluster: its GPUs decide where the models run
             ray, started_ray = _start_ray(ray_address, num_cpus)
-        if device != "auto":
-            unit_device = device
+        if req.device != "auto":
+            unit_device = req.device
         elif ray is not None:
             unit_device = "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
         else:  # the local Ray runs on this machine: its devices are ours
@@ -493,14 +478,12 @@ def sweep(
 
             unit_device = resolve_device("auto")
         gpus = gpus_per_model if gpus_per_model is not None else (1 if unit_device == "cuda" else 0)
-        run = _Sweep(entries, reference=reference, forget=forget, specs=spec_list, threshold=threshold, alpha=alpha,
-                     metrics=metrics, auc_retrain=auc_retrain, out=out, store=result_store, fresh=fresh,
-                     device=unit_device, batch_size=batch_size, cfg=cfg, allow_pickle=allow_pickle,
-                     trust_remote_code=trust_remote_code, token=token, ray=ray, gpus=gpus, cpus=cpus_per_model,
-                     max_retries=max_retries, card=card, progress=progress, dtype=dtype)
+        run = _Sweep(entries, req, specs, reference=reference, forget=forget, out=out, store=result_store,
+                     device=unit_device, token=token, ray=ray, gpus=gpus, cpus=cpus_per_model,
+                     max_retries=max_retries, card=card, progress=progress)
         run.plan()
         meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "query": query,
-                "resolved": resolved, "specs": spec_list, "device": unit_device, "ray_address": ray_address,
+                "resolved": resolved, "specs": [str(s) for s in specs], "device": unit_device, "ray_address": ray_address,
                 "models": run.describe()}
         (out / "sweep.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         if dry_run:
@@ -528,19 +511,18 @@ def sweep(
 class _Sweep:
     """The driver's state: the plan, what is pending, and what came back."""
 
-    def __init__(self, entries, *, reference, forget, specs, threshold, alpha, metrics, auc_retrain, out, store,
-                 fresh, device, batch_size, cfg, allow_pickle, trust_remote_code, token, ray, gpus, cpus,
-                 max_retries, card, progress, dtype="auto"):
-        self.entries, self.reference, self.forget, self.specs = entries, reference, forget, specs
-        self.threshold, self.alpha, self.metric_names, self.auc_retrain = threshold, alpha, metrics, auc_retrain
-        self.out, self.store, self.fresh, self.device, self.batch_size = out, store, fresh, device, batch_size
-        self.cfg, self.allow_pickle, self.trust_remote_code, self.token = cfg, allow_pickle, trust_remote_code, token
+    def __init__(self, entries, request: AuditRequest, specs: list, *, reference, forget, out, store, device, token,
+                 ray, gpus, cpus, max_retries, card, progress):
+        self.entries, self.request, self.specs = entries, request, specs  # specs: resolved (typed) once
+        self.reference, self.forget, self.out, self.store = reference, forget, out, store
+        self.device, self.token = device, token  # the device the workers compute on (request.device resolved)
+        self.cfg, self.fresh, self.dtype = request.metric_config, request.fresh, request.dtype
         self.ray, self.gpus, self.cpus, self.max_retries, self.card = ray, gpus, cpus, max_retries, card
-        self.progress, self.dtype = progress, dtype
+        self.progress = progress
         self.rows: list[SweepRow] = []
         self.audits: list[dict] = []  # per row: model, reference (PlannedModel), fs, metrics, reference_note
         self.cells: dict[tuple, CellResult] = {}  # (identity, fs hash, spec) -> finished cell
-        self.todo: dict[tuple, dict] = {}  # (identity, fs hash) -> {"model": PlannedModel, "fs":, "specs": [...]}
+        self.todo: dict[tuple, dict] = {}  # (identity, fs hash) -> {"model": PlannedModel, "fs":, "specs": [typed]}
         self._lookups: dict[str, Auditor] = {}
         self.stats = {"models": 0, "cells": 0, "reused_cells": 0, "computed_cells": 0, "error_cells": 0,
                       "skipped_cells": 0, "worker_restarts": 0, "workers": 0}
@@ -550,8 +532,9 @@ class _Sweep:
         key = ("public", text.text) if getattr(text, "public", False) else text  # never the operator's copy
         if key not in cache:
             try:
-                cache[key] = plan_model(text, device=self.device, token=self.token, allow_pickle=self.allow_pickle,
-                                        trust_remote_code=self.trust_remote_code, dtype=self.dtype)
+                cache[key] = plan_model(text, device=self.device, token=self.token,
+                                        allow_pickle=self.request.allow_pickle,
+                                        trust_remote_code=self.request.trust_remote_code, dtype=self.dtype)
             except HubauditError as e:
                 cache[key] = e
         if isinstance(cache[key], HubauditError):
@@ -572,7 +555,7 @@ class _Sweep:
             try:
                 if fsrc not in sets:
                     fs = load_forget_set(fsrc)
-                    sets[fsrc] = (fs, fs.content_hash(), [m.name for m in resolve_metrics(self.metric_names, fs)])
+                    sets[fsrc] = (fs, fs.content_hash(), [m.name for m in resolve_metrics(self.request.metrics, fs)])
                 fs, fs_hash, metric_names = sets[fsrc]
                 m = self._planned(e.model, models)
                 row.sha, row.card = m.revision, m.card
@@ -592,19 +575,23 @@ class _Sweep:
                         note = str(err)
                 audit.update(model=m, reference=ref, fs=fs, fs_hash=fs_hash, metrics=metric_names, note=note)
                 for who in [m] + ([ref] if ref is not None else []):
-                    for spec in [FULL_PRECISION, *self.specs]:
+                    for spec in self._specs_of(who is m):
                         self._need(who, fs, fs_hash, metric_names, spec)
             except HubauditError as err:
                 row.status, row.reason = "error", str(err)
         self.stats["models"] = len(self.rows)
 
+    def _specs_of(self, audited: bool) -> list:
+        """Full precision and every spec for the audited model; for its original, not a published build (file:)."""
+        return [FULL_PRECISION, *(s for s in self.specs if audited or not is_artifact(s))]
+
     def _need(self, who: PlannedModel, fs, fs_hash, metric_names, spec) -> None:
-        key = (who.identity, fs_hash, spec)
+        key = (who.identity, fs_hash, str(spec))
         if key in self.cells or spec in self.todo.get(key[:2], {}).get("specs", ()):
             return
         if fs_hash not in self._lookups:  # one per forget set (an Auditor hashes its set once)
             self._lookups[fs_hash] = Auditor(fs, self.cfg, self.store, self.fresh)
-        found = self._lookups[fs_hash].lookup(_Plan("model", who, spec, resolve_metrics(metric_names, fs)))
+        found = self._lookups[fs_hash].lookup(Cell("model", who, spec, resolve_metrics(metric_names, fs)))
         self.stats["cells"] += 1
         if found is not None:
             self.cells[key] = found
@@ -647,8 +634,8 @@ class _Sweep:
     def _worker_args(self, t: dict) -> tuple:
         m = t["model"]
         known = [] if self.fresh else self.store.records(m.identity, t["fs_hash"])
-        return (m.load, m.identity, self.device, t["fs"], t["metrics"], self.cfg, self.batch_size, self.allow_pickle,
-                self.trust_remote_code, known, self.dtype)
+        return (m.load, m.identity, self.device, t["fs"], t["metrics"], self.cfg, self.request.batch_size,
+                self.request.allow_pickle, self.request.trust_remote_code, known, self.dtype)
 
     def execute(self) -> None:
         total = sum(len(t["specs"]) for t in self.todo.values())
@@ -670,7 +657,7 @@ class _Sweep:
         for (ident, fs_hash), t in self.todo.items():
             worker = None
             for spec in t["specs"]:
-                key = (ident, fs_hash, spec)
+                key = (ident, fs_hash, str(spec))
                 if bar:
                     bar.set_postfix_str(f"{t['model'].name} {spec}")
                 try:
@@ -701,7 +688,7 @@ class _Sweep:
             self.stats["workers"] += 1
             pending[actor.pid.remote()] = (None, group)  # its first process: a later one is a restart
             for spec in t["specs"]:  # one actor runs its calls in order: full precision first
-                pending[actor.cell.remote(spec)] = ((*group, spec), group)
+                pending[actor.cell.remote(spec)] = ((*group, str(spec)), group)
         try:
             self._collect(pending, actors, bar)
         finally:  # interrupted, or done: no worker outlives the sweep
@@ -754,15 +741,16 @@ class _Sweep:
             for role, who in (("model", m), ("reference", ref)):
                 if who is None:
                     continue
-                for spec in [FULL_PRECISION, *self.specs]:
-                    cells.append(replace(self.cells[(who.identity, fs_hash, spec)], role=role))
+                for spec in self._specs_of(role == "model"):
+                    cells.append(replace(self.cells[(who.identity, fs_hash, str(spec))], role=role))
             base = cells[0]
             if base.status != "ok":
                 row.status, row.reason = "error", f"the model could not be evaluated: {base.reason}"
                 continue
             report = build_report(cells, src=m, ref=ref, ret=None, fs=fs,
-                                  metric_objs=resolve_metrics(a["metrics"], fs), cfg=self.cfg, specs=self.specs,
-                                  threshold=self.threshold, alpha=self.alpha, auc_retrain=self.auc_retrain,
+                                  metric_objs=resolve_metrics(a["metrics"], fs), cfg=self.cfg,
+                                  specs=[str(s) for s in self.specs], threshold=self.request.threshold,
+                                  alpha=self.request.alpha, auc_retrain=self.request.auc_retrain,
                                   store=self.store, fresh=self.fresh, reference_note=a["note"],
                                   chat_template=(self.store.get(m.identity, FULL_PRECISION, fs_hash, *_chat_key(self.cfg))
                                                  or {}).get("value"),

@@ -74,12 +74,15 @@ def run_job(job: dict) -> None:
     from hubaudit import audit as run_audit
     from hubaudit.forget import load_forget_set
     from hubaudit.metrics import resolve_metrics
+    from hubaudit.plan import AuditRequest
 
     jid, inp = job["id"], job["inputs"]
     job_dir = DATA / "jobs" / jid
     webhook = job["kind"] == "webhook"
     token = space_token() if webhook else False  # visitors' audits read public repos only
     try:
+        # the audit's parameters, checked before anything is fetched: the plan audit() makes its cells from
+        request = AuditRequest(specs=inp["specs"], threshold=float(inp["threshold"]), device=DEVICE)
         if webhook and only_card_changed(inp["repo"], inp.get("old_sha"), inp["sha"], token):
             store.finish(jid, "skipped", message="only the model card changed since the last audited commit")
             return
@@ -102,8 +105,7 @@ def run_job(job: dict) -> None:
             reference = webhook_reference(inp["repo"], inp["sha"])
         report = run_audit(
             inp["model"], reference=reference,
-            forget=fs, specs=inp["specs"], threshold=float(inp["threshold"]), out=job_dir / "report",
-            store=RESULTS, device=DEVICE, token=token,
+            forget=fs, request=request, out=job_dir / "report", store=RESULTS, token=token,
             progress=JobProgress(jid, totals, deadline=time.monotonic() + JOB_TIMEOUT_S),
             on_cell=lambda cell: store.add_cell(jid, _cell_json(cell)),
         )

@@ -1,4 +1,4 @@
-"""Imports point down: faces (cli, action, demo, space) -> workflows (sweep, unlearn) -> audit (audit, card,
+"""Imports point down: faces (cli, action, demo, space) -> workflows (sweep, unlearn) -> audit (audit, plan, verdict, card,
 leaderboard, detect, then report) -> attacks / metrics -> forget -> source -> small helpers. A module may
 import its own package and anything below it; never a package above, nor a peer on its own level (attacks and
 metrics know nothing of each other). Read from the source with ``ast`` (imports inside functions and under
@@ -18,6 +18,8 @@ LAYERS = [
     ("sweep", 80, ("hubaudit.sweep",), False),
     ("unlearn", 80, ("hubaudit.unlearn",), False),
     ("audit", 70, ("hubaudit.audit",), False),
+    ("plan", 68, ("hubaudit.plan",), False),
+    ("verdict", 67, ("hubaudit.verdict",), False),
     ("card", 65, ("hubaudit.card",), False),
     ("leaderboard", 65, ("hubaudit.leaderboard",), False),
     ("detect", 65, ("hubaudit.detect",), False),

@@ -51,10 +51,13 @@ PACKAGES = ("hubaudit.quant", "hubaudit.attacks")  # every module in these regis
 @dataclass(frozen=True)
 class AttackSpec:
     """A parsed spec string: the attack's name (``backend``) and its positional ``args``
-    (``rtn:4:g128`` -> rtn, (4, g128))."""
+    (``rtn:4:g128`` -> rtn, (4, g128)); ``resolved``: what :meth:`Attack.resolve` pinned for it (a ``file:``
+    spec's :class:`~hubaudit.quant.artifact.Artifact`), carried with the spec to the cell that runs it (not part
+    of its equality: the text names the cell)."""
 
     backend: str
     args: tuple[str, ...] = ()
+    resolved: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def parse(cls, text: str) -> "AttackSpec":
@@ -147,12 +150,24 @@ class Attack:
                 pass
         return out
 
-    def prepare(self, spec: AttackSpec, source: "ModelSource", **kw) -> list[str]:
-        """Called by the audit before any model is loaded, with the audited model's source (and ``token``,
-        ``all_files``, ``allow_pickle``): find and check what the spec needs, raising a
-        :class:`~hubaudit.errors.HubauditError` for what a user must fix. Returns the specs this one stands
-        for (itself; ``file:`` with ``--all-files``: one per GGUF file)."""
-        return [str(spec)]
+    def resolve(self, spec: AttackSpec, *, token: str | None = None, all_files: bool = False,
+                allow_pickle: bool = False) -> list[AttackSpec]:
+        """Called once per audit or sweep when its plan is made, before any model is loaded: find and pin what
+        the spec needs (a ``file:`` artifact: its file hash or Hub commit, in :attr:`AttackSpec.resolved`),
+        raising a :class:`~hubaudit.errors.HubauditError` for what a user must fix. Returns the specs this one
+        stands for (itself; ``file:`` with ``--all-files``: one per GGUF file)."""
+        return [spec]
+
+    def check(self, spec: AttackSpec, source: "ModelSource") -> None:
+        """Check a resolved spec against the audited model (config and tokenizer; no weights loaded), raising a
+        :class:`~hubaudit.errors.HubauditError`; the default checks nothing."""
+
+    def prepare(self, spec: AttackSpec, source: "ModelSource", **kw) -> list[AttackSpec]:
+        """:meth:`resolve`, then :meth:`check` of each resolved spec against ``source``."""
+        out = self.resolve(spec, **kw)
+        for s in out:
+            self.check(s, source)
+        return out
 
     def identity(self, spec: AttackSpec) -> str | None:
         """What pins the cell's weights beyond the spec text (a published artifact's file hash or commit),

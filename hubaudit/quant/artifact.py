@@ -40,7 +40,7 @@ import hashlib
 import json
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,9 +73,9 @@ class Artifact:
     commit: str | None = None
     requested_revision: str | None = None
     metadata: dict = field(default_factory=dict)
+    checked_for: str | None = None  # the identity of the model :func:`check` last accepted it for
 
 
-_RESOLVED: dict[str, Artifact] = {}  # spec text -> its artifact, as resolved for the current audit
 _FILE_HASHES: dict[tuple, str] = {}  # (path, size, mtime) -> sha256
 
 
@@ -177,7 +177,7 @@ def resolve(target: str, *, token: str | None = None, allow_pickle: bool = False
                 raise ArtifactError(f"file:{target} is not a .gguf file; file: takes a GGUF file or a pre-quantized "
                                     "model folder (config.json with a quantization_config)")
             _refuse_split(path.name, target)
-            return Artifact(target, "gguf", path.parent, path.name, f"sha256:{file_sha256(path)}")
+            return Artifact(target, "gguf", path.parent.resolve(), path.name, f"sha256:{file_sha256(path)}")
         if not (path / "config.json").is_file():
             names = _gguf_names([str(p.relative_to(path)) for p in path.rglob("*.gguf")])
             if len(names) == 1:
@@ -193,7 +193,7 @@ def resolve(target: str, *, token: str | None = None, allow_pickle: bool = False
             raise ArtifactError(f"file:{target}: {e}") from None
         from ..modeling import content_hash
 
-        return Artifact(target, "pretrained", path, None, f"content:{content_hash(path)}")
+        return Artifact(target, "pretrained", path.resolve(), None, f"content:{content_hash(path)}")
     repo, path_in_repo, rev = _hub_parts(target)
     files, sha = _hub_files(repo, rev, token)
     offline = files is None
@@ -409,6 +409,7 @@ def check(art: Artifact, src: "ModelSource") -> None:
     if art.filename:
         meta["file"] = art.filename
     art.metadata = meta
+    art.checked_for = getattr(src, "identity", None)
 
 
 def _check_tokens(target: str, tokens: list[str], src: "ModelSource") -> None:
@@ -419,6 +420,13 @@ def _check_tokens(target: str, tokens: list[str], src: "ModelSource") -> None:
         if tokens[i] != ours[i]:
             raise ArtifactError(f"file:{target} has another tokenizer than the audited model (token {i} is {tokens[i]!r} "
                                 f"there and {ours[i]!r} here): an artifact must be a build of the audited model")
+
+
+def _artifact(spec: QuantSpec) -> Artifact:
+    if not isinstance(spec.resolved, Artifact):
+        raise ArtifactError(f"{spec} was not resolved; a file: spec is resolved once when the audit's plan is made "
+                            "(hubaudit.plan.resolve_specs)")
+    return spec.resolved
 
 
 # -- the backend ----------------------------------------------------------------------------------------
@@ -454,26 +462,27 @@ class FileBackend(Backend):
                 pass
         return out
 
-    def prepare(self, spec: QuantSpec, source: "ModelSource", *, token: str | None = None, all_files: bool = False,
-                allow_pickle: bool = False) -> list[str]:
-        """Resolve, pin and check the artifact (and, with ``all_files``, every GGUF file of a repository)."""
-        out = []
-        for target in expand(target_of(spec), all_files=all_files, token=token):
-            art = resolve(target, token=token, allow_pickle=allow_pickle)
-            check(art, source)
-            text = f"file:{target}"
-            _RESOLVED[text] = art
-            out.append(text)
-        return out
+    def resolve(self, spec: QuantSpec, *, token: str | None = None, all_files: bool = False,
+                allow_pickle: bool = False) -> list[QuantSpec]:
+        """Find and pin the artifact (and, with ``all_files``, every GGUF file of a repository): one spec each,
+        carrying its :class:`Artifact`."""
+        return [replace(QuantSpec.parse(f"file:{target}"), resolved=resolve(target, token=token, allow_pickle=allow_pickle))
+                for target in expand(target_of(spec), all_files=all_files, token=token)]
+
+    def check(self, spec: QuantSpec, source: "ModelSource") -> None:
+        """Refuse an artifact that is not a loadable build of the audited model (fills its metadata)."""
+        check(_artifact(spec), source)
 
     def identity(self, spec: QuantSpec) -> str | None:
-        art = _RESOLVED.get(str(spec))
-        return art.identity if art is not None else None
+        return spec.resolved.identity if isinstance(spec.resolved, Artifact) else None
 
     def quantize(self, source: "ModelSource", spec: QuantSpec):
-        art = _RESOLVED.get(str(spec))
-        if art is None:
-            raise ArtifactError(f"{spec} was not resolved before the audit (hubaudit.audit does it)")
+        art = _artifact(spec)
+        if art.repo_id and art.commit and not (art.folder / (art.filename or "config.json")).is_file():
+            # resolved on another machine (a sweep's driver, its worker on a cluster node): fetched here at its commit
+            art = resolve(f"{art.target.partition('@')[0]}@{art.commit}", allow_pickle=source.allow_pickle)
+        if not art.metadata or art.checked_for != source.identity:  # (a sweep's worker) before anything is loaded
+            check(art, source)
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 

@@ -189,13 +189,6 @@ def tensor_types(tensors: list[tuple[str, str, int]], ftype: str, pure: bool = F
 # -- llama.cpp's reference k-quant quantizers, vectorised over blocks ----------------------------------------
 
 
-def _f16(x: "np.ndarray") -> "np.ndarray":
-    """GGML_FP32_TO_FP16 then back to float32 (round to nearest even)."""
-    import numpy as np
-
-    return x.astype(np.float16).astype(np.float32)
-
-
 def _seqsum(a):
     """Row sums accumulated left to right in float32, as the C loops do (numpy's sum is pairwise, which
     rounds differently and flips near-ties in the searches below)."""
