@@ -168,6 +168,29 @@ class PlannedModel:
         self._stored, self.weight_bytes, self.card = stored_dtype, weight_bytes, card
         self.path, self.repo_id, self.revision, self.snapshot = path, repo_id, revision, None
         self.public = False  # a card's base_model: resolved and loaded with token=False only
+        self._token: str | bool | None = None  # what the tokenizer's files are fetched with (never shown)
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        """The model's tokenizer, for the metrics whose store key hashes a rendered prompt (TOFU, WMDP): read
+        from the folder, or only the tokenizer's files of the pinned Hub commit (no weights)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from .errors import ModelLoadError
+
+            folder = self.path
+            try:
+                if not folder:
+                    from huggingface_hub import snapshot_download
+
+                    folder = snapshot_download(self.repo_id, revision=self.revision, allow_patterns=list(TOKENIZER_FILES),
+                                               token=False if self.public else self._token)
+                self._tokenizer = AutoTokenizer.from_pretrained(folder)
+            except Exception as e:  # noqa: BLE001 - any tokenizer failure is the model's
+                raise ModelLoadError(f"model '{self.name}': cannot load its tokenizer ({type(e).__name__}: {e})") from None
+        return self._tokenizer
 
     def compute_dtype(self):
         import torch
@@ -187,6 +210,10 @@ class PlannedModel:
 
         return estimate_memory_bytes(self.weight_bytes, self._stored, self.compute_dtype().itemsize, 2)
 
+
+# The files a tokenizer is read from (config.json: AutoTokenizer may need the model type)
+TOKENIZER_FILES = ("config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
+                   "chat_template*")
 
 _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
@@ -237,6 +264,7 @@ def plan_model(text, *, device: str, token: str | None = None, allow_pickle: boo
                            device=device, stored_dtype=stored, weight_bytes=weights, card=card, repo_id=ref.repo_id,
                            revision=info.sha, dtype=dtype)
     planned.public = ref.public
+    planned._token = token
     return planned
 
 

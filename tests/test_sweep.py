@@ -250,3 +250,26 @@ def test_models_file_lines():
                                             SweepEntry("org/b", None, "tofu-forget01")]
     finally:
         os.unlink(f.name)
+
+
+@pytest.mark.slow
+def test_a_sweep_with_tofu_metrics_keys_their_prompts_by_the_models_tokenizer(tmp_path):
+    """TOFU metrics key stored cells by a rendered prompt, which needs the model's tokenizer: the sweep's driver
+    plans models without loading them, and reads only the tokenizer (it crashed with an AttributeError)."""
+    from factories import write_rows
+    from hubaudit.sweep import plan_model, sweep
+    from qa_world import qa_models, tofu_rows
+
+    forget, retain = tofu_rows()
+    folder = tmp_path / "tofu"
+    write_rows(folder / "tofu/forget.json", forget)
+    write_rows(folder / "tofu/retain.json", retain)
+    model = qa_models()["known"]
+    planned = plan_model(str(model), device="cpu")
+    assert planned.tokenizer("Where was the author born?")["input_ids"]
+    models = tmp_path / "models.txt"
+    models.write_text(f"{model} none\n")
+    res = sweep(models, forget=str(folder), specs="rtn:8", metrics="tofu_prob_f", store=tmp_path / "store.sqlite",
+                out=tmp_path / "out", use_ray=False, progress=False)
+    (row,) = res.rows
+    assert row.status == "ok", row.reason
