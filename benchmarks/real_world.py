@@ -61,6 +61,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))  # tests/assets.py: SmolLM2 from its wheel, the sha256 check
 QA_FILE = HERE / "data" / "lee_news_qa.json"
 RESULTS = HERE / "results" / "real_world.json"
 
@@ -125,11 +126,9 @@ def say(msg: str) -> None:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    from assets import _sha256 as sha256  # tests/assets.py: the same check as the SmolLM2 wheel's
+
+    return sha256(path)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -45,6 +45,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_dedup ON jobs(dedup) WHERE dedup IS NOT N
 """
 
 
+def _insert_queued(c: sqlite3.Connection, job_id: str, kind: str, inputs: dict, now: float, dedup: str | None) -> None:
+    """Insert one queued job at the end of the queue (inside the caller's transaction)."""
+    seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+    c.execute("INSERT INTO jobs (id, seq, kind, inputs, state, created, updated, dedup) VALUES (?,?,?,?,?,?,?,?)",
+              (job_id, seq, kind, json.dumps(inputs), "queued", now, now, dedup))
+
+
 class JobStore:
     """Thread-safe access to the jobs table (one connection per call; WAL, so readers never wait)."""
 
@@ -106,9 +113,7 @@ class JobStore:
                 if mine >= limit:
                     c.execute("COMMIT")
                     return None, mine
-                seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
-                c.execute("INSERT INTO jobs (id, seq, kind, inputs, state, created, updated, dedup) "
-                          "VALUES (?,?,?,?,?,?,?,?)", (job_id, seq, kind, json.dumps(inputs), "queued", now, now, None))
+                _insert_queued(c, job_id, kind, inputs, now, None)
                 c.execute("COMMIT")
             finally:
                 c.close()
@@ -129,9 +134,7 @@ class JobStore:
                     if row is not None:
                         c.execute("COMMIT")
                         return row["id"], False
-                seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
-                c.execute("INSERT INTO jobs (id, seq, kind, inputs, state, created, updated, dedup) "
-                          "VALUES (?,?,?,?,?,?,?,?)", (job_id, seq, kind, json.dumps(inputs), "queued", now, now, key))
+                _insert_queued(c, job_id, kind, inputs, now, key)
                 c.execute("COMMIT")
             finally:
                 c.close()
