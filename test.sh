@@ -18,7 +18,7 @@ while [ "$#" -gt 0 ]; do
   esac
 done
 export HUBAUDIT_STRICT_LOCK="${HUBAUDIT_STRICT_LOCK:-1}"
-source scripts/venv.sh "test,quant,space,sweep"
+source scripts/venv.sh "test,quant,space,sweep,attacks,docs"
 source scripts/chromium.sh
 "$VENV/bin/python" -c "import transformers, torch; print(f'hubaudit tests: {\"$VENV\".rsplit(\"/\", 1)[-1]}, transformers {transformers.__version__}, torch {torch.__version__}')"
 exec "$VENV/bin/python" -m pytest ${args[@]+"${args[@]}"}

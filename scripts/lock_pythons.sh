@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Check that requirements/lock.txt (with every extra) resolves on each Python the two commands accept
-# (3.11, 3.12, 3.13; Linux x86_64), to exactly the locked versions: uv resolves hubaudit[test,quant,space,sweep]
+# (3.11, 3.12, 3.13; Linux x86_64), to exactly the locked versions: uv resolves hubaudit[test,quant,space,sweep,attacks,docs]
 # under the lock as constraints for each Python (a dry run: nothing is installed, no Python of that version
 # is needed), and every package it picks must be pinned in the lock (a package only some Python needs gets a
 # pin with a marker, such as `audioop-lts==0.2.2 ; python_version >= "3.13"`). CUDA-only packages of torch's
@@ -16,7 +16,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 python3 -m pip install -q --disable-pip-version-check --target "$tmp/uv" "uv==$UV_VERSION" >/dev/null
 python3 "$ROOT/scripts/constraints.py" write "$tmp/lock.txt"
-echo "hubaudit[test,quant,space,sweep] @ file://$ROOT" > "$tmp/req.in"
+echo "hubaudit[test,quant,space,sweep,attacks,docs] @ file://$ROOT" > "$tmp/req.in"
 fail=0
 for v in "${pythons[@]}"; do
   if ! (cd "$tmp" && "$tmp/uv/bin/uv" pip compile --no-config --quiet --python-version "$v" \
