@@ -420,7 +420,8 @@ def records_of(name: str, kind: str, rep: dict, context: dict) -> list[dict]:
             "model": name, "kind": kind, "spec": spec, "status": cell["status"],
             "metrics": {k: round(x, 3) for k, x in (cell.get("metrics") or {}).items() if isinstance(x, (int, float))},
             "retained": {m: {"value": r["value"], "ci": r["ci"], "n": r["n"], "target": r["original"]} for m, r in ret.items()},
-            "change": {m: {k: c.get(k) for k in ("delta", "ci", "up", "down", "p", "p_holm") if k in c} for m, c in ch.items()},
+            "change": {m: {k: c.get(k) for k in ("mean", "ci", "n", "up", "down", "ties", "p", "p_holm") if k in c}
+                       for m, c in ch.items()},
             "verdict": v["label"], "verdict_summary": v.get("summary"),
             **context,
         })
