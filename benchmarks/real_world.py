@@ -428,6 +428,54 @@ def records_of(name: str, kind: str, rep: dict, context: dict) -> list[dict]:
     return out
 
 
+def update_vs_step(target: Path, model: Path, specs=((8, None), (4, 128), (4, None))) -> dict:
+    """How big the unlearning update is against the quantization step: over every quantized Linear weight of
+    the decoder layers, the share of weights the update changed at all, the mean |update| / step, and the
+    share whose round-to-nearest bin differs from ``target``'s, per spec (bits, group) and per layer. When the
+    update is far below half a step, quantization rounds most of it away: the paper's mechanism."""
+    import torch
+
+    from hubaudit.demo.world import _load
+    from hubaudit.quant.rtn import _groups, rtn_step
+
+    a, b = _load(target, torch.float32), _load(model, torch.float32)
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    out: dict = {}
+    for bits, g in specs:
+        key = f"rtn:{bits}" + (f":g{g}" if g else "")
+        per_layer: dict[int, list[float]] = {}
+        tot = {"n": 0, "changed": 0, "ratio": 0.0, "moved": 0}
+        for name, wa in pa.items():
+            if wa.dim() != 2 or ".layers." not in name:
+                continue
+            wb = pb[name].detach()
+            wa = wa.detach()
+            d = rtn_step(wa, bits, g)
+            if g:
+                ka = torch.round(_groups(wa, g) / d)
+                kb = torch.round(_groups(wb, g) / d)
+                ratio = ((_groups(wb, g) - _groups(wa, g)).abs() / d).sum().item()
+            else:
+                ka, kb = torch.round(wa / d), torch.round(wb / d)
+                ratio = ((wb - wa).abs() / d).sum().item()
+            n, changed, moved = wa.numel(), int((wb != wa).sum()), int((ka != kb).sum())
+            layer = int(name.split(".layers.")[1].split(".")[0])
+            acc = per_layer.setdefault(layer, [0, 0, 0.0, 0])
+            for i, x in enumerate((n, changed, ratio, moved)):
+                acc[i] += x
+            tot["n"] += n
+            tot["changed"] += changed
+            tot["ratio"] += ratio
+            tot["moved"] += moved
+        out[key] = {"changed_share": round(tot["changed"] / tot["n"], 5),
+                    "mean_update_over_step": round(tot["ratio"] / tot["n"], 5),
+                    "bin_moved_share": round(tot["moved"] / tot["n"], 6),
+                    "per_layer": {str(k): {"changed_share": round(v[1] / v[0], 5),
+                                           "mean_update_over_step": round(v[2] / v[0], 5),
+                                           "bin_moved_share": round(v[3] / v[0], 6)} for k, v in sorted(per_layer.items())}}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The table
 # ------------------------------------------------------------------------------------------------------------
@@ -487,6 +535,22 @@ def render_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_updates(updates: dict) -> str:
+    """The size of each model's update against the RTN step: changed weights, mean |update| / step, and the
+    share of weights whose bin moved (all decoder-layer matrices)."""
+    if not updates:
+        return ""
+    specs = list(next(iter(updates.values())))
+    lines = ["**The unlearning update against the quantization step (decoder-layer matrices; vs target)**", "",
+             "| model | weights changed | " + " | ".join(f"mean \\|update\\| / step, bin moved ({s})" for s in specs) + " |",
+             "|---|---|" + "---|" * len(specs)]
+    for name, u in updates.items():
+        first = next(iter(u.values()))
+        lines.append(f"| {name} | {first['changed_share'] * 100:.2f}% | " + " | ".join(
+            f"{u[s]['mean_update_over_step']:.4f}, {u[s]['bin_moved_share'] * 100:.3f}%" for s in specs) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The command
 # ------------------------------------------------------------------------------------------------------------
@@ -523,7 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     out_json = args.out or (cache / "real_world.json" if args.smoke else
                             RESULTS.with_name("real_world_medium.json") if args.medium else RESULTS)
     if args.render:
-        print(render_table(json.loads(out_json.read_text())["records"]))
+        doc = json.loads(out_json.read_text())
+        print(render_table(doc["records"]))
+        print(render_updates(doc.get("update_vs_step") or {}))
         return 0
 
     import torch
@@ -623,13 +689,19 @@ def main(argv: list[str] | None = None) -> int:
         timings[f"audit {name}"] = round(time.perf_counter() - t, 1)
         fp = next((r for r in recs if r["spec"] == "fp"), {})
         say(f"[{k}/{steps}] {name}: fp {fp.get('metrics')} verdict {fp.get('verdict')}")
+    updates = {}
+    for name, kind in zoo:
+        if name not in ("base", "target", "retain-only") and name in folders:
+            say(f"{name}: the update against the quantization step")
+            updates[name] = update_vs_step(target, folders[name])
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"about": "benchmarks/real_world.py: SmolLM2-135M zoo on the Lee news corpus, audited against target",
+    doc = {"update_vs_step": updates, "about": "benchmarks/real_world.py: SmolLM2-135M zoo on the Lee news corpus, audited against target",
            "settings": cfg, "backends": backends, "forget_set": str(forget.name), "timings_s": timings,
            "total_s": round(time.perf_counter() - t_all, 1), "records": records}
     out_json.write_text(json.dumps(doc, indent=1))
     say(f"wrote {len(records)} records to {out_json} in {doc['total_s']:.0f} s")
     print(render_table(records))
+    print(render_updates(updates))
     return 0
 
 
