@@ -119,6 +119,7 @@ MEDIUM = {
     "holdout_articles": 20,
     "unlearn": {**FULL["unlearn"], "steps": 40, "eval_every": 10},
     "sure": ["npo_klr"],
+    "control": {**FULL["control"], "steps": 15, "batch_size": 4},
 }
 
 # The paper's figures (arXiv 2410.16454 as transcribed in ../shared/PAPER_NOTES.md; Llama-2-7B):
