@@ -62,29 +62,36 @@ DEFAULT_FRAC = 0.1
 METHODS = ("direction",)
 
 
+def parse_layer_args(spec: AttackSpec, usage: str) -> dict:
+    """``{"layer": int | None, "frac": float}`` from a white-box spec's arguments after its method
+    (``[:LAYER][:frac=F]``); ``usage`` names the spec's form in messages."""
+    out: dict = {"layer": None, "frac": DEFAULT_FRAC}
+    for a in spec.args[1:]:
+        key, eq, val = a.partition("=")
+        if eq and key != "frac":
+            raise SpecError(f"'{spec}': unknown option '{a}'; use {usage}")
+        try:
+            num = float(val) if eq else int(a)
+        except ValueError:
+            raise SpecError(f"'{spec}': '{val if eq else a}' is not a number; use {usage}") from None
+        if eq:
+            if not 0 < num <= 1:
+                raise SpecError(f"'{spec}': frac must be in (0, 1], got {val}")
+            out["frac"] = num
+        elif out["layer"] is not None:
+            raise SpecError(f"'{spec}': one layer at most; use {usage}")
+        elif num < 0:
+            raise SpecError(f"'{spec}': the layer is a 0-based decoder layer index, got {a}")
+        else:
+            out["layer"] = num
+    return out
+
+
 def parse_ablate(spec: AttackSpec) -> dict:
     """``{"layer": int | None, "frac": float}`` of an ``ablate:direction[:LAYER][:frac=F]`` spec."""
     if not spec.args or spec.args[0] not in METHODS:
         raise SpecError(f"'{spec}': use ablate:direction (optionally ablate:direction:LAYER, ablate:direction:frac=0.2)")
-    out: dict = {"layer": None, "frac": DEFAULT_FRAC}
-    for a in spec.args[1:]:
-        key, eq, val = a.partition("=")
-        try:
-            if not eq:
-                if out["layer"] is not None:
-                    raise SpecError(f"'{spec}': one layer at most")
-                out["layer"] = int(a)
-                if out["layer"] < 0:
-                    raise SpecError(f"'{spec}': the layer is a 0-based decoder layer index, got {a}")
-            elif key == "frac":
-                out["frac"] = float(val)
-                if not 0 < out["frac"] <= 1:
-                    raise SpecError(f"'{spec}': frac must be in (0, 1], got {val}")
-            else:
-                raise SpecError(f"'{spec}': unknown option '{a}'; use a layer number or frac=F")
-        except ValueError:
-            raise SpecError(f"'{spec}': '{a}' is not a number; use ablate:direction[:LAYER][:frac=F]") from None
-    return out
+    return parse_layer_args(spec, "ablate:direction[:LAYER][:frac=F]")
 
 
 def check_layer(layer: int | None, n_layers: int, spec: AttackSpec) -> None:

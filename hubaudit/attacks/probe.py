@@ -26,35 +26,15 @@ the truncated model evaluates faster than the whole one.
 from __future__ import annotations
 
 from ..errors import SpecError
-from .ablate import check_layer, pad_id
+from .ablate import check_layer, pad_id, parse_layer_args
 from .base import Attack, AttackSpec, RowsRequest, TrainingRows, register
-
-DEFAULT_FRAC = 0.1
 
 
 def parse_probe(spec: AttackSpec) -> dict:
     """``{"layer": int | None, "frac": float}`` of a ``probe:logit-lens[:LAYER][:frac=F]`` spec."""
     if not spec.args or spec.args[0] != "logit-lens":
         raise SpecError(f"'{spec}': use probe:logit-lens (optionally probe:logit-lens:LAYER, probe:logit-lens:frac=0.2)")
-    out: dict = {"layer": None, "frac": DEFAULT_FRAC}
-    for a in spec.args[1:]:
-        key, eq, val = a.partition("=")
-        try:
-            if not eq:
-                if out["layer"] is not None:
-                    raise SpecError(f"'{spec}': one layer at most")
-                out["layer"] = int(a)
-                if out["layer"] < 0:
-                    raise SpecError(f"'{spec}': the layer is a 0-based decoder layer index, got {a}")
-            elif key == "frac":
-                out["frac"] = float(val)
-                if not 0 < out["frac"] <= 1:
-                    raise SpecError(f"'{spec}': frac must be in (0, 1], got {val}")
-            else:
-                raise SpecError(f"'{spec}': unknown option '{a}'; use a layer number or frac=F")
-        except ValueError:
-            raise SpecError(f"'{spec}': '{a}' is not a number; use probe:logit-lens[:LAYER][:frac=F]") from None
-    return out
+    return parse_layer_args(spec, "probe:logit-lens[:LAYER][:frac=F]")
 
 
 def truncate(model, layers: int):
