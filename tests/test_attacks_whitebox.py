@@ -164,20 +164,27 @@ def test_logit_lens_at_the_last_layer_is_the_model_and_below_it_reads_the_layer(
 
 @pytest.fixture(scope="module")
 def shifted(tiny_world, tmp_path_factory):
-    """The demo target made to "forget" by a shift along one direction: a large constant vector added to
-    every token's embedding, so the whole residual stream is pushed along it. Nothing else changes."""
+    """The demo target made to "forget" by a shift along one direction: a bias on layer 0's ``down_proj``
+    (three times the residual stream's typical norm) pushes every token's residual stream along one random
+    vector from layer 0 on. Nothing else changes."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path_factory.mktemp("shifted")
-    model = AutoModelForCausalLM.from_pretrained(tiny_world.target, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(0)
-    emb = model.get_input_embeddings().weight
-    v = torch.randn(emb.shape[1], generator=gen)
+    cfg = AutoConfig.from_pretrained(tiny_world.target)
+    cfg.mlp_bias = True
+    model = AutoModelForCausalLM.from_pretrained(tiny_world.target, config=cfg, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_world.target)
+    ids = torch.tensor([tok("Question: who founded the city?\nAnswer: a glassmaker").input_ids])
     with torch.no_grad():
-        emb += v / v.norm() * emb.norm(dim=1).mean() * 4
+        for layer in model.model.layers:
+            for lin in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+                lin.bias.zero_()
+        scale = model(input_ids=ids, output_hidden_states=True).hidden_states[1][0, 1:].norm(dim=-1).mean()
+        v = torch.randn(cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+        model.model.layers[0].mlp.down_proj.bias.copy_(v / v.norm() * scale * 3)
     model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_world.target).save_pretrained(out)
+    tok.save_pretrained(out)
     return out
 
 

@@ -62,7 +62,7 @@ class LogitLensAttack(Attack):
     summary = ("the logit lens: the model cut at the layer that best predicts held-out forget answers, read "
                "through its final norm and lm_head")
     examples = ("probe:logit-lens", "probe:logit-lens:2")
-    noun = "the logit lens"
+    noun = "logit-lens"
     report_note = ("probe: the logit lens, the model cut at the layer (chosen on held-out forget items) that best "
                    "predicts their answers; scored on the other items")
 
