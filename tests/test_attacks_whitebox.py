@@ -203,3 +203,13 @@ def test_ablation_recovers_a_shift_along_one_direction(tiny_world, shifted, tmp_
     settings = rep.cell("model", "ablate:direction").backend["settings"]
     assert settings["held_out_loss_after"] < settings["held_out_loss_before"]
     assert rep.verdict.label == "fragile"
+
+
+def test_a_sweep_refuses_ablation_before_any_work(random_world, tmp_path):
+    from hubaudit.sweep import sweep
+
+    with pytest.raises(SpecError, match="a sweep does not pass it yet"):
+        sweep([str(random_world["model"])], reference=str(random_world["reference"]), forget=str(random_world["forget"]),
+              specs="rtn:4,ablate:direction", store=tmp_path / "s.sqlite", out=tmp_path / "out", progress=False,
+              use_ray=False)
+    assert not (tmp_path / "s.sqlite").exists()
