@@ -108,6 +108,31 @@ def test_folding_removes_the_direction_and_leaves_the_source_alone(random_world)
     assert settings["projection_share_after"] < 1e-4 < settings["projection_share_before"]
 
 
+def test_a_fold_that_misses_a_writer_falls_back_to_hooks(random_world, monkeypatch):
+    """An architecture whose sublayers write to the residual stream through modules the fold does not know
+    (here: none known but the embeddings) keeps the direction after folding; the attack sees it and
+    projects the direction out at run time instead."""
+    import torch
+
+    from hubaudit.attacks import residual
+    from hubaudit.modeling import ModelSource
+
+    monkeypatch.setattr(residual, "WRITERS", ())
+    src = ModelSource(random_world["model"], device="cpu", dtype="float32")
+    ref = ModelSource(random_world["reference"], device="cpu", dtype="float32")
+    attack, spec, rows = _rows(src, "ablate:direction:1", random_world["forget"])
+    model, settings = attack.build(src, spec, rows=rows, reference=ref)
+    assert settings["mode"] == "hooks" and settings["matrices_folded"] == 1
+    assert settings["projection_share_after"] > 1e-3
+    pad = src.tokenizer.pad_token_id
+    diff = residual.layer_means(src.model, rows.rows, pad)[0] - residual.layer_means(ref.model, rows.rows, pad)[0]
+    d = diff[1] / diff[1].norm()
+    assert residual.projection_share(model, d, rows.rows, pad) < 1e-5
+    ids = torch.tensor([src.tokenizer("the river city").input_ids])
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, src.model(input_ids=ids).logits)
+
+
 def test_the_originals_own_cell_is_its_full_precision_cell(random_world, tmp_path):
     import hubaudit
 
