@@ -1,7 +1,7 @@
 """The white-box attacks on the demo world: how much ``ablate:direction`` and ``probe:logit-lens`` bring back,
 and what each cell costs.
 
-    python benchmarks/whitebox_table.py                       # the demo world (built or reused under --out)
+    python benchmarks/whitebox_table.py                       # the demo world (built or reused: hubaudit-demo/world)
     python benchmarks/whitebox_table.py --world /tmp/demo/world --json wb.json
     python benchmarks/whitebox_table.py --size tiny           # quick
 
@@ -38,9 +38,9 @@ METRICS = "knowmem_f,verbmem_f,knowmem_r"
 MODELS = ("unlearned", "constructed", "retain_only", "shifted")
 
 
-def world_paths(world: Path | None, out: Path, size: str) -> dict[str, Path]:
+def world_paths(world: Path | None, size: str) -> dict[str, Path]:
     """The world's model folders: read from ``world``'s manifest (never rebuilt there), else built or
-    reused under ``out``."""
+    reused in ``hubaudit-demo/world`` (``world-tiny`` for the tiny size), as the other benchmarks do."""
     if world is not None:
         man = json.loads((world / "world.json").read_text())
         paths = {n: world / n for n in man["models"]}
@@ -48,7 +48,7 @@ def world_paths(world: Path | None, out: Path, size: str) -> dict[str, Path]:
         return paths
     from hubaudit.demo import build_world
 
-    w = build_world(out / f"world-{size}", size=size, progress=False)
+    w = build_world(ROOT / "hubaudit-demo" / ("world" if size == "demo" else "world-tiny"), size=size, progress=False)
     return {**w.models(), "forget": w.forget_dir}
 
 
@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--world", type=Path, help="a built demo world (its world.json is read; nothing is written there)")
     ap.add_argument("--size", default="demo", choices=("demo", "tiny"))
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "whitebox")
+    ap.add_argument("--out", type=Path, default=ROOT / "hubaudit-demo" / "whitebox",
+                    help="where the shifted control and the scratch stores go")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     import hubaudit
 
     args.out.mkdir(parents=True, exist_ok=True)
-    paths = world_paths(args.world, args.out, args.size)
+    paths = world_paths(args.world, args.size)
     paths["shifted"] = shifted(paths["target"], args.out / "shifted")
     rows = []
     for name in args.models.split(","):
