@@ -238,3 +238,24 @@ def test_a_sweep_refuses_ablation_before_any_work(random_world, tmp_path):
               specs="rtn:4,ablate:direction", store=tmp_path / "s.sqlite", out=tmp_path / "out", progress=False,
               use_ray=False)
     assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_folding_unties_a_tied_lm_head_and_keeps_the_read_out():
+    """SmolLM2-style tied embeddings: the fold changes the embedding rows but not lm_head, which reads the
+    residual stream and must keep reading it as before."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hubaudit.attacks.residual import fold_out
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    head = model.lm_head.weight.detach().clone()
+    d = torch.randn(32)
+    d /= d.norm()
+    assert fold_out(model, d) == 1 + 2 * 2
+    assert model.lm_head.weight is not model.model.embed_tokens.weight and torch.equal(model.lm_head.weight, head)
+    assert (model.model.embed_tokens.weight @ d).abs().max() < 1e-5
+    assert not model.config.tie_word_embeddings
