@@ -500,8 +500,8 @@ def cmd_backends(args) -> int:
     print("  ".join(f"{h:<{w}}" for h, w in zip(head, widths)) + "  notes")
     for r in rows:
         print("  ".join(f"{x:<{w}}" for x, w in zip(r, widths)) + f"  {r[4]}")
-    print("\nquantization cells go in the main table of the report; pruning and training attacks (recovery attacks) "
-          "in a table of their own")
+    print("\nquantization cells go in the main table of the report; pruning, training and white-box attacks "
+          "(recovery attacks) in a table of their own")
     return EXIT_OK
 
 

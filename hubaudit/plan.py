@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .attacks import FULL_PRECISION, AttackSpec, TrainingRows, get_attack, parse_specs
-from .errors import HubauditError
+from .errors import HubauditError, SpecError
 from .forget import ForgetSet
 from .metrics import MetricConfig, evaluate
 from .metrics.base import Metric
@@ -146,6 +146,7 @@ class Cell:
     source: ModelSource
     spec: AttackSpec | str  # an AttackSpec, or FULL_PRECISION
     metrics: list[Metric]
+    reference: ModelSource | None = None  # the original, for an attack that needs one (``ablate:direction``)
 
     @property
     def text(self) -> str:
@@ -157,17 +158,35 @@ def plan_cells(specs: list[AttackSpec], metrics: list[Metric], *, model, referen
     """The cells of one audit: the audited model at full precision and under every spec; its original
     (reference) at full precision and under every spec that is a recipe (a published build, ``file:``, is a
     build of the audited model only); the retrained model at full precision on the metrics it is a baseline
-    for (MIA AUC, TOFU's truth ratio)."""
-    cells = [Cell("model", model, s, metrics) for s in [FULL_PRECISION, *specs]]
+    for (MIA AUC, TOFU's truth ratio). A spec whose attack needs the original (``ablate:direction``) is
+    refused without one (:class:`SpecError`), before any model is loaded."""
+    if reference is None:
+        check_reference_specs(specs)
+    cells = [Cell("model", model, s, metrics, reference) for s in [FULL_PRECISION, *specs]]
     if reference is not None:
-        cells += [Cell("reference", reference, s, metrics) for s in [FULL_PRECISION, *specs] if not is_artifact(s)]
+        cells += [Cell("reference", reference, s, metrics, reference) for s in [FULL_PRECISION, *specs]
+                  if not is_artifact(s)]
     baseline = [m for m in metrics if m.name in PRIVLEAK_BASELINE_METRICS]
     if retrain is not None and baseline:
         cells.append(Cell("retrain", retrain, FULL_PRECISION, baseline))
     return cells
 
 
-def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str = FULL_PRECISION) -> str:
+def needs_reference(spec: AttackSpec | str) -> bool:
+    """The spec's attack compares the model with its original (:attr:`~hubaudit.attacks.Attack.needs_reference`)."""
+    return spec != FULL_PRECISION and get_attack(spec)[0].needs_reference
+
+
+def check_reference_specs(specs) -> None:
+    """Refuse specs that need an original (``ablate:direction``) when the audit has none."""
+    missing = [str(s) for s in specs if needs_reference(s)]
+    if missing:
+        raise SpecError(f"{', '.join(missing)} compares the model with its original: pass --reference ORIGINAL "
+                        f"(reference= in Python), or drop {'it' if len(missing) == 1 else 'them'}")
+
+
+def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str = FULL_PRECISION,
+               reference: ModelSource | None = None) -> str:
     """What a stored value depends on besides model, spec and forget set: the metric's version and
     settings, the device type and compute dtype, and for a quantized cell the versions of the backend's
     libraries (a new bitsandbytes may round differently) and, for a published artifact (``file:``), its
@@ -187,6 +206,8 @@ def metric_key(metric: Metric, cfg: MetricConfig, source: ModelSource, spec: str
             extra = backend.cache_key(qspec, source)
             if extra:
                 key["cell"] = extra
+            if backend.needs_reference and reference is not None:  # the attack read the original too
+                key["reference"] = reference.identity
         except HubauditError:
             pass
     return json.dumps(key, sort_keys=True)
@@ -210,7 +231,7 @@ class Auditor:
     def _stored(self, plan: Cell) -> tuple[dict, dict, dict | None]:
         """(metric keys, stored records by metric name, the stored ``_cell`` record) of a cell."""
         src, spec = plan.source, plan.text
-        keys = {m.name: metric_key(m, self.cfg, src, plan.spec) for m in plan.metrics}
+        keys = {m.name: metric_key(m, self.cfg, src, plan.spec, plan.reference) for m in plan.metrics}
         found: dict[str, dict] = {}
         info = None
         if self.store is not None and not self.fresh:
@@ -275,7 +296,8 @@ class Auditor:
                     model = src.model
                     cell.backend = {"dtype": str(src.compute_dtype()).replace("torch.", ""), "device": src.device}
                 else:
-                    model, settings = backend.build(src, qspec, rows=self._training_rows(backend, qspec, src))
+                    extra = {"reference": plan.reference} if backend.needs_reference else {}
+                    model, settings = backend.build(src, qspec, rows=self._training_rows(backend, qspec, src), **extra)
                     cell.backend = {"backend": backend.name, "kind": backend.kind, "settings": settings,
                                     "versions": backend.versions()}
                 cell.quantize_seconds = time.perf_counter() - t0
@@ -328,7 +350,7 @@ class Auditor:
             return None
         from .metrics.training import training_rows
 
-        rows, trained = training_rows(self.fs, src.tokenizer, req.data, req.frac)
+        rows, trained = training_rows(self.fs, src.tokenizer, req.data, req.frac, answers=req.answers)
         return TrainingRows(rows, trained, description=f"forget set '{self.fs.name}'")
 
     def run(self, plans: list[Cell]) -> list[CellResult]:

@@ -412,6 +412,18 @@ def _start_ray(address: str | None, num_cpus: int | None, token: str | None = No
     return ray, True
 
 
+def _refuse_reference_specs(specs) -> None:
+    """A sweep shares each cell between the roles that need it, so it cannot give an attack the original of
+    the model it runs on (``ablate:direction``): such specs are refused before any work."""
+    from .errors import SpecError
+    from .plan import needs_reference
+
+    names = [str(s) for s in specs if needs_reference(s)]
+    if names:
+        raise SpecError(f"{', '.join(names)} needs each model's original and a sweep does not pass it yet: "
+                        "audit those models one by one (hubaudit audit MODEL --reference ORIGINAL)")
+
+
 def sweep(
     models: Iterable[str | SweepEntry] | str | Path | None = None,
     *,
@@ -491,6 +503,7 @@ def sweep(
 
     out = check_out_dir(out)
     specs = resolve_specs(req, token=token)  # once, on the driver: a file: artifact pinned, carried to the cells
+    _refuse_reference_specs(specs)
     result_store = ResultStore(store)
     ray = None
     started_ray = False

@@ -6,8 +6,8 @@ GGUF), zeroing small weights (``prune:0.2``), a few fine-tuning steps (``relearn
 one cell of the audit grid: ``name[:arg[:arg...]]``; the part before the first colon picks the attack, the
 attack reads the rest.
 
-Kinds (:attr:`Attack.kind`): ``quantization`` (every backend in :mod:`hubaudit.quant`), ``pruning`` and
-``training``. The verdict and the report keep two families apart (:attr:`Attack.family`, :func:`spec_kind`):
+Kinds (:attr:`Attack.kind`): ``quantization`` (every backend in :mod:`hubaudit.quant`), ``pruning``,
+``training`` and ``white-box`` (attacks that read or edit activations: ``ablate:direction``, ``probe:logit-lens``). The verdict and the report keep two families apart (:attr:`Attack.family`, :func:`spec_kind`):
 ``quantization``, the paper's question, and ``recovery``, every other attack, which gets a table of its own.
 
 Adding an attack
@@ -26,6 +26,9 @@ Every module of both packages is discovered on first use, so nothing else change
 - a training attack returns what it trains on from :meth:`Attack.rows_request`: the audit then prepares the
   token rows (:class:`TrainingRows`) from the forget set in the metrics' own prompt forms and passes them to
   :meth:`Attack.build`, so no attack imports a metric or reads a forget set;
+- an attack that compares the model with its original (``ablate:direction``) sets ``needs_reference``: the
+  audit then refuses the spec without a reference, passes the original's :class:`ModelSource` to
+  :meth:`Attack.build` as ``reference=`` and keys the cell's stored results on the original's identity too;
 - imports its heavy packages inside those methods, never at module level.
 """
 
@@ -44,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..modeling import ModelSource
 
 FULL_PRECISION = "fp"  # the name of the unattacked cell (not an attack)
-KINDS = ("quantization", "pruning", "training")
+KINDS = ("quantization", "pruning", "training", "white-box")
 PACKAGES = ("hubaudit.quant", "hubaudit.attacks")  # every module in these registers its attacks
 
 
@@ -81,10 +84,12 @@ class AttackSpec:
 class RowsRequest:
     """What a training attack wants to train on: ``data`` ``forget`` (the first ``frac`` of every forget part
     the metrics score item by item; those items are then held out of its regained figures) or ``retain``
-    (every retain item, nothing held out)."""
+    (every retain item, nothing held out). ``answers``: each row an ``(ids, start)`` pair whose first ``start``
+    ids are the prompt (question, passage prefix), so that a loss can be taken on the answer alone."""
 
     data: str = "forget"
     frac: float = 0.1
+    answers: bool = False
 
 
 @dataclass
@@ -112,6 +117,9 @@ class Attack:
     artifact: bool = False
     report_note: str = ""  # what the attack does, for the report's table of recovery attacks
     noun: str = "quantization"  # what the verdict says did not survive: "quantization", "relearning", "pruning"
+    # True: build() needs the original (reference) model, passed as ``reference=``; the audit refuses the
+    # spec when there is none
+    needs_reference: bool = False
 
     @property
     def family(self) -> str:
@@ -186,7 +194,9 @@ class Attack:
 
     def build(self, source: "ModelSource", spec: AttackSpec, rows: TrainingRows | None = None) -> tuple[Any, dict]:
         """Return the attacked model built from ``source`` and the exact settings used; ``rows``: what the
-        audit prepared for :meth:`rows_request` (None when the attack asked for nothing).
+        audit prepared for :meth:`rows_request` (None when the attack asked for nothing). An attack with
+        :attr:`needs_reference` is called with ``reference=``, the original's :class:`ModelSource` (the source
+        itself when the cell is the original's own).
 
         The default copies the full-precision model held by ``source`` and calls :meth:`apply`. An attack
         that finds nothing to change returns ``source.model`` itself with ``identical_to_full_precision: True``

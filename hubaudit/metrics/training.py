@@ -22,8 +22,10 @@ def n_trained(n: int, frac: float) -> int:
     return max(1, math.ceil(n * frac)) if n else 0
 
 
-def training_rows(fs, tokenizer, data: str, frac: float) -> tuple[list[list[int]], dict[str, int]]:
-    """Token-id rows to train on, and how many leading items of each forget part they use."""
+def training_rows(fs, tokenizer, data: str, frac: float, answers: bool = False) -> tuple[list, dict[str, int]]:
+    """Token-id rows to train on, and how many leading items of each forget part they use. ``answers``: each
+    row an ``(ids, start)`` pair, its first ``start`` ids the prompt (question, passage prefix, MCQ prompt),
+    for a loss on the answer alone (:func:`hubaudit.trainrows.pad_batch` labels the prompt -100)."""
     from .prompts import PromptFormat, encode_text
     from .wmdp import LETTERS, mcq_prompt, split_pair
 
@@ -31,9 +33,15 @@ def training_rows(fs, tokenizer, data: str, frac: float) -> tuple[list[list[int]
     rows: list[list[int]] = []
     trained: dict[str, int] = {}
 
-    def text_row(text: str) -> list[int]:
-        ids = encode_text(tokenizer, text)
-        return ids + ([eos] if eos is not None else [])
+    def text_row(text: str, prompt: str | None = None):
+        ids = encode_text(tokenizer, text) + ([eos] if eos is not None else [])
+        if not answers:
+            return ids
+        start = len(encode_text(tokenizer, prompt)) if prompt else 0
+        return ids, max(0, min(start, len(ids) - 1))
+
+    def pair_row(ctx: list[int], cont: list[int]):
+        return (ctx + cont, len(ctx)) if answers else ctx + cont
 
     chat = PromptFormat.for_tokenizer(tokenizer)
     parts = FORGET_PARTS if data == "forget" else RETAIN_PARTS
@@ -46,16 +54,16 @@ def training_rows(fs, tokenizer, data: str, frac: float) -> tuple[list[list[int]
             trained[part] = k
         for x in items[:k]:
             if part in ("forget_qa", "retain_qa"):
-                rows.append(text_row(f"Question: {x.question}\nAnswer: {x.answer}"))
+                rows.append(text_row(f"Question: {x.question}\nAnswer: {x.answer}", f"Question: {x.question}\nAnswer:"))
             elif part in ("tofu_forget", "tofu_retain"):
                 ctx, cont = chat.pair(tokenizer, x.question, x.answer)
-                rows.append(ctx + cont)
+                rows.append(pair_row(ctx, cont))
             elif part in ("mcq", "mcq_retain"):
                 ctx, cont = split_pair(tokenizer, mcq_prompt(x.question, x.choices, x.subject or fs.meta.get("subject", "")),
                                        " " + LETTERS[x.answer])
-                rows.append(ctx + cont)
+                rows.append(pair_row(ctx, cont))
             elif part == "verbmem":
-                rows.append(text_row(x.prompt + x.gt))
+                rows.append(text_row(x.prompt + x.gt, x.prompt))
             else:  # plain texts
                 rows.append(text_row(x))
     return rows, trained
