@@ -33,7 +33,8 @@ def test_every_relative_link_in_the_readme_resolves_to_a_file():
 
 
 def test_the_link_finder_sees_links_and_skips_code_and_urls():
-    md = "see [a](docs/a.md#x) and [b](https://x.org) and [c](#top)\n```\n[d](docs/d.md)\n```\n`[e](e.md)` ![i](img.png)\n"
+    md = ("see [a](docs/a.md#x) and [b](https://x.org) and [c](#top)\n"
+          "```\n[d](docs/d.md)\n```\n`[e](e.md)` ![i](img.png)\n")
     assert relative_links(md) == ["docs/a.md#x"]
 
 
