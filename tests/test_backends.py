@@ -347,7 +347,7 @@ def test_positive_control_is_caught_by_per_tensor_rtn_only(tiny_world, tmp_path)
     (bnb nf4/fp4 blocks of 64, GPTQ groups of 128, GGUF blocks of 32/256) do not: their steps are several
     times finer than a per-tensor step, so the control's update (median 0.26, p90 0.67 of a per-tensor
     step) crosses their bins and survives rounding (see the next test). That is a property of this
-    control, not a failure of those backends; the README says so."""
+    control, not a failure of those backends; docs/guide/attacks.md says so."""
     import hubaudit
 
     specs = [s for s in CONTROL_SPECS if get_backend(s)[0].unavailable_reason() is None]
@@ -363,7 +363,7 @@ def test_positive_control_is_caught_by_per_tensor_rtn_only(tiny_world, tmp_path)
     for spec in specs[1:]:
         cell = report.cell("model", spec)
         assert cell.status == "ok", (spec, cell.reason)
-        assert worst(spec) < report.verdict.threshold, f"{spec} now catches the per-tensor control: update the README note"
+        assert worst(spec) < report.verdict.threshold, f"{spec} now catches the per-tensor control: update the note in docs/guide/attacks.md"
 
 
 @pytest.mark.slow

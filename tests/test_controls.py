@@ -127,8 +127,8 @@ def test_demo_labels_do_not_depend_on_the_thread_count(demo_labels):
 
 
 def test_demo_labels_that_are_stable_across_builds(demo_labels):
-    """What the README calls stable: the controls' labels on every build, and the natural unlearning never
-    called fragile (at this scale it does not regain; noise must not make it look so)."""
+    """What the docs call stable (docs/findings/demo.md): the controls' labels on every build, and the natural
+    unlearning never called fragile (at this scale it does not regain; noise must not make it look so)."""
     for key, got in demo_labels.items():
         assert got["constructed"].label == "fragile" and got["constructed"].worst_spec == "rtn:4", (key, got["constructed"].summary)
         assert got["retain_only"].label == "robust", (key, got["retain_only"].summary)
