@@ -493,8 +493,10 @@ def cmd_backends(args) -> int:
     rows = []
     for b in sorted(all_attacks(), key=lambda b: (KINDS.index(b.kind), b.name)):
         reason = b.unavailable_reason()
-        rows.append((b.name, b.kind, "yes" if reason is None else "no", ", ".join(b.examples),
-                     b.summary if reason is None else reason))
+        note = b.summary if reason is None else reason
+        if b.prefers_gpu:
+            note += " (runs on a CPU; much faster on a GPU)"
+        rows.append((b.name, b.kind, "yes" if reason is None else "no", ", ".join(b.examples), note))
     head = ("attack", "kind", "here", "specs")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
     print("  ".join(f"{h:<{w}}" for h, w in zip(head, widths)) + "  notes")
