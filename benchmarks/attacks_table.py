@@ -79,6 +79,7 @@ def main() -> None:
                 "model": name, "spec": key, "metric": LABELS.get(m, m),
                 "raw": raw["mean"] if raw else None, "raw_ci": raw["ci"] if raw else None,
                 "control": ch["control_mean"] if ch else None,
+                "control_counted": ch.get("control_counted") if ch else None,
                 "calibrated": ch["mean"] if ch else None, "calibrated_ci": ch["ci"] if ch else None,
                 "p_holm": ch["p_holm"] if ch else None,
                 "verdict_uncalibrated": d["calibration"]["uncalibrated_verdict"]["label"],
@@ -98,11 +99,12 @@ def main() -> None:
     def pval(p):
         return "" if p is None else f", p = {p:.2g}"
 
-    print("| model | attack | metric | regain (raw) [95% CI] | regain of the control | calibrated [95% CI], p | "
+    print("| model | attack | metric | regain (raw) [95% CI] | regain of the control (counted) | calibrated [95% CI], p | "
           "KnowMem retain change | verdict raw -> calibrated | s per cell (train), control |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | `{r['spec']}` | {r['metric']} | {f(r['raw'], r['raw_ci'])} | {f(r['control'])} | "
+        print(f"| {r['model']} | `{r['spec']}` | {r['metric']} | {f(r['raw'], r['raw_ci'])} | {f(r['control'])} "
+              f"({f(r['control_counted'])}) | "
               f"{f(r['calibrated'], r['calibrated_ci'])}{pval(r['p_holm'])} | {f(r['retain_effect'])} | "
               f"{r['verdict_uncalibrated']} -> {r['verdict_calibrated']} | {r['cell_seconds']} ({r['train_seconds']}), "
               f"{r['control_cell_seconds']}{' (stored)' if r['reused'] else ''} |")

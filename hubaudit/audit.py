@@ -78,7 +78,9 @@ def audit(
         request: the audit's parameters as an :class:`~hubaudit.plan.AuditRequest`; or give its fields as
             keywords (``specs="rtn:4"``, ``threshold``, ``alpha``, ``metrics``, ``auc_retrain``, ``device``,
             ``dtype``, ``batch_size``, ``metric_config``, ``allow_pickle``, ``trust_remote_code``, ``fresh``,
-            ``memory_check``, ``all_files``: see there for each and its default).
+            ``memory_check``, ``all_files``, ``control``: see there for each and its default). ``control``: a model
+            that never learned the forget set; every spec also runs on it and the verdict counts only regain beyond
+            it (:mod:`hubaudit.calibrate`).
 
     Returns:
         The :class:`~hubaudit.results.AuditReport`.

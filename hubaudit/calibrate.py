@@ -5,13 +5,22 @@ set, also raises the forget scores of a model that never knew the facts (Feng et
 open-unlearning scores relearning as a ratio against the retain model). With a control (``--control MODEL``:
 a retain-only model, or the original's own base) every requested attack also runs on the control, and the
 verdict counts only the regain beyond what the same attack does to the control, item by item (difference in
-differences)::
+differences, the control's side counted only where the attack raised it)::
 
-    d_i = (attacked_target_i - fp_target_i) - (attacked_control_i - fp_control_i)
+    d_i = (attacked_target_i - fp_target_i) - max(0, attacked_control_i - fp_control_i)
 
 over the same forget items (a training attack's trained items held out for both), with the same 95% paired
 bootstrap interval of the mean of ``d``, the one-sided sign test of ``d`` and Holm over the grid as
-:mod:`hubaudit.verdict` uses for the raw change. A spec the control cannot run (a published build of the
+:mod:`hubaudit.verdict` uses for the raw change.
+
+Why ``max(0, ...)``: what the calibration removes is what an attack *adds* to a model that never knew the facts
+(teaching). An attack that damages the control lowers its scores, but that is no regain of the target: a target
+at the floor (an unlearned model scoring 0) cannot fall with it, and the plain difference would then credit the
+target with the control's loss. On the demo world a destructive fine-tune (``qlora:nf4:16:64:lr=1e-3``, KnowMem
+retain -82 points) left the unlearned model's VerbMem forget where it was (-0.4) and lowered the retain-only
+control's by 17.8; the plain difference called that +17.4, fragile. With the clip, ``d_i <= `` the raw change on
+every item, so the calibration can only take a fragile verdict away, never make one (and a robust one stays
+robust: every bootstrap resample's mean is at most the raw one's). A spec the control cannot run (a published build of the
 audited model, ``file:``, or a control cell that failed) keeps its raw change and is named as not calibrated.
 
 Without a control nothing changes in the verdict, and the report says that no figure was calibrated. Either
@@ -20,7 +29,8 @@ way, training attacks (``relearn``, ``finetune``, ``qlora``) also report their e
 
 What this module adds to ``derived`` (:func:`derive_calibrated`): ``calibration`` (control name, per-spec
 ``calibrated`` flag and why not, the method), ``calibrated_changes`` (spec -> metric -> the paired change of
-``d``, with ``raw_mean`` and ``control_mean``), ``control_regained`` (spec -> metric -> the control's mean
+``d``, with ``raw_mean``, ``control_mean`` and ``control_counted``, the mean of ``max(0, ...)``),
+``control_regained`` (spec -> metric -> the control's mean
 regain) and ``retain_effect``.
 """
 
@@ -37,9 +47,10 @@ from .verdict import _require_attack, _scores, _trained_items, _verdict, derive
 CONTROL = "control"  # the role of the control model's cells
 TRAINING_KIND = "training"
 RETAIN_METRICS = ("knowmem_r", "tofu_rouge_r", "tofu_prob_r", "tofu_tr_r", "mmlu_acc")
-METHOD = ("difference in differences per item: (attacked target - full-precision target) - (attacked control - "
-          "full-precision control), on the same forget items (trained items held out); 95% paired bootstrap interval, "
-          "one-sided sign test, Holm over every (spec, forget metric) pair")
+METHOD = ("difference in differences per item: (attacked target - full-precision target) - max(0, attacked control - "
+          "full-precision control), on the same forget items (trained items held out): only what the attack adds to the "
+          "control is removed; 95% paired bootstrap interval, one-sided sign test, Holm over every (spec, forget metric) "
+          "pair")
 NOT_CALIBRATED_NOTE = ("not calibrated: no control model (--control) was given, so a figure may include what the attack "
                        "does to any model, knowledge it teaches rather than recovers")
 
@@ -90,6 +101,12 @@ def _did(by: dict, spec: str, m: str):
     return ([a - b for a, b in zip(ta, tb)], [a - b for a, b in zip(ca, cb)]), None
 
 
+def did(x: list[float], y: list[float]):
+    """The paired change of ``d_i = x_i - max(0, y_i)`` (target's change minus what the attack added to the
+    control), as :func:`hubaudit.stats.paired_change` reports it."""
+    return paired_change(x, [max(0.0, v) for v in y])
+
+
 def display_name(name: str | None) -> str | None:
     """A control's name as reports show it: a Hub id as it is, a local folder by its last name only."""
     from .report import _is_local, _local_name
@@ -132,17 +149,18 @@ def derive_calibrated(cells: list[CellResult], specs: list[str], threshold: floa
                     pairs.append((spec, m, ch, False))
                 continue
             x, y = xy
-            ch = paired_change(x, y)
+            ch = did(x, y)
             pairs.append((spec, m, ch, True))
-            control_regained.setdefault(spec, {})[m] = sum(y) / len(y)
+            control_regained.setdefault(spec, {})[m] = (sum(y) / len(y), sum(max(0.0, v) for v in y) / len(y))
         if any(p[0] == spec for p in pairs):
             flags[spec] = calibrated_here
     for (spec, m, ch, is_cal), p_adj in zip(pairs, holm([p[2].p for p in pairs])):
         ch.p_holm = p_adj
         if is_cal:
             x_mean = raw[spec][m]["mean"]
-            cal.setdefault(spec, {})[m] = {**ch.to_json(), "raw_mean": x_mean,
-                                           "control_mean": round(control_regained[spec][m], 4)}
+            mean, counted = control_regained[spec][m]
+            cal.setdefault(spec, {})[m] = {**ch.to_json(), "raw_mean": x_mean, "control_mean": round(mean, 4),
+                                           "control_counted": round(counted, 4)}
     regained = {spec: {m: ch.mean for s2, m, ch, _ in pairs if s2 == spec} for spec in {p[0] for p in pairs}}
     kinds = derived.get("kinds") or {}
     by_kind: dict[str, tuple] = {}
@@ -166,7 +184,7 @@ def derive_calibrated(cells: list[CellResult], specs: list[str], threshold: floa
                               "not_calibrated": why_not, "method": METHOD,
                               "uncalibrated_verdict": {"label": verdict.label, "summary": verdict.summary}}
     derived["calibrated_changes"] = cal
-    derived["control_regained"] = control_regained
+    derived["control_regained"] = {s: {m: v[0] for m, v in per.items()} for s, per in control_regained.items()}
     derived["max_regained_by_kind_calibrated"] = {k: {"spec": v[0], "metric": v[1], "regained": v[2]}
                                                  for k, v in by_kind.items()}
     derived["retain_effect_control"] = retain_effect(by, specs, CONTROL)

@@ -364,12 +364,13 @@ def calibration_lines(report: AuditReport) -> list[str]:
     else:
         lines += ["", f"Calibration against the control `{cal['control']}` (a model that never learned the forget set): "
                   f"the verdict counts {cal.get('method', '')}.", "",
-                  "| spec | metric | target regain | control regain | beyond control [95% CI] | up / down / unchanged | "
-                  "p (Holm) |", "|---|---|---|---|---|---|---|"]
+                  "| spec | metric | target regain | control regain (counted) | beyond control [95% CI] | "
+                  "up / down / unchanged | p (Holm) |", "|---|---|---|---|---|---|---|"]
         for spec, per in (d.get("calibrated_changes") or {}).items():
             for m, ch in per.items():
                 lines.append(f"| {public_spec(spec)} | {LABELS[m]} | {_fmt(ch.get('raw_mean'), signed=True)} | "
-                             f"{_fmt(ch.get('control_mean'), signed=True)} | {change_text(ch)} | "
+                             f"{_fmt(ch.get('control_mean'), signed=True)} ({_fmt(ch.get('control_counted'), signed=True)}) | "
+                             f"{change_text(ch)} | "
                              f"{ch['up']} / {ch['down']} / {ch['ties']} | {ch['p_holm']:.2g} |")
         for spec, why in (cal.get("not_calibrated") or {}).items():
             lines += ["", f"Not calibrated: {public_spec(spec)} ({why}); its raw change counts."]

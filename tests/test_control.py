@@ -54,6 +54,33 @@ def test_regain_beyond_the_control_stays_fragile():
     assert derived["control_regained"][FT]["knowmem_f"] == pytest.approx(10.0)
 
 
+def test_what_the_attack_takes_from_the_control_is_no_regain_of_the_target():
+    """A destructive fine-tune: the target sits at the floor (0) and stays there, the control loses 20 points.
+    The plain difference would call that +20; only what the attack adds to the control is removed."""
+    cells = [item_cell("model", "fp", knowmem_f=[0.0] * N), item_cell("model", FT, FT_BACKEND, knowmem_f=[0.0] * N),
+             item_cell("control", "fp", knowmem_f=[40.0] * N),
+             item_cell("control", FT, FT_BACKEND, knowmem_f=[20.0] * N)]
+    derived, verdict = derive_calibrated(cells, [FT], 5.0, 0.5, 0.05, control_name="c")
+    ch = derived["calibrated_changes"][FT]["knowmem_f"]
+    assert ch["mean"] == 0 and ch["control_mean"] == -20 and ch["control_counted"] == 0
+    assert verdict.label == "robust"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_calibration_never_makes_a_verdict_more_fragile(seed):
+    import random
+
+    rng = random.Random(seed)
+    t = [rng.choice([0.0, 0.0, 10.0, 50.0]) for _ in range(N)]
+    c0, c1 = [rng.choice([0.0, 20.0]) for _ in range(N)], [rng.choice([0.0, 20.0, 40.0]) for _ in range(N)]
+    cells = [item_cell("model", "fp", knowmem_f=[0.0] * N), item_cell("model", FT, FT_BACKEND, knowmem_f=t),
+             item_cell("control", "fp", knowmem_f=c0), item_cell("control", FT, FT_BACKEND, knowmem_f=c1)]
+    d_cal, _ = derive_calibrated(cells, [FT], 5.0, 0.5, 0.05, control_name="c")
+    raw, cal = d_cal["changes"][FT]["knowmem_f"], d_cal["calibrated_changes"][FT]["knowmem_f"]
+    assert cal["mean"] <= raw["mean"] + 1e-9 and cal["ci"][1] <= raw["ci"][1] + 1e-9
+    assert cal["up"] <= raw["up"] and cal["p_holm"] >= raw["p_holm"] - 1e-12
+
+
 def test_it_is_item_by_item_not_mean_against_mean():
     """The control regains on other items than the target: the means match, the items do not."""
     cells = [item_cell("model", "fp", knowmem_f=[0.0] * N), item_cell("model", FT, FT_BACKEND, knowmem_f=[30.0] * N),
@@ -112,7 +139,7 @@ def test_report_card_and_leaderboard_say_whether_calibrated():
     assert calibration_state(cal.derived) == "calibrated" and calibration_state(raw.derived) == "not calibrated"
 
     md, md0 = render_markdown(cal), render_markdown(raw)
-    assert "Calibration against the control `retain_only`" in md and "| finetune:unrelated | KnowMem forget | +30.0 | +30.0 | +0.0" in md
+    assert "Calibration against the control `retain_only`" in md and "| finetune:unrelated | KnowMem forget | +30.0 | +30.0 (+30.0) | +0.0" in md
     assert "Without the calibration the verdict would be fragile." in md
     assert "/home/me" not in md and "/home/me" not in v.summary  # a local control by its last name only
     assert "Calibration: not calibrated: no control model (--control)" in md0
