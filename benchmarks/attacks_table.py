@@ -6,7 +6,8 @@ the natural unlearning, and ``constructed``, the positive control that forgets i
 the forget facts). The table: the regain on the audited model (raw, as an uncalibrated audit counts it), the
 regain the same attack gives the control, the calibrated regain (difference in differences per item, with its
 95% interval and Holm p), the verdict without and with the calibration, and the seconds per cell (the attacked
-model's cell and the control's: training + evaluation).
+model's cell and the control's: training + evaluation, as measured by the run that computed the cell; a rerun
+reads the cells from the store).
 
     OMP_NUM_THREADS=1 python benchmarks/attacks_table.py                       # builds the demo world (~8 min)
     OMP_NUM_THREADS=1 python benchmarks/attacks_table.py --world DIR           # a world `hubaudit demo` built
@@ -107,7 +108,7 @@ def main() -> None:
               f"({f(r['control_counted'])}) | "
               f"{f(r['calibrated'], r['calibrated_ci'])}{pval(r['p_holm'])} | {f(r['retain_effect'])} | "
               f"{r['verdict_uncalibrated']} -> {r['verdict_calibrated']} | {r['cell_seconds']} ({r['train_seconds']}), "
-              f"{r['control_cell_seconds']}{' (stored)' if r['reused'] else ''} |")
+              f"{r['control_cell_seconds']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
