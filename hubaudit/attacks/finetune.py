@@ -14,9 +14,10 @@ where it adds one, an EOS after every line), at most 128 tokens a row.
 
 Training: a fresh copy of the full-precision model, AdamW (betas 0.9, 0.999, no weight decay), constant
 learning rate, causal-LM loss (mean token NLL), batches drawn in a seeded order (deterministic for a seed on
-one device). Precision (:func:`hubaudit.modeling.choose_precision`): a 16-bit checkpoint trains in its own
-16-bit dtype where the device computes it natively (a GPU, a CPU with AMX or AVX512-BF16), as a user's
-``bf16=True`` run does there; elsewhere in float32 (never emulated 16-bit); the settings say which and why.
+one device). Precision: the audit's compute dtype, so a 16-bit checkpoint trains in its own 16-bit dtype where
+the device computes it natively (a GPU, a CPU with AMX or AVX512-BF16: :func:`hubaudit.modeling.native_half`),
+as a user's ``bf16=True`` run does there, and in float32 elsewhere (never emulated 16-bit); ``--dtype`` sets
+it; the settings say which and why.
 The trained copy is cast to the audit's compute dtype for evaluation. Memory: the copy plus AdamW's two
 moments (three to four copies of the weights).
 
@@ -141,15 +142,14 @@ def pad_id(tokenizer) -> int:
 
 
 def training_precision(source):
-    """The :class:`~hubaudit.modeling.Precision` to fine-tune ``source``'s weights in: the checkpoint's 16-bit
-    dtype where native, else float32 (compute and weights: never the emulated path)."""
-    from ..modeling import Precision, choose_precision
+    """The :class:`~hubaudit.modeling.Precision` to fine-tune ``source``'s weights in: the audit's compute dtype
+    (``auto``: the checkpoint's 16-bit dtype where the device computes it natively, else float32;
+    :func:`hubaudit.modeling.choose_compute_dtype`), weights and matmuls alike: never the emulated path."""
+    from ..modeling import Precision
 
-    stored = source.stored_dtype() if source.stored_dtype() in ("float32", "bfloat16", "float16") else "float32"
-    prec = choose_precision(source.device, stored)
-    if prec.emulated:
-        return Precision("float32", "float32", f"{stored} checkpoint, not native on this device: trained in float32")
-    return prec
+    compute = str(source.compute_dtype()).replace("torch.", "")
+    why = source.compute_dtype_reason() if hasattr(source, "compute_dtype_reason") else ""
+    return Precision(compute, compute, f"the audit's compute dtype ({why})" if why else "the audit's compute dtype")
 
 
 @register
