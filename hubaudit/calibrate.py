@@ -161,7 +161,7 @@ def derive_calibrated(cells: list[CellResult], specs: list[str], threshold: floa
             mean, counted = control_regained[spec][m]
             cal.setdefault(spec, {})[m] = {**ch.to_json(), "raw_mean": x_mean, "control_mean": round(mean, 4),
                                            "control_counted": round(counted, 4)}
-    regained = {spec: {m: ch.mean for s2, m, ch, _ in pairs if s2 == spec} for spec in {p[0] for p in pairs}}
+    regained = {spec: {m: ch.mean for s2, m, ch, _ in pairs if s2 == spec} for spec in dict.fromkeys(p[0] for p in pairs)}
     kinds = derived.get("kinds") or {}
     by_kind: dict[str, tuple] = {}
     for spec, deltas in regained.items():
