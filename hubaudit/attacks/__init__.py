@@ -1,5 +1,6 @@
 """Recovery attacks behind spec strings: quantization (``rtn:4``, ``bnb:nf4``, ``file:...``; the backends in
-:mod:`hubaudit.quant`), magnitude pruning (``prune:0.2``) and relearning (``relearn:steps=20``).
+:mod:`hubaudit.quant`), magnitude pruning (``prune:0.2``), relearning (``relearn:steps=20``) and benign
+fine-tuning on unrelated text (``finetune:unrelated``, ``qlora:nf4``).
 See :mod:`hubaudit.attacks.base` for what an attack is and how to add one."""
 
 from .base import (ATTACKS, FULL_PRECISION, KINDS, Attack, AttackSpec, RowsRequest, TrainingRows, all_attacks,
