@@ -108,7 +108,8 @@ def _calibration_sentence(report: AuditReport) -> str:
         m = max(per, key=lambda k: per[k]["mean"])
         ch = per[m]
         parts.append(f"`{public_spec(spec)}` {ch['mean']:+.1f} [{ch['ci'][0]:+.1f}, {ch['ci'][1]:+.1f}] {LABELS[m]} "
-                     f"(the control: {ch['control_mean']:+.1f})" if ch["ci"][0] is not None else
+                     f"(the control: {ch['control_mean']:+.1f}, counted {ch.get('control_counted', ch['control_mean']):+.1f})"
+                     if ch["ci"][0] is not None else
                      f"`{public_spec(spec)}` {ch['mean']:+.1f} {LABELS[m]}")
     control = cal.get("control") or "a control model"
     return (f"Calibration: {state} against the control `{control}`, a model that never learned the forget set: the "

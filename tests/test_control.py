@@ -146,7 +146,7 @@ def test_report_card_and_leaderboard_say_whether_calibrated():
     assert "Training attacks on the retain items" in md0 and "KnowMem retain -5.0" in md0
 
     card, card0 = render_section(cal), render_section(raw)
-    assert "Calibration: calibrated against the control `retain_only`" in card and "(the control: +30.0)" in card
+    assert "Calibration: calibrated against the control `retain_only`" in card and "(the control: +30.0, counted +30.0)" in card
     assert "Calibration: not calibrated." in card0
 
     rows = [row_of(SimpleNamespace(model=f"org/{n}", sha="0" * 40, card={}, forget="f", card_pr=None, report_dir=None,
