@@ -78,7 +78,9 @@ def audit(
         request: the audit's parameters as an :class:`~hubaudit.plan.AuditRequest`; or give its fields as
             keywords (``specs="rtn:4"``, ``threshold``, ``alpha``, ``metrics``, ``auc_retrain``, ``device``,
             ``dtype``, ``batch_size``, ``metric_config``, ``allow_pickle``, ``trust_remote_code``, ``fresh``,
-            ``memory_check``, ``all_files``: see there for each and its default).
+            ``memory_check``, ``all_files``, ``control``: see there for each and its default). ``control``: a model
+            that never learned the forget set; every spec also runs on it and the verdict counts only regain beyond
+            it (:mod:`hubaudit.calibrate`).
 
     Returns:
         The :class:`~hubaudit.results.AuditReport`.
@@ -122,8 +124,9 @@ def audit(
     check_specs(specs, src)
     ref = open_model(reference, token=token, **kw)[0] if reference not in (None, False) else None
     ret = open_model(retrain, token=token, **kw)[0] if retrain is not None else None
+    ctl = open_model(req.control, token=token, **kw)[0] if req.control is not None else None
     if req.memory_check:
-        for s in (src, ref, ret):
+        for s in (src, ref, ret, ctl):
             if s is not None:
                 s.check_memory(copies=2 if specs and s is not ret else 1)
     if out is not None:
@@ -137,14 +140,14 @@ def audit(
     else:
         result_store = ResultStore(store)
 
-    cells = plan_cells(specs, metric_objs, model=src, reference=ref, retrain=ret)
+    cells = plan_cells(specs, metric_objs, model=src, reference=ref, retrain=ret, control=ctl)
     auditor = Auditor(fs, cfg, result_store, req.fresh, req.batch_size, progress, on_cell)
     results = auditor.run(cells)
     report = build_report(results, src=src, ref=ref, ret=ret, fs=fs, metric_objs=metric_objs, cfg=cfg,
                           specs=[str(s) for s in specs], threshold=req.threshold, alpha=req.alpha,
                           auc_retrain=req.auc_retrain, store=result_store, fresh=req.fresh,
                           reference_note=reference_note, chat_template=chat_template_used(src, cfg, metric_objs),
-                          started=t_start)
+                          started=t_start, ctl=ctl)
     if out is not None:
         from .report import write_report
 
@@ -155,11 +158,12 @@ def audit(
 def build_report(cells: list[CellResult], *, src, ref, ret, fs: ForgetSet, metric_objs: list[Metric],
                  cfg: MetricConfig, specs: list[str], threshold: float, alpha: float, auc_retrain: float | None,
                  store: ResultStore | None, fresh: bool, reference_note: str | None, chat_template: dict | None,
-                 started: float) -> AuditReport:
+                 started: float, ctl=None) -> AuditReport:
     """The :class:`AuditReport` of finished cells: PrivLeak's baseline, the derived figures, the verdict and
     the inputs. ``src``/``ref``/``ret`` are the models (:class:`ModelSource`, or anything with its ``name``,
     ``path``, ``identity``, ``repo_id``, ``revision``, ``device`` and ``compute_dtype()``); used by
-    :func:`audit` and by a sweep, whose cells were computed elsewhere."""
+    :func:`audit` and by a sweep, whose cells were computed elsewhere. ``ctl``: the control model, whose cells
+    (role ``control``) calibrate the verdict (:func:`hubaudit.calibrate.derive_calibrated`)."""
     spec_list = specs
     retrain_cell = next((c for c in cells if c.role == "retrain" and c.status == "ok" and "mia_auc" in c.metrics), None)
     if retrain_cell is not None:
@@ -170,7 +174,10 @@ def build_report(cells: list[CellResult], *, src, ref, ret, fs: ForgetSet, metri
         auc_ret, auc_src = fs.auc_retrain, f"forget set '{fs.name}' metadata"
     else:
         auc_ret, auc_src = ASSUMED_AUC_RETRAIN, "assumed 0.5 (no retrained model or metadata)"
-    derived, verdict = derive(cells, spec_list, threshold, auc_ret, alpha)
+    from .calibrate import derive_calibrated
+
+    derived, verdict = derive_calibrated(cells, spec_list, threshold, auc_ret, alpha,
+                                         control_name=ctl.name if ctl is not None else None)
     derived["auc_retrain"], derived["auc_retrain_source"] = auc_ret, auc_src
     if ref is None:
         derived["retained_note"] = "no reference (original) model given, so knowledge retained could not be computed"
@@ -196,6 +203,7 @@ def build_report(cells: list[CellResult], *, src, ref, ret, fs: ForgetSet, metri
         "model": model_info(src),
         "reference": model_info(ref),
         "retrain": model_info(ret),
+        "control": model_info(ctl),
         "forget": {"name": fs.name, "source": fs.source, "hash": fs.content_hash(), "sizes": fs.sizes(),
                    **({"mmlu_subjects": fs.meta["mmlu_subjects"]} if fs.meta.get("mmlu_subjects") else {})},
         "specs": spec_list,

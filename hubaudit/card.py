@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import CardError
 from .attacks import FULL_PRECISION
-from .report import public_spec, public_summary, recovery_specs, regain_cells, safe_name, spec_label
+from .report import calibration_state, public_spec, public_summary, recovery_specs, regain_cells, safe_name, spec_label
 from .results import LABELS, AuditReport
 
 SECTION_START, SECTION_END = "<!-- hubaudit:start -->", "<!-- hubaudit:end -->"
@@ -79,6 +79,7 @@ def render_section(report: AuditReport) -> str:
             *(_fmt(c.metrics.get(m)) for m in metrics), *regain_cells(report.derived, spec),
         ]) + " |")
     st = report.derived.get("statistics") or {}
+    lines += ["", _calibration_sentence(report)] if report.derived.get("calibration") else []
     lines += [
         "",
         f"Scores: ROUGE-L F1 x 100 with MUSE's definitions. Regained: the mean change of a forget metric against full "
@@ -93,6 +94,27 @@ def render_section(report: AuditReport) -> str:
         SECTION_END,
     ]
     return "\n".join(lines)
+
+
+def _calibration_sentence(report: AuditReport) -> str:
+    """Whether the verdict's figures were calibrated against a control model (:mod:`hubaudit.calibrate`)."""
+    d = report.derived
+    state, cal = calibration_state(d), d.get("calibration") or {}
+    if state == "not calibrated" and not cal.get("control"):
+        return ("Calibration: not calibrated. No control model was given, so a regained figure may include what the "
+                "attack does to any model (knowledge a fine-tune teaches rather than recovers).")
+    parts = []
+    for spec, per in (d.get("calibrated_changes") or {}).items():
+        m = max(per, key=lambda k: per[k]["mean"])
+        ch = per[m]
+        parts.append(f"`{public_spec(spec)}` {ch['mean']:+.1f} [{ch['ci'][0]:+.1f}, {ch['ci'][1]:+.1f}] {LABELS[m]} "
+                     f"(the control: {ch['control_mean']:+.1f}, counted {ch.get('control_counted', ch['control_mean']):+.1f})"
+                     if ch["ci"][0] is not None else
+                     f"`{public_spec(spec)}` {ch['mean']:+.1f} {LABELS[m]}")
+    control = cal.get("control") or "a control model"
+    return (f"Calibration: {state} against the control `{control}`, a model that never learned the forget set: the "
+            "verdict counts only regain beyond what the same attack does to it, item by item. Beyond the control: "
+            + ("; ".join(parts) or "none") + ".")
 
 
 def _hub_forget_set(report: AuditReport) -> tuple[str, str | None] | None:

@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="quantization specs, comma-separated (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128), and "
                         "published builds of the model: file:PATH.gguf, file:ORG/NAME/FILE.gguf[@REV], "
                         "file:ORG/NAME-GPTQ[@REV], and other recovery attacks: prune:0.2 (magnitude pruning), "
-                        "relearn:steps=20 (fine-tuning on a slice of the forget set); see `hubaudit backends`")
+                        "relearn:steps=20 (fine-tuning on a slice of the forget set), finetune:unrelated (a benign fine-tune), "
+                        "qlora:nf4 (NF4 + LoRA); see `hubaudit backends`")
     a.add_argument("--all-files", action="store_true",
                    help="a file: spec naming a GGUF repository or folder (file:ORG/NAME-GGUF) audits every GGUF file "
                         "in it, one cell each")
@@ -85,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                         "always exit 0 once the audit finished")
     a.add_argument("--fail-on-fragile", action="store_true", help=argparse.SUPPRESS)  # the default now
     a.add_argument("--retrain", metavar="MODEL", help="a model trained without the forget set (PrivLeak baseline)")
+    a.add_argument("--control", metavar="MODEL",
+                   help="a model that never learned the forget set (a retain-only model, the original's own base): "
+                        "every attack also runs on it and the verdict counts only regain beyond what the same attack "
+                        "does to it, item by item; without one the report says the figures are not calibrated")
     a.add_argument("--auc-retrain", type=float, metavar="AUC", help="PrivLeak baseline AUC, when no --retrain model")
     a.add_argument("--retain-logs", metavar="JSON",
                    help="TOFU forget quality's baseline when no --retrain model: the retain model's open-unlearning "
@@ -213,7 +218,7 @@ def audit_request(args, **extra):
     given = dict(specs=args.backends, threshold=args.threshold, alpha=args.alpha, metrics=args.metrics,
                  auc_retrain=args.auc_retrain, fresh=args.fresh, device=args.device, dtype=args.dtype,
                  batch_size=args.batch_size, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-                 **extra)
+                 control=getattr(args, "control", None), **extra)
     return AuditRequest(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -493,8 +498,10 @@ def cmd_backends(args) -> int:
     rows = []
     for b in sorted(all_attacks(), key=lambda b: (KINDS.index(b.kind), b.name)):
         reason = b.unavailable_reason()
-        rows.append((b.name, b.kind, "yes" if reason is None else "no", ", ".join(b.examples),
-                     b.summary if reason is None else reason))
+        note = b.summary if reason is None else reason
+        if b.prefers_gpu:
+            note += " (runs on a CPU; much faster on a GPU)"
+        rows.append((b.name, b.kind, "yes" if reason is None else "no", ", ".join(b.examples), note))
     head = ("attack", "kind", "here", "specs")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
     print("  ".join(f"{h:<{w}}" for h, w in zip(head, widths)) + "  notes")

@@ -21,7 +21,7 @@ from .results import LABELS, VERDICT_METRICS
 COLUMNS = ("model", "commit", "method", "base_model", "forget", *(f"fp_{m}" for m in VERDICT_METRICS),
            "worst_spec", "worst_metric", "regained", "regained_low", "regained_high", "n_items", "p_value",
            "retained", "retained_low", "retained_high", "utility", "verdict", "summary", "card_pr", "report",
-           "model_url")
+           "model_url", "calibrated")
 # Order of the verdicts in the table: the ones a reader must act on first.
 VERDICT_ORDER = ("fragile", "not-unlearned", "inconclusive", "incomplete", "robust", "error")
 # Unlearning methods a card may name in its tags (open-unlearning's and the papers' spellings), lower case.
@@ -86,7 +86,15 @@ def row_of(sweep_row) -> dict:
         r = kept[m]
         row.update(retained=_num(r["value"]), retained_low=_num(r["ci"][0]), retained_high=_num(r["ci"][1]))
     row["utility"] = _num((d.get("utility") or {}).get(FULL_PRECISION))
+    from .report import calibration_state
+
+    row["calibrated"] = calibration_state(d)  # against a control model (hubaudit.calibrate), or not
     return row
+
+
+def _calibrated_mark(r: dict) -> str:
+    state = r.get("calibrated")
+    return f" ({state})" if state else ""
 
 
 def _sort_key(r: dict):
@@ -105,7 +113,8 @@ def render_markdown(rows: list[dict]) -> str:
              f"{len(rows)} models. Regained: the largest mean change of a forget metric under any spec against full "
              "precision, with its 95% paired bootstrap interval, items and Holm-adjusted sign-test p (the verdict's "
              "figures); retained: the unlearned model's share of the original's score in full precision; utility: "
-             "KnowMem retain. Scores are x 100.", "",
+             "KnowMem retain. Scores are x 100. A verdict marked (calibrated) counts only regain beyond what the same "
+             "attack does to a control model that never learned the forget set; (not calibrated): no control.", "",
              "| model | commit | method | base | forget set | forget (full precision) | worst spec | regained [95% CI], "
              "items, p | retained | utility | verdict | card PR | report |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -131,7 +140,7 @@ def render_markdown(rows: list[dict]) -> str:
         lines.append("| " + " | ".join([
             model, f"`{r['commit'][:8]}`" if r["commit"] else "–", md_escape(r["method"] or "–"),
             md_escape(r["base_model"] or "–"), md_escape(r["forget"]), fp or "–", md_escape(r["worst_spec"] or "–"), reg,
-            ret, fmt(r["utility"]), f"**{r['verdict']}**", f"[PR]({r['card_pr']})" if r["card_pr"] else "–",
+            ret, fmt(r["utility"]), f"**{r['verdict']}**" + _calibrated_mark(r), f"[PR]({r['card_pr']})" if r["card_pr"] else "–",
             f"[report]({r['report']}/report.md)" if r["report"] else "–"]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -55,6 +55,9 @@ class AuditRequest:
         fresh: ignore stored results (still store the new ones).
         memory_check: refuse before loading a model that cannot fit (full precision + one copy).
         all_files: a ``file:`` spec naming a GGUF repository or folder stands for every GGUF file in it.
+        control: a model that never learned the forget set (a retain-only model, the original's own base;
+            folder or Hub id): every spec also runs on it and the verdict counts only regain beyond what the
+            same attack does to it (:mod:`hubaudit.calibrate`). None: not calibrated.
     """
 
     specs: tuple[AttackSpec, ...] | str = DEFAULT_SPECS
@@ -71,6 +74,7 @@ class AuditRequest:
     fresh: bool = False
     memory_check: bool = True
     all_files: bool = False
+    control: object = None  # a folder, Hub id or ModelSource
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen: normalized once, here
@@ -154,15 +158,20 @@ class Cell:
         return str(self.spec)
 
 
-def plan_cells(specs: list[AttackSpec], metrics: list[Metric], *, model, reference=None, retrain=None) -> list[Cell]:
+def plan_cells(specs: list[AttackSpec], metrics: list[Metric], *, model, reference=None, retrain=None,
+               control=None) -> list[Cell]:
     """The cells of one audit: the audited model at full precision and under every spec; its original
     (reference) at full precision and under every spec that is a recipe (a published build, ``file:``, is a
     build of the audited model only); the retrained model at full precision on the metrics it is a baseline
-    for (MIA AUC, TOFU's truth ratio). A spec whose attack needs the original (``ablate:direction``) is
-    refused without one (:class:`SpecError`), before any model is loaded."""
+    for (MIA AUC, TOFU's truth ratio); the control (``control``) like the original: at full precision and under
+    every recipe. A spec whose attack needs the original (``ablate:direction``) is refused without one
+    (:class:`SpecError`), before any model is loaded; the control's cells get the original too, so the
+    direction ablated on the control is the control-vs-original one."""
     if reference is None:
         check_reference_specs(specs)
     cells = [Cell("model", model, s, metrics, reference) for s in [FULL_PRECISION, *specs]]
+    if control is not None:
+        cells += [Cell("control", control, s, metrics, reference) for s in [FULL_PRECISION, *specs] if not is_artifact(s)]
     if reference is not None:
         cells += [Cell("reference", reference, s, metrics, reference) for s in [FULL_PRECISION, *specs]
                   if not is_artifact(s)]

@@ -96,7 +96,7 @@ def public_report_json(report: dict) -> dict:
     d = json.loads(json.dumps(report))
     inp = d.get("inputs") or {}
     inp.pop("store", None)
-    for role in ("model", "reference", "retrain"):
+    for role in ("model", "reference", "retrain", "control"):
         info = inp.get(role)
         if isinstance(info, dict):
             info.pop("path", None)
@@ -212,6 +212,7 @@ def render_markdown(report: AuditReport) -> str:
             lines.append("| " + " | ".join([spec_label(spec), *(_fmt(c.metrics.get(m), digits=3 if m in UNIT_SCALE else 1)
                                                              for m in metrics)]) + " |")
     lines += _changes_table(report)
+    lines += calibration_lines(report)
     st = d.get("statistics") or {}
     if st:
         lines += ["", f"Uncertainty: ± is the standard error of a score (over its items); {st.get('interval', '')} "
@@ -338,6 +339,49 @@ def _changes_table(report: AuditReport) -> list[str]:
             sh = (share.get(spec) or {}).get(m)
             lines.append(f"| {spec} | {LABELS[m]} | {change_text(ch)} | {ch['up']} / {ch['down']} / {ch['ties']} | "
                          f"{ch['p']:.2g} | {ch['p_holm']:.2g} | {'–' if sh is None else f'{sh:.0f}%'} |")
+    return lines
+
+
+def calibration_state(derived: dict) -> str:
+    """``calibrated`` (every evaluated attack measured against a control model), ``partly calibrated`` or
+    ``not calibrated`` (no control, or a report from before controls), from ``derived["calibration"]``."""
+    flags = ((derived or {}).get("calibration") or {}).get("calibrated") or {}
+    if flags and all(flags.values()):
+        return "calibrated"
+    return "partly calibrated" if any(flags.values()) else "not calibrated"
+
+
+def calibration_lines(report: AuditReport) -> list[str]:
+    """Whether the figures were calibrated against a control (and the calibrated changes), and what the training
+    attacks did to the retain items (:mod:`hubaudit.calibrate`)."""
+    d = report.derived
+    cal = d.get("calibration")
+    if cal is None:
+        return []
+    lines: list[str] = []
+    if not cal.get("control"):
+        lines += ["", f"Calibration: {cal.get('note') or 'not calibrated'}."]
+    else:
+        lines += ["", f"Calibration against the control `{cal['control']}` (a model that never learned the forget set): "
+                  f"the verdict counts {cal.get('method', '')}.", "",
+                  "| spec | metric | target regain | control regain (counted) | beyond control [95% CI] | "
+                  "up / down / unchanged | p (Holm) |", "|---|---|---|---|---|---|---|"]
+        for spec, per in (d.get("calibrated_changes") or {}).items():
+            for m, ch in per.items():
+                lines.append(f"| {public_spec(spec)} | {LABELS[m]} | {_fmt(ch.get('raw_mean'), signed=True)} | "
+                             f"{_fmt(ch.get('control_mean'), signed=True)} ({_fmt(ch.get('control_counted'), signed=True)}) | "
+                             f"{change_text(ch)} | "
+                             f"{ch['up']} / {ch['down']} / {ch['ties']} | {ch['p_holm']:.2g} |")
+        for spec, why in (cal.get("not_calibrated") or {}).items():
+            lines += ["", f"Not calibrated: {public_spec(spec)} ({why}); its raw change counts."]
+        before = cal.get("uncalibrated_verdict") or {}
+        if before.get("label") and before["label"] != report.verdict.label:
+            lines += ["", f"Without the calibration the verdict would be {before['label']}."]
+    effect = d.get("retain_effect") or {}
+    if effect:
+        lines += ["", "Training attacks on the retain items (change against full precision): " + "; ".join(
+            f"{public_spec(spec)} " + ", ".join(f"{LABELS.get(m, m)} {change_text(ch)}" for m, ch in per.items())
+            for spec, per in effect.items()) + "."]
     return lines
 
 

@@ -484,6 +484,9 @@ def sweep(
         raise HubauditError(f"--card must be none or pr for a sweep, got {card}")
     if max_retries < 0:
         raise HubauditError(f"--max-retries must be >= 0, got {max_retries}")
+    if req.control is not None:
+        raise HubauditError("a control model (--control) calibrates one audit: run hubaudit audit MODEL --control "
+                            "CONTROL for each model; a sweep does not take one yet")
     query, resolved = None, None
     if search is not None:
         if models:

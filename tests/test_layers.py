@@ -19,6 +19,7 @@ LAYERS = [
     ("unlearn", 80, ("hubaudit.unlearn",), False),
     ("audit", 70, ("hubaudit.audit",), False),
     ("plan", 68, ("hubaudit.plan",), False),
+    ("calibrate", 67.5, ("hubaudit.calibrate",), False),
     ("verdict", 67, ("hubaudit.verdict",), False),
     ("card", 65, ("hubaudit.card",), False),
     ("leaderboard", 65, ("hubaudit.leaderboard",), False),

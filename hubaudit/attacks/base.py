@@ -17,7 +17,8 @@ Write one new module, in ``hubaudit/attacks/`` (or ``hubaudit/quant/`` for a qua
 Every module of both packages is discovered on first use, so nothing else changes. An attack:
 
 - sets ``name`` (the spec prefix), ``kind``, ``summary``, ``examples``; ``requires`` (import names of the
-  packages it needs), ``extra`` (the pip extra that installs them), ``needs_gpu``; for a kind other than
+  packages it needs), ``extra`` (the pip extra that installs them), ``needs_gpu`` (or ``prefers_gpu``: runs
+  on a CPU, much faster on a GPU; a sweep gives a model's worker a GPU when the cluster has one); for a kind other than
   quantization, ``report_note`` (one clause for the report's table of recovery attacks) and ``noun`` (what a
   fragile verdict says did not survive: "relearning", "pruning");
 - implements :meth:`Attack.validate` (reject a malformed spec with a :class:`SpecError`) and
@@ -112,6 +113,7 @@ class Attack:
     requires: tuple[str, ...] = ()  # importable module names
     extra: str | None = None  # pip extra: pip install 'hubaudit[EXTRA]'
     needs_gpu: bool = False
+    prefers_gpu: bool = False  # runs on a CPU, much faster on a GPU (training attacks): `hubaudit attacks` says so
     # True: a spec names a published build of the audited model (``file:``), not a recipe: it is not
     # applied to the reference model
     artifact: bool = False
