@@ -240,7 +240,7 @@ def cmd_sweep(args) -> int:
     st = res.stats
     print((res.out / "leaderboard.md").read_text(encoding="utf-8"))
     print(f"{st['models']} models, {st['cells']} cells: {st['computed_cells']} computed, {st['reused_cells']} from the "
-          f"store, {st['error_cells']} failed, {st['skipped_cells']} skipped (backend unavailable); {st['worker_restarts']} "
+          f"store, {st['error_cells']} failed, {st['skipped_cells']} skipped (attack unavailable here); {st['worker_restarts']} "
           f"worker restarts; {st['seconds']:.0f} s")
     print(f"Leaderboard: {res.out / 'leaderboard.md'}, {res.out / 'leaderboard.parquet'}; reports in {res.out / 'reports'}")
     return EXIT_OK

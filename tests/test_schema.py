@@ -212,3 +212,13 @@ def test_the_reference_page_documents_every_field():
     missing = sorted(n for n in names if f"`{n}`" not in text)
     assert not missing, f"{PAGE.name} does not mention {missing}"
     assert f"version {SCHEMA_VERSION}" in text.lower() and f"version {leaderboard_schema()['version']}" in text.lower()
+
+
+def test_a_cell_names_what_its_attack_did_under_both_names():
+    cell = CellResult("model", "rtn:4", attack={"backend": "rtn"})
+    assert cell.backend is cell.attack and CellResult("model", "rtn:4", backend={"backend": "rtn"}) == cell
+    cell.backend = {"backend": "prune"}  # older code assigns it by its older name
+    assert cell.attack == {"backend": "prune"} and cell.to_json()["backend"] == {"backend": "prune"}
+    assert "attack" not in cell.to_json() and CellResult.from_json(cell.to_json()) == cell
+    with pytest.raises(TypeError, match="not both"):
+        CellResult("model", "rtn:4", attack={}, backend={})
