@@ -271,7 +271,7 @@ def bench_model(label: str, model_dir: Path, forget, limit: int | None, audit: b
 def _metrics_pass(model, tok, fs, forget, one_by_one: bool, n_flop: int, peak: float) -> None:
     from hubaudit.forget import load_forget_set
     from hubaudit.metrics import MetricConfig, evaluate
-    from hubaudit.metrics.reference import evaluate_one_at_a_time
+    from hubaudit.metrics.oracle import evaluate_one_at_a_time
 
     print(f"{'metric':<10} {'items':>5} {'tokens':>7} {'fast s':>7} {'tok/s':>7} {'fwd s':>7} {'floor x':>7} "
           f"{'pad %':>5} {'GFLOPS':>7} {'% peak':>6} {'1-by-1 s':>8} {'speed-up':>8} {'score':>8} {'1-by-1':>8}")

@@ -99,7 +99,7 @@ def subset_report(report, idx_by_metric: dict[str, list[int]]):
 
     cells = []
     for c in report.cells:
-        nc = CellResult(c.role, c.spec, status=c.status, backend=c.backend, reason=c.reason)
+        nc = CellResult(c.role, c.spec, status=c.status, attack=c.attack, reason=c.reason)
         for m, rows in c.items.items():
             if m not in idx_by_metric or m not in c.metrics:
                 continue

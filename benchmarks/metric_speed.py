@@ -30,7 +30,7 @@ def main() -> None:
 
     from hubaudit.forget import load_forget_set
     from hubaudit.metrics import MetricConfig, evaluate
-    from hubaudit.metrics.reference import evaluate_one_at_a_time
+    from hubaudit.metrics.oracle import evaluate_one_at_a_time
     from hubaudit.modeling import ModelSource
 
     forget = args.forget

@@ -10,9 +10,9 @@
     names, 2 a user error, 3 the verdict is ``incomplete`` (a gate never passes on nothing).
 
 Inputs come from the environment, never from a command line or a script's text (``INPUT_MODEL``,
-``INPUT_REFERENCE``, ``INPUT_FORGET_SET``, ``INPUT_BACKENDS``, ``INPUT_THRESHOLD``, ``INPUT_METRICS``,
-``INPUT_ALPHA``, ``INPUT_FAIL_ON``, ``INPUT_FAIL_ON_FRAGILE``, ``INPUT_CARD``, ``INPUT_ARTIFACT_NAME``); the Hub token comes as ``HF_TOKEN``,
-which huggingface_hub reads itself: it is never put on a command line, printed or written.
+``INPUT_REFERENCE``, ``INPUT_FORGET_SET``, ``INPUT_ATTACKS`` or its older name ``INPUT_BACKENDS``,
+``INPUT_THRESHOLD``, ``INPUT_METRICS``, ``INPUT_ALPHA``, ``INPUT_FAIL_ON``, ``INPUT_FAIL_ON_FRAGILE``, ``INPUT_CARD``,
+``INPUT_ARTIFACT_NAME``); the Hub token comes as ``HF_TOKEN``, which huggingface_hub reads itself: it is never put on a command line, printed or written.
 Without ``GITHUB_OUTPUT`` / ``GITHUB_STEP_SUMMARY`` (outside GitHub) the outputs and summary are printed.
 """
 
@@ -39,6 +39,16 @@ class ActionInputError(ValueError):
 
 def _input(name: str, default: str = "") -> str:
     return os.environ.get("INPUT_" + name.upper().replace("-", "_"), default).strip()
+
+
+def _attacks_input() -> str:
+    """The attack specs: input attacks, or backends (its older name); empty for the CLI's default. Both given
+    and different is an error (which one was meant?)."""
+    attacks, backends = _input("attacks"), _input("backends")
+    if attacks and backends and attacks != backends:
+        raise ActionInputError(f"inputs attacks ('{attacks}') and backends ('{backends}') differ; backends is the older "
+                               "name of attacks: give only attacks")
+    return attacks or backends
 
 
 def _bool_input(name: str, default: bool) -> bool:
@@ -144,7 +154,11 @@ def cmd_resolve() -> int:
     except Exception as e:  # noqa: BLE001 - the audit step reports the error properly
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         annotate("warning", f"hubaudit: could not resolve '{model}' for the cache key ({first}); no cache this run")
-    settings = "\n".join([__version__, _input("reference"), _input("forget-set"), _input("backends"),
+    try:
+        attacks = _attacks_input()
+    except ActionInputError:
+        attacks = _input("attacks") + "\n" + _input("backends")  # the audit step reports it
+    settings = "\n".join([__version__, _input("reference"), _input("forget-set"), attacks,
                           _input("threshold"), _input("metrics")])
     # With a token the Hub cache may hold private or gated weights, and a cache can be restored by other
     # branches and pull-request runs: then only the results store is cached (an empty path is skipped).
@@ -198,10 +212,11 @@ def audit_argv(out: Path) -> list[str]:
         raise ActionInputError(f"input card must be one of {', '.join(CARD_CHOICES)}, got '{card}'")
     fail_on = _fail_on()
     argv = [sys.executable, "-m", "hubaudit", "audit", f"--out={out}", f"--card={card}", "--quiet"]
-    for name, flag in (("reference", "--reference"), ("forget-set", "--forget"), ("backends", "--backends"),
-                       ("metrics", "--metrics")):
+    for name, flag in (("reference", "--reference"), ("forget-set", "--forget"), ("metrics", "--metrics")):
         if _input(name):
             argv.append(f"{flag}={_input(name)}")
+    if _attacks_input():
+        argv.append(f"--attacks={_attacks_input()}")
     if not _input("forget-set"):
         argv.append("--yes")  # no forget set given: take the one the model card points to (else synthetic)
     if _input("threshold"):

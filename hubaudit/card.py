@@ -78,7 +78,7 @@ def render_section(report: AuditReport) -> str:
             "full precision" if spec == FULL_PRECISION else f"`{public_spec(spec)}`{attack}",
             *(_fmt(c.metrics.get(m)) for m in metrics), *regain_cells(report.derived, spec),
         ]) + " |")
-    st = report.derived.get("statistics") or {}
+    st = report.derived.statistics
     lines += ["", _calibration_sentence(report)] if report.derived.get("calibration") else []
     lines += [
         "",

@@ -61,12 +61,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="forget set: muse-news, muse-books, tofu-forget01|05|10, wmdp-bio|cyber|chem, a Hub dataset "
                         "org/name, a MUSE-layout folder, or synthetic (built in); default: the one the model card "
                         "points to (confirmed on a terminal, or with --yes), else synthetic")
-    a.add_argument("--backends", metavar="SPEC,...", default=None,
-                   help="quantization specs, comma-separated (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128), and "
+    a.add_argument("--attacks", "--backends", dest="attacks", metavar="SPEC,...", default=None,
+                   help="attack specs, comma-separated: quantization (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128), "
                         "published builds of the model: file:PATH.gguf, file:ORG/NAME/FILE.gguf[@REV], "
                         "file:ORG/NAME-GPTQ[@REV], and other recovery attacks: prune:0.2 (magnitude pruning), "
-                        "relearn:steps=20 (fine-tuning on a slice of the forget set), finetune:unrelated (a benign fine-tune), "
-                        "qlora:nf4 (NF4 + LoRA); see `hubaudit backends`")
+                        "relearn:steps=20 (fine-tuning on a slice of the forget set), finetune:unrelated (a benign "
+                        "fine-tune), qlora:nf4 (NF4 + LoRA), ablate:direction, probe:logit-lens (white-box); see "
+                        "`hubaudit attacks` (--backends: the older name)")
     a.add_argument("--all-files", action="store_true",
                    help="a file: spec naming a GGUF repository or folder (file:ORG/NAME-GGUF) audits every GGUF file "
                         "in it, one cell each")
@@ -149,9 +150,9 @@ def _parser() -> argparse.ArgumentParser:
                         "AMX or AVX512-BF16, else float32 with the weights rounded to bf16 after every step)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    sub.add_parser("backends", aliases=["attacks"],
-                   help="list the attacks a spec can name (quantization backends, pruning, relearning) and whether "
-                        "they run here")
+    sub.add_parser("attacks", aliases=["backends"],
+                   help="list the attacks a spec can name (quantization backends, pruning, training attacks) and "
+                        "whether they run here")
     _unlearn_parser(sub)
     _sweep_parsers(sub)
     return p
@@ -170,8 +171,9 @@ def _sweep_parsers(sub) -> None:
                    help="models from the Hub instead: tag=...,base_model=org/name,author=...,q=TEXT,limit=N")
     s.add_argument("--reference", metavar="REF", help="the original of every model (default: each card's base_model)")
     s.add_argument("--forget", metavar="SOURCE", default=None, help="the forget set of every model (default synthetic)")
-    s.add_argument("--backends", metavar="SPEC,...", default=None,
-                   help="quantization specs and attacks, as for `hubaudit audit` (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128)")
+    s.add_argument("--attacks", "--backends", dest="attacks", metavar="SPEC,...", default=None,
+                   help="attack specs, as for `hubaudit audit` (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128; "
+                        "--backends: the older name)")
     s.add_argument("--threshold", type=float, default=None, metavar="X", help="points regained for fragile (default 5)")
     s.add_argument("--alpha", type=float, default=None, metavar="A", help="family-wise error level (default 0.05)")
     s.add_argument("--metrics", metavar="NAME,...", default=None, help="metrics (default: all the forget set supports)")
@@ -215,7 +217,7 @@ def audit_request(args, **extra):
     else; an option not given keeps the request's own default."""
     from .plan import AuditRequest
 
-    given = dict(specs=args.backends, threshold=args.threshold, alpha=args.alpha, metrics=args.metrics,
+    given = dict(specs=args.attacks, threshold=args.threshold, alpha=args.alpha, metrics=args.metrics,
                  auc_retrain=args.auc_retrain, fresh=args.fresh, device=args.device, dtype=args.dtype,
                  batch_size=args.batch_size, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
                  control=getattr(args, "control", None), **extra)
@@ -243,7 +245,7 @@ def cmd_sweep(args) -> int:
     st = res.stats
     print((res.out / "leaderboard.md").read_text(encoding="utf-8"))
     print(f"{st['models']} models, {st['cells']} cells: {st['computed_cells']} computed, {st['reused_cells']} from the "
-          f"store, {st['error_cells']} failed, {st['skipped_cells']} skipped (backend unavailable); {st['worker_restarts']} "
+          f"store, {st['error_cells']} failed, {st['skipped_cells']} skipped (attack unavailable here); {st['worker_restarts']} "
           f"worker restarts; {st['seconds']:.0f} s")
     print(f"Leaderboard: {res.out / 'leaderboard.md'}, {res.out / 'leaderboard.parquet'}; reports in {res.out / 'reports'}")
     return EXIT_OK
@@ -316,8 +318,8 @@ def _unlearn_parser(sub) -> None:
                    help="output model folder (default hubaudit-unlearn/<model>-<method>[-sure])")
     u.add_argument("--fresh", action="store_true", help="discard a checkpoint or finished run in --out and start over")
     u.add_argument("--audit", action="store_true", help="then audit the result against MODEL; report in OUT/audit/")
-    u.add_argument("--backends", metavar="SPEC,...", default="rtn:4,bnb:nf4,gguf:Q4_0",
-                   help="specs for --audit (default rtn:4,bnb:nf4,gguf:Q4_0)")
+    u.add_argument("--attacks", "--backends", dest="attacks", metavar="SPEC,...", default="rtn:4,bnb:nf4,gguf:Q4_0",
+                   help="attack specs for --audit (default rtn:4,bnb:nf4,gguf:Q4_0; --backends: the older name)")
     u.add_argument("--no-store", action="store_true", help="with --audit: do not read or write the results store")
     u.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     u.add_argument("--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or the saved login); never printed")
@@ -339,7 +341,7 @@ def cmd_unlearn(args) -> int:
     )
     stop_after = os.environ.get("HUBAUDIT_UNLEARN_STOP_AFTER")  # tests: stop resumably after N steps
     res = unlearn(args.model, args.forget, args.out, config=cfg, fresh=args.fresh, device=args.device,
-                  token=args.token, progress=not args.quiet, audit=args.audit, audit_specs=args.backends,
+                  token=args.token, progress=not args.quiet, audit=args.audit, audit_specs=args.attacks,
                   audit_store=False if args.no_store else None,
                   max_steps_this_run=int(stop_after) if stop_after else None)
     if res.status != "finished":
@@ -492,7 +494,7 @@ def cmd_demo(args) -> int:
     return EXIT_OK
 
 
-def cmd_backends(args) -> int:
+def cmd_attacks(args) -> int:
     from .attacks import KINDS, all_attacks
 
     rows = []
@@ -518,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handler = {"audit": cmd_audit, "card": cmd_card, "demo": cmd_demo, "backends": cmd_backends, "attacks": cmd_backends,
+    handler = {"audit": cmd_audit, "card": cmd_card, "demo": cmd_demo, "attacks": cmd_attacks, "backends": cmd_attacks,
                "unlearn": cmd_unlearn, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard}[args.command]
     try:
         return handler(args)

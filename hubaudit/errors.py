@@ -14,7 +14,7 @@ class HubauditError(Exception):
 
 
 class SpecError(HubauditError, ValueError):
-    """Raised when a quantization spec string (``rtn:4:g128``) is malformed or names no backend."""
+    """Raised when an attack spec string (``rtn:4:g128``, ``prune:0.2``) is malformed or names no attack."""
 
 
 class ForgetSetError(HubauditError, ValueError):

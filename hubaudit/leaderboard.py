@@ -80,12 +80,12 @@ def row_of(sweep_row) -> dict:
     row.update(worst_spec=v.worst_spec, worst_metric=v.worst_metric, regained=_num(v.max_regained),
                regained_low=_num(ci[0]), regained_high=_num(ci[1]), n_items=v.n_items, p_value=_num(v.p_value),
                verdict=v.label, summary=v.summary)
-    kept = (d.get("retained_ci") or {}).get(FULL_PRECISION) or {}
+    kept = d.retained_ci.get(FULL_PRECISION) or {}
     m = v.worst_metric if v.worst_metric in kept else next((k for k in VERDICT_METRICS if k in kept), None)
     if m is not None:
         r = kept[m]
         row.update(retained=_num(r["value"]), retained_low=_num(r["ci"][0]), retained_high=_num(r["ci"][1]))
-    row["utility"] = _num((d.get("utility") or {}).get(FULL_PRECISION))
+    row["utility"] = _num(d.utility.get(FULL_PRECISION))
     from .report import calibration_state
 
     row["calibrated"] = calibration_state(d)  # against a control model (hubaudit.calibrate), or not

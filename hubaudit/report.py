@@ -259,8 +259,8 @@ def render_markdown(report: AuditReport) -> str:
 
 def recovery_specs(report: AuditReport) -> list[str]:
     """The report's specs of the recovery family (pruning, training attacks), in order."""
-    kinds = report.derived.get("kinds") or {}
-    return [s for s in report.specs if kinds.get(s) == "recovery"]
+    families = report.derived.kinds
+    return [s for s in report.specs if families.get(s) == "recovery"]
 
 
 def _attack_notes(specs: list[str]) -> str:

@@ -1,12 +1,22 @@
-"""The values an audit produces, with JSON in and out (``SCHEMA_VERSION``)."""
+"""The values an audit produces, as typed records with JSON in and out (``SCHEMA_VERSION``).
+
+report.json is :meth:`AuditReport.to_json`; its layout is written down as a JSON Schema (draft 2020-12) in
+``hubaudit/schema/report.schema.json`` (:func:`report_schema`), whose ``version`` is :data:`SCHEMA_VERSION`, and
+documented page by page in ``docs/reference/report-schema.md``. A change of the layout bumps both; older
+layouts in :data:`READABLE_VERSIONS` still load.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypedDict
 
 SCHEMA_VERSION = 2  # 2: the verdict's uncertainty (interval, p-values, items) and derived["changes"]
 READABLE_VERSIONS = (1, 2)  # version 1 reports load with the new verdict fields empty
+SCHEMA_DIR = Path(__file__).parent / "schema"
 
 # Which metrics the verdict counts (memorization of the forget set, ROUGE-L F1 x 100).
 VERDICT_METRICS = ("verbmem_f", "knowmem_f", "tofu_rouge_f", "wmdp_acc")  # all on a 0-100 scale
@@ -28,19 +38,21 @@ LABELS = {
 }
 
 
-@dataclass
+@dataclass(init=False)
 class CellResult:
     """One model at one precision.
 
     Attributes:
         role: ``model`` (the audited model), ``reference`` (the original) or ``retrain``.
-        spec: ``fp`` (as stored, full precision) or a quantization spec (``rtn:4``).
-        status: ``ok``, ``skipped`` (backend unavailable here; ``reason`` says why) or ``error``.
+        spec: ``fp`` (as stored, full precision) or an attack spec (``rtn:4``, ``prune:0.2``).
+        status: ``ok``, ``skipped`` (attack unavailable here; ``reason`` says why) or ``error``.
         metrics: metric name -> value (ROUGE-L F1 x 100; ``mia_auc`` in 0..1; ``privleak`` in %).
         n_items: metric name -> items scored.
-        seconds: wall time spent on this cell in the run that computed it (quantizing + metrics).
+        seconds: wall time spent on this cell in the run that computed it (attack + metrics).
         peak_rss_bytes / peak_cuda_bytes: peak memory while the cell was computed.
-        backend: what the backend did (its settings and library versions).
+        attack: what the attack did: its name (``backend``), ``kind``, ``settings`` and library ``versions``;
+            for ``fp`` the dtype and device. Written as ``backend`` in report.json (its name there since
+            version 1); :attr:`backend` is the same dict under that name.
         reused: every metric came from the results store.
         items: metric name -> per-item records (score, output).
     """
@@ -55,13 +67,46 @@ class CellResult:
     tokens: int = 0
     peak_rss_bytes: int | None = None
     peak_cuda_bytes: int | None = None
-    backend: dict[str, Any] = field(default_factory=dict)
+    attack: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
     reused: bool = False
     items: dict[str, list] = field(default_factory=dict)
 
+    def __init__(self, role: str, spec: str, status: str = "ok", metrics: dict | None = None,
+                 n_items: dict | None = None, seconds: float = 0.0, quantize_seconds: float = 0.0, tokens: int = 0,
+                 peak_rss_bytes: int | None = None, peak_cuda_bytes: int | None = None,
+                 attack: dict | None = None, reason: str | None = None, reused: bool = False,
+                 items: dict | None = None, *, backend: dict | None = None):
+        if attack is not None and backend is not None:
+            raise TypeError("give attack or backend (its older name), not both")
+        self.role, self.spec, self.status = role, spec, status
+        self.metrics, self.n_items = dict(metrics or {}), dict(n_items or {})
+        self.seconds, self.quantize_seconds, self.tokens = seconds, quantize_seconds, tokens
+        self.peak_rss_bytes, self.peak_cuda_bytes = peak_rss_bytes, peak_cuda_bytes
+        self.attack = attack if attack is not None else (backend if backend is not None else {})
+        self.reason, self.reused, self.items = reason, reused, dict(items or {})
+
+    @property
+    def backend(self) -> dict[str, Any]:
+        """:attr:`attack` under its older name (report.json's key)."""
+        return self.attack
+
+    @backend.setter
+    def backend(self, value: dict[str, Any]) -> None:
+        self.attack = value
+
+    def to_json(self, items: bool = True) -> dict:
+        """The cell as report.json holds it (``attack`` under its key ``backend``)."""
+        d = {("backend" if k == "attack" else k): v for k, v in asdict(self).items()}
+        if not items:
+            d.pop("items", None)
+        return d
+
     @classmethod
     def from_json(cls, d: dict) -> "CellResult":
+        d = dict(d)
+        if "backend" in d:
+            d["attack"] = d.pop("backend")
         return cls(**d)
 
 
@@ -107,6 +152,16 @@ class Verdict:
     tests: int | None = None
     items_needed: int | None = None
     retained: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict:
+        """The verdict as report.json holds it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Verdict":
+        """A verdict from report.json (any of :data:`READABLE_VERSIONS`: fields a version lacks stay None)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
     def evidence(self) -> str:
         """The figure with its uncertainty, for tables and outputs: ``+9.9 [+4.2, +16.5], p = 0.008``."""
@@ -155,18 +210,145 @@ def largest_change(derived: dict, spec: str) -> tuple[str, dict] | None:
     return m, ch[m]
 
 
+class Change(TypedDict):
+    """How one spec moved one forget metric against full precision, item by item (``derived["changes"]``)."""
+
+    n: int  # items compared
+    mean: float  # mean per-item change, points
+    ci: list[float | None]  # its 95% paired bootstrap interval (None: not finite)
+    up: int
+    down: int
+    ties: int
+    p: float  # one-sided sign test, raw
+    p_holm: float | None  # Holm-adjusted over the audit's grid
+
+
+class RetainedFigure(TypedDict):
+    """Knowledge retained (unlearned / original x 100, above chance) with its interval (``derived["retained_ci"]``)."""
+
+    value: float | None
+    ci: list[float | None]
+    n: int
+    original: float
+    chance: float | None
+
+
+class LargestRegain(TypedDict):
+    """The largest regain of a family (``derived["max_regained_by_kind"]``)."""
+
+    spec: str
+    metric: str
+    regained: float
+
+
+# Keys of derived this version writes, in the order it writes them; others found in a report are kept.
+DERIVED_KEYS = ("regained", "retained", "utility", "kinds", "max_regained_by_kind", "changes", "retained_ci",
+                "regained_share", "stderr", "statistics", "recommendation", "auc_retrain", "auc_retrain_source",
+                "retained_note", "reference_note", "forget_quality")
+
+
+@dataclass(eq=False)
+class Derived(Mapping):
+    """The figures an audit derives from its cells (report.json's ``derived``). Every table is keyed by spec,
+    then by metric name; metric names are open (a registered metric appears under its own name).
+
+    It is also a read-only-by-key mapping with the JSON's keys (``derived["changes"]``, ``derived.get(...)``),
+    as report.json code read it before it was typed; a key absent from the JSON (an optional field that is
+    None) is absent from the mapping. ``extra``: keys this version does not know, kept as they were.
+
+    Attributes:
+        regained: spec -> metric -> metric(spec) - metric(fp), points (recovery attacks: on held-out items).
+        retained: spec -> metric -> unlearned / original x 100 (needs the original model).
+        utility: spec -> KnowMem retain of the audited model.
+        kinds: spec -> family of its attack, ``quantization`` or ``recovery`` (the key predates the
+            kind/family distinction: see :mod:`hubaudit.attacks.base`).
+        max_regained_by_kind: family -> the largest regain of a verdict metric in it.
+        changes: spec -> verdict metric -> :class:`Change`.
+        retained_ci: spec -> metric -> :class:`RetainedFigure`.
+        regained_share: spec -> metric -> regain as a share (%) of what was forgotten, or None.
+        stderr: role -> spec -> metric -> standard error of the mean over items.
+        statistics: how the figures were tested (alpha, tests, correction, test, interval, rules).
+        recommendation: what to do next (for ``fragile``): ``{action, why, settings}``.
+        auc_retrain / auc_retrain_source: PrivLeak's baseline AUC and where it came from.
+        retained_note / reference_note: why retained is missing; which reference was used and why.
+        forget_quality: TOFU: spec -> KS-test p-value of truth ratios against the retrain model.
+    """
+
+    regained: dict[str, dict[str, float]] = field(default_factory=dict)
+    retained: dict[str, dict[str, float]] = field(default_factory=dict)
+    utility: dict[str, float] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+    max_regained_by_kind: dict[str, LargestRegain] = field(default_factory=dict)
+    changes: dict[str, dict[str, Change]] = field(default_factory=dict)
+    retained_ci: dict[str, dict[str, RetainedFigure]] = field(default_factory=dict)
+    regained_share: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    stderr: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    statistics: dict[str, Any] = field(default_factory=dict)
+    recommendation: dict[str, Any] | None = None
+    auc_retrain: float | None = None
+    auc_retrain_source: str | None = None
+    retained_note: str | None = None
+    reference_note: str | None = None
+    forget_quality: dict[str, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``derived`` as report.json holds it: every table, the optional fields that are set, then ``extra``."""
+        out = {k: getattr(self, k) for k in DERIVED_KEYS if getattr(self, k) is not None}
+        out.update({k: v for k, v in self.extra.items() if k not in out})
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "Derived":
+        """From report.json's ``derived`` (any readable version: tables it lacks are empty)."""
+        if isinstance(d, Derived):
+            return d
+        d = dict(d or {})
+        return cls(**{k: d.pop(k) for k in DERIVED_KEYS if k in d}, extra=d)
+
+    # the mapping of the JSON's keys
+    def __getitem__(self, key: str) -> Any:
+        if key in DERIVED_KEYS:
+            value = getattr(self, key)
+            if value is None:
+                raise KeyError(key)
+            return value
+        return self.extra[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in DERIVED_KEYS:
+            setattr(self, key, value)
+        else:
+            self.extra[key] = value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def __repr__(self) -> str:
+        return f"Derived({self.to_dict()!r})"
+
+
 @dataclass
 class AuditReport:
     """Everything an audit found. ``to_json``/``from_json`` round-trip; ``schema_version`` guards."""
 
     inputs: dict[str, Any]
     cells: list[CellResult]
-    derived: dict[str, Any]
+    derived: Derived
     verdict: Verdict
     schema_version: int = SCHEMA_VERSION
     hubaudit_version: str = ""
     created: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.derived, Derived):  # a dict (verdict.derive builds one): typed here
+            self.derived = Derived.from_dict(self.derived)
+        if isinstance(self.verdict, Mapping):
+            self.verdict = Verdict.from_dict(self.verdict)
 
     def cell(self, role: str, spec: str) -> CellResult | None:
         return next((c for c in self.cells if c.role == role and c.spec == spec), None)
@@ -176,11 +358,13 @@ class AuditReport:
         return list(self.inputs.get("specs", []))
 
     def to_json(self, items: bool = True) -> dict:
-        d = asdict(self)
-        if not items:
-            for c in d["cells"]:
-                c.pop("items", None)
-        return d
+        """report.json's content (``items=False``: without the per-item records), valid against
+        :func:`report_schema`."""
+        return {"inputs": _copy(self.inputs),
+                "cells": [c.to_json(items) for c in self.cells],
+                "derived": _copy(self.derived.to_dict()), "verdict": self.verdict.to_dict(),
+                "schema_version": self.schema_version, "hubaudit_version": self.hubaudit_version,
+                "created": self.created, "timings": dict(self.timings)}
 
     @classmethod
     def from_json(cls, d: dict) -> "AuditReport":
@@ -190,5 +374,23 @@ class AuditReport:
                              "matching hubaudit")
         d = dict(d)
         d["cells"] = [CellResult.from_json(c) for c in d["cells"]]
-        d["verdict"] = Verdict(**d["verdict"])
+        d["verdict"] = Verdict.from_dict(d["verdict"])
+        d["derived"] = Derived.from_dict(d.get("derived"))
         return cls(**d)
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of JSON-like data (as :func:`dataclasses.asdict` made before)."""
+    import copy
+
+    return copy.deepcopy(value)
+
+
+def report_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of report.json, whose ``version`` is :data:`SCHEMA_VERSION`."""
+    return json.loads((SCHEMA_DIR / "report.schema.json").read_text(encoding="utf-8"))
+
+
+def leaderboard_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of one leaderboard row (leaderboard.parquet / .md's columns)."""
+    return json.loads((SCHEMA_DIR / "leaderboard.schema.json").read_text(encoding="utf-8"))

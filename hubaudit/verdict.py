@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import replace
 
-from .attacks import FULL_PRECISION, get_attack, spec_kind
+from .attacks import FULL_PRECISION, get_attack, spec_family
 from .errors import HubauditError
 from .metrics import privleak
 from .recommend import recommendation
@@ -164,7 +164,7 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
                 stderr.setdefault(c.role, {}).setdefault(c.spec, {})[m] = sd / math.sqrt(len(vals))
     utility = {s: by[("model", s)].metrics["knowmem_r"] for s in [FULL_PRECISION, *specs]
                if ("model", s) in by and "knowmem_r" in by[("model", s)].metrics}
-    kinds = {s: spec_kind(s) for s in specs}
+    kinds = {s: spec_family(s) for s in specs}  # derived["kinds"]: each spec's family
     by_kind: dict[str, tuple] = {}  # the largest regain of each family (quantization, recovery)
     for spec, deltas in regained.items():
         for m in VERDICT_METRICS:

@@ -95,7 +95,7 @@ def item_cell(role: str, spec: str, backend: dict | None = None, **scores):
     mean, as the metrics compute it, and the items are kept, as the store keeps them."""
     from hubaudit.results import CellResult
 
-    cell = CellResult(role, spec, backend=dict(backend or {}))
+    cell = CellResult(role, spec, attack=dict(backend or {}))
     for m, vals in scores.items():
         vals = [float(v) for v in vals]
         cell.metrics[m] = sum(vals) / len(vals)

@@ -87,7 +87,7 @@ def test_actionlint_passes_on_every_workflow_and_the_action(tmp_path):
         assert r.returncode == 0, f"actionlint {path.name}:\n{r.stdout}{r.stderr}"
     # actionlint does see the action: a workflow passing it an input it does not declare is an error
     bad = ROOT / ".github" / "workflows" / "ci.yml"
-    text = bad.read_text().replace("backends: rtn:4\n", "backends: rtn:4\n          no-such-input: x\n", 1)
+    text = bad.read_text().replace("attacks: rtn:4\n", "attacks: rtn:4\n          no-such-input: x\n", 1)
     r = subprocess.run([actionlint(), "-oneline", "-no-color", "-stdin-filename", ".github/workflows/ci.yml", "-"],
                        input=text, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and "no-such-input" in r.stdout
@@ -96,7 +96,7 @@ def test_actionlint_passes_on_every_workflow_and_the_action(tmp_path):
 def test_action_metadata_is_a_well_formed_composite_action():
     a = load_yaml(ACTION)
     assert a["name"] and a["description"] and a["runs"]["using"] == "composite"
-    issue_inputs = {"model", "reference", "forget-set", "backends", "threshold", "alpha", "fail-on", "fail-on-fragile",
+    issue_inputs = {"model", "reference", "forget-set", "attacks", "backends", "threshold", "alpha", "fail-on", "fail-on-fragile",
                     "card", "hf-token", "python-version", "extras", "dtype"}
     issue_outputs = {"verdict", "max-regained", "worst-spec", "interval-low", "interval-high", "p-value", "report-path",
                      "pr-url"}
@@ -108,7 +108,9 @@ def test_action_metadata_is_a_well_formed_composite_action():
     assert a["inputs"]["fail-on"]["default"] == "fragile" and a["inputs"]["card"]["default"] == "none"
     assert a["inputs"]["fail-on-fragile"]["default"] == "true"  # kept for existing workflows
     # the defaults are the CLI's, so the action audits what `hubaudit audit` would
-    assert a["inputs"]["backends"]["default"] == ",".join(DEFAULT_SPECS)
+    # attacks (and backends, its older name) empty: the CLI's default specs, which the description names
+    assert a["inputs"]["attacks"]["default"] == a["inputs"]["backends"]["default"] == ""
+    assert ",".join(DEFAULT_SPECS) in a["inputs"]["attacks"]["description"]
     assert float(a["inputs"]["threshold"]["default"]) == DEFAULT_THRESHOLD
     ids = {s["id"] for s in a["runs"]["steps"] if "id" in s}
     for name, spec in a["outputs"].items():
@@ -493,3 +495,34 @@ def test_hub_model_with_token_opens_the_card_pr_and_the_token_appears_nowhere(tm
                          tmp_path / "w2", python_bin=Path(sys.executable).parent, env=env)
         assert run.code == 2 and run.outputs["verdict"] == "" and "::error::hubaudit: error:" in run.log
         assert "The audit did not finish" in run.summary
+
+
+@pytest.mark.parametrize("inputs, flag", [
+    ({"attacks": "rtn:4,prune:0.2"}, "--attacks=rtn:4,prune:0.2"),
+    ({"backends": "rtn:8"}, "--attacks=rtn:8"),  # the older name, kept for existing workflows
+    ({"attacks": "rtn:8", "backends": "rtn:8"}, "--attacks=rtn:8"),
+    ({}, None),  # neither: the CLI's default specs
+])
+def test_attacks_input_and_its_older_name_backends(tmp_path, monkeypatch, inputs, flag):
+    from hubaudit import action
+
+    monkeypatch.setenv("INPUT_MODEL", "org/model")
+    for k in ("attacks", "backends"):
+        monkeypatch.delenv("INPUT_" + k.upper(), raising=False)
+    for k, v in inputs.items():
+        monkeypatch.setenv("INPUT_" + k.upper(), v)
+    argv = action.audit_argv(tmp_path)
+    assert [a for a in argv if a.startswith(("--attacks", "--backends"))] == ([flag] if flag else [])
+
+
+def test_attacks_and_backends_inputs_that_differ_fail_before_auditing(tmp_path, monkeypatch, capsys):
+    from hubaudit import action
+
+    for k, v in {"MODEL": "org/model", "ATTACKS": "rtn:4", "BACKENDS": "rtn:8"}.items():
+        monkeypatch.setenv("INPUT_" + k, v)
+    monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path / "output"))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary"))
+    monkeypatch.setenv("RUNNER_TEMP", str(tmp_path))
+    monkeypatch.setattr(action.subprocess, "Popen", lambda *a, **k: pytest.fail("the audit must not start"))
+    assert action.main(["run"]) == 2
+    assert "::error::hubaudit: inputs attacks ('rtn:4') and backends ('rtn:8') differ" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """Recovery attacks beyond quantization, through the one attack registry: magnitude pruning (``prune:0.2``),
 its spec, what it zeroes, its own row in the report's table of recovery attacks and its words in a verdict;
-and ``hubaudit backends`` listing every kind."""
+and ``hubaudit attacks`` listing every kind."""
 
 import json
 
@@ -117,3 +117,24 @@ def test_backends_lists_every_kind(capsys):
         lines = capsys.readouterr().out.splitlines()
         kinds = {line.split()[0]: line.split()[1] for line in lines[1:] if line.strip() and " yes " in line}
         assert kinds["rtn"] == "quantization" and kinds["prune"] == "pruning" and kinds["relearn"] == "training"
+
+
+@pytest.mark.parametrize("spec, close", [("prnue:0.2", "prune"), ("relern:steps=5", "relearn"), ("zzz:4", None)])
+def test_an_unknown_attack_names_the_attacks_of_every_kind(spec, close):
+    """A misspelt recovery attack is an unknown *attack*, listed with every kind's names, not an unknown
+    quantization backend."""
+    with pytest.raises(SpecError) as e:
+        parse_specs(f"rtn:4,{spec}")
+    msg = str(e.value)
+    assert msg.startswith(f"unknown attack '{spec.split(':')[0]}'") and "quantization backend '" not in msg
+    assert (f"did you mean '{close}'?" in msg) == (close is not None)
+    for kind in ("quantization backends: ", "pruning: ", "training attacks: "):
+        assert kind in msg
+    assert all(a.name in msg for a in all_attacks()) and "see `hubaudit attacks`" in msg and "\n" not in msg
+
+
+def test_a_spec_names_its_attack():
+    _, spec = get_attack("prune:0.2")
+    assert spec.name == "prune" and spec.backend == "prune" and spec.args == ("0.2",) and str(spec) == "prune:0.2"
+    with pytest.raises(AttributeError):
+        spec.backend = "rtn"  # the older name reads only

@@ -49,8 +49,9 @@ def _bad_model_dirs(tmp_path):
     ("file", [], "is a file"),
     ("noconfig", [], "no config.json"),
     ("pickle", [], "--allow-pickle"),
-    ("good", ["--backends", "rtn:4,gptqq:4"], "unknown quantization backend 'gptqq'"),
-    ("good", ["--backends", "rtn:12"], "from 2 to 8"),
+    ("good", ["--attacks", "rtn:4,gptqq:4"], "unknown attack 'gptqq'"),
+    ("good", ["--attacks", "prnue:0.2"], "unknown attack 'prnue'; did you mean 'prune'?"),
+    ("good", ["--backends", "rtn:12"], "from 2 to 8"),  # the older name of --attacks
     ("good", ["--forget", "nowhere"], "forget set 'nowhere' not found"),
     ("good", ["--forget", "BADFIELD"], "item 1 has no 'gt' field"),
     ("good", ["--metrics", "verbmem,bleu"], "unknown metric 'bleu'"),

@@ -6,7 +6,7 @@ import pytest
 import hubaudit
 from hubaudit.forget import load_forget_set
 from hubaudit.metrics import evaluate
-from hubaudit.metrics.reference import evaluate_one_at_a_time
+from hubaudit.metrics.oracle import evaluate_one_at_a_time
 from hubaudit.modeling import ModelSource, native_half
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@ import pytest
 from hubaudit.forget import QA, load_forget_set
 from hubaudit.metrics import MetricConfig, evaluate
 from hubaudit.metrics.muse import knowmem_prefix, knowmem_prompt, mia_auc, min_k_score, privleak
-from hubaudit.metrics.reference import evaluate_one_at_a_time
+from hubaudit.metrics.oracle import evaluate_one_at_a_time
 from hubaudit.metrics.rouge import cut_at_stop, rouge_l_f1
 from hubaudit.modeling import ModelSource
 
@@ -45,7 +45,7 @@ def test_batched_scores_equal_one_at_a_time(random_world, batch_size):
     for name in names:
         assert fast[name].value == pytest.approx(slow[name], abs=0.01), name
     # per item too: the same generated text, not only the same mean
-    from hubaudit.metrics.reference import _generate_one
+    from hubaudit.metrics.oracle import _generate_one
 
     for x, row in zip(fs.verbmem, fast["verbmem_f"].items):
         assert row["output"] == _generate_one(src.model, src.tokenizer, x.prompt, 40)

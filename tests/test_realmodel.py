@@ -7,7 +7,7 @@ passages, KnowMem questions and MIA texts, and TOFU-style questions that go thro
 audit (module fixture) covers full precision, ``rtn:4`` and ``bnb:nf4`` with the model itself as the
 "original", the report and the card; a second one, sharing its store, the very GGUF file the model was
 built from (``file:``). The batched scores are checked against the one-item-at-a-time reference
-(hubaudit/metrics/reference.py) to 0.01.
+(hubaudit/metrics/oracle.py) to 0.01.
 """
 
 import json
@@ -74,7 +74,7 @@ def scores(c: dict) -> dict:
 def test_batched_scores_equal_the_one_at_a_time_reference_on_a_real_model(audited):
     from hubaudit.forget import load_forget_set
     from hubaudit.metrics import MetricConfig
-    from hubaudit.metrics.reference import evaluate_one_at_a_time
+    from hubaudit.metrics.oracle import evaluate_one_at_a_time
     from hubaudit.modeling import ModelSource
 
     fp = cell(audited["report"], "fp")

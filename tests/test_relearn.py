@@ -82,7 +82,7 @@ def _cells(trained_gain, heldout_gain, n=30, k=3):
     fp = item_cell("model", "fp", knowmem_f=[0.0] * n, knowmem_r=[50.0] * n)
     rl = item_cell("model", "relearn:steps=5", knowmem_f=[trained_gain] * k + [heldout_gain] * (n - k),
                    knowmem_r=[50.0] * n,
-                   backend={"backend": "relearn", "kind": "recovery", "settings": {"trained_items": {"forget_qa": k}}})
+                   backend={"backend": "relearn", "kind": "training", "settings": {"trained_items": {"forget_qa": k}}})
     q = item_cell("model", "rtn:4", knowmem_f=[1.0] * n, knowmem_r=[50.0] * n)
     return [fp, q, rl]
 

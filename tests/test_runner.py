@@ -7,7 +7,7 @@ from hubaudit.forget import load_forget_set
 from hubaudit.metrics import MetricConfig
 from hubaudit.metrics.muse import knowmem_prefix, knowmem_prompt
 from hubaudit.metrics.rouge import cut_at_stop
-from hubaudit.metrics.reference import _token_logprobs_one  # the model's whole logits, one text at a time
+from hubaudit.metrics.oracle import _token_logprobs_one  # the model's whole logits, one text at a time
 from hubaudit.metrics.runner import LMRunner
 from hubaudit.modeling import ModelSource
 

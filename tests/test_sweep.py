@@ -187,7 +187,7 @@ def test_interrupted_sweep_resumes_and_survives_a_killed_worker(world, shared_st
     alone = audit(world["v1"], reference=world["orig"], forget=world["forget"], specs=SPECS, store=store, progress=False)
     assert alone.timings["reused_cells"] == 6  # the sweep's cells are the audit's: found in the store, keys and all
     assert swept.verdict == alone.verdict
-    assert json.loads(json.dumps(swept.derived)) == json.loads(json.dumps(alone.derived))
+    assert json.loads(json.dumps(swept.derived.to_dict())) == json.loads(json.dumps(alone.derived.to_dict()))
     assert [(c.role, c.spec, c.metrics) for c in swept.cells] == [(c.role, c.spec, c.metrics) for c in alone.cells]
 
 

@@ -5,7 +5,7 @@ fine-tuning on unrelated text (``finetune:unrelated``, ``qlora:nf4``) and the wh
 See :mod:`hubaudit.attacks.base` for what an attack is and how to add one."""
 
 from .base import (ATTACKS, FULL_PRECISION, KINDS, Attack, AttackSpec, RowsRequest, TrainingRows, all_attacks,
-                   get_attack, parse_specs, register, spec_kind)
+                   get_attack, parse_specs, register, spec_family, spec_kind, unknown_attack)
 
 __all__ = ["ATTACKS", "FULL_PRECISION", "KINDS", "Attack", "AttackSpec", "RowsRequest", "TrainingRows",
-           "all_attacks", "get_attack", "parse_specs", "register", "spec_kind"]
+           "all_attacks", "get_attack", "parse_specs", "register", "spec_family", "spec_kind", "unknown_attack"]

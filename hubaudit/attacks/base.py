@@ -54,12 +54,12 @@ PACKAGES = ("hubaudit.quant", "hubaudit.attacks")  # every module in these regis
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """A parsed spec string: the attack's name (``backend``) and its positional ``args``
+    """A parsed spec string: the attack's ``name`` and its positional ``args``
     (``rtn:4:g128`` -> rtn, (4, g128)); ``resolved``: what :meth:`Attack.resolve` pinned for it (a ``file:``
     spec's :class:`~hubaudit.quant.artifact.Artifact`), carried with the spec to the cell that runs it (not part
     of its equality: the text names the cell)."""
 
-    backend: str
+    name: str
     args: tuple[str, ...] = ()
     resolved: Any = field(default=None, compare=False, repr=False)
 
@@ -67,18 +67,19 @@ class AttackSpec:
     def parse(cls, text: str) -> "AttackSpec":
         text = text.strip()
         if not text:
-            raise SpecError("empty quantization spec; use for example rtn:4 (see `hubaudit backends`)")
+            raise SpecError("empty attack spec; use for example rtn:4 (see `hubaudit attacks`)")
         parts = text.split(":")
         if any(p == "" for p in parts):
             raise SpecError(f"malformed spec '{text}': empty part between colons")
         return cls(parts[0].lower(), tuple(parts[1:]))
 
     @property
-    def name(self) -> str:
-        return self.backend
+    def backend(self) -> str:
+        """The attack's name under its older name (read-only)."""
+        return self.name
 
     def __str__(self) -> str:
-        return ":".join((self.backend, *self.args))
+        return ":".join((self.name, *self.args))
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ class Attack:
         return self.apply(source.fresh_copy(), spec)
 
 
-ATTACKS: Registry[type[Attack]] = Registry("quantization backend", SpecError)
+ATTACKS: Registry[type[Attack]] = Registry("attack", SpecError)
 register = ATTACKS.decorator()
 _discovered = False
 
@@ -235,9 +236,11 @@ def get_attack(spec: AttackSpec | str) -> tuple[Attack, AttackSpec]:
     _discover()
     if isinstance(spec, str):
         spec = AttackSpec.parse(spec)
-    if spec.backend == FULL_PRECISION:
-        raise SpecError("'fp' (full precision) is always audited; list only quantization specs")
-    attack = ATTACKS.get(spec.backend)()
+    if spec.name == FULL_PRECISION:
+        raise SpecError("'fp' (full precision) is always audited; list only attack specs")
+    if spec.name not in ATTACKS:
+        raise SpecError(unknown_attack(spec.name))
+    attack = ATTACKS.get(spec.name)()
     attack.validate(spec)
     return attack, spec
 
@@ -254,7 +257,20 @@ def parse_specs(specs) -> list[AttackSpec]:
     return out
 
 
-def spec_kind(spec: str) -> str:
+def unknown_attack(name: str) -> str:
+    """The message for a spec naming no attack: the attacks there are, by kind, and a close match if any."""
+    import difflib
+
+    names = list(ATTACKS)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    groups = {"quantization": "quantization backends", "pruning": "pruning", "training": "training attacks"}
+    known = "; ".join(f"{label}: {', '.join(n for n, cls in ATTACKS.items() if cls.kind == kind)}"
+                      for kind, label in groups.items() if any(cls.kind == kind for _, cls in ATTACKS.items()))
+    return f"unknown attack '{name}'{hint} ({known}); see `hubaudit attacks`"
+
+
+def spec_family(spec: str) -> str:
     """The spec's family, ``quantization`` or ``recovery`` (:attr:`Attack.family`); ``fp`` for full precision."""
     if spec == FULL_PRECISION:
         return FULL_PRECISION
@@ -262,6 +278,9 @@ def spec_kind(spec: str) -> str:
         return get_attack(spec)[0].family
     except SpecError:
         return "quantization"
+
+
+spec_kind = spec_family  # the older name (it returns a family, not a kind)
 
 
 def all_attacks(kind: str | None = None) -> list[Attack]:

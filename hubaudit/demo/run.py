@@ -34,7 +34,7 @@ def _row(name: str, what: str, report) -> str:
 
     v = report.verdict
     evidence = (f"{v.worst_spec} {v.evidence()}" if v.max_regained is not None else "–")
-    kept = (report.derived.get("retained_ci") or {}).get("fp", {}).get("knowmem_f")
+    kept = report.derived.retained_ci.get("fp", {}).get("knowmem_f")
     kept_text = f"{kept['value']:.0f}% [{kept['ci'][0]:.0f}, {kept['ci'][1]:.0f}]" if kept and kept["ci"][0] is not None else "–"
     return (f"| {name} | {g(ref, 'knowmem_f')} | {g(fp, 'knowmem_f')} | {g(q4, 'knowmem_f')} | {g(fp, 'verbmem_f')} | "
             f"{g(q4, 'verbmem_f')} | {g(fp, 'knowmem_r')} | {kept_text} | {evidence} | **{v.label}** | {what} |")

@@ -1,5 +1,6 @@
-"""The one-item-at-a-time protocol of MUSE's (and the paper's) scripts, kept as a plain loop (and TOFU's
-ROUGE and answer probability the same way, prompts from ``apply_chat_template(..., tokenize=True)``).
+"""The test oracle: the one-item-at-a-time protocol of MUSE's (and the paper's) scripts, kept as a plain
+loop (and TOFU's ROUGE and answer probability the same way, prompts from
+``apply_chat_template(..., tokenize=True)``).
 
 It exists to check the batched metrics against (tests) and to measure what batching buys
 (``benchmarks/``): one ``model.generate`` per prompt with no padding, the few-shot prefix re-encoded
