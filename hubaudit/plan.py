@@ -55,6 +55,9 @@ class AuditRequest:
         fresh: ignore stored results (still store the new ones).
         memory_check: refuse before loading a model that cannot fit (full precision + one copy).
         all_files: a ``file:`` spec naming a GGUF repository or folder stands for every GGUF file in it.
+        sequential: draw the items in a random order (``seed``) and stop each (spec, forget metric) pair, and
+            the audit, once an anytime-valid test decides it (:mod:`hubaudit.seqaudit`).
+        seed: the draw order's seed (``sequential`` only).
     """
 
     specs: tuple[AttackSpec, ...] | str = DEFAULT_SPECS
@@ -71,6 +74,8 @@ class AuditRequest:
     fresh: bool = False
     memory_check: bool = True
     all_files: bool = False
+    sequential: bool = False
+    seed: int = 0
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen: normalized once, here
