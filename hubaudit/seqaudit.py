@@ -375,7 +375,7 @@ def apply_sequential(report, record: dict) -> None:
     exhausted = [(s, m, t) for s, m, t in pairs if t["decision"] == "open"]
     for s, m, t in exhausted:  # every item drawn: the fixed-sample rule, as the full audit
         ch = (changes.get(s) or {}).get(m)
-        if ch and ch["mean"] >= v.threshold and (ch.get("p_holm") or 1) < alpha:
+        if ch and ch["mean"] >= v.threshold and (ch.get("p_holm") or 1) < alpha and v.label == "fragile":
             report.verdict = replace(v, summary=v.summary + " (every item drawn: decided by the fixed-sample test)")
             record["pairs"][s][m]["decided_by"] = "fixed-sample, every item"
             return
@@ -390,6 +390,13 @@ def apply_sequential(report, record: dict) -> None:
         s, m, t = max(still or pairs, key=lambda x: x[2]["mean"] if x[2]["mean"] is not None else -1e9)
         report.verdict = Verdict("inconclusive", summary=(
             f"inconclusive: {words(s, m, t)}: every item drawn and neither decided"), **fields(s, m, t, "open"))
+        return
+    from .verdict import _not_run_words
+
+    not_run = _not_run_words({(c.role, c.spec): c for c in report.cells}, report.inputs["specs"])
+    if not_run:  # robust means every requested spec was evaluated
+        report.verdict = replace(v, label="incomplete", summary=(
+            f"incomplete: not evaluated: {', '.join(not_run)}, so no verdict"))
         return
     s, m, t = max(pairs, key=lambda x: x[2]["mean"] if x[2]["mean"] is not None else -1e9)
     for s2, m2, t2 in pairs:
