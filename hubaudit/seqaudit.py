@@ -80,15 +80,18 @@ class _SpecModel:
             log.debug("cell %s failed", self.plan.spec, exc_info=True)
             self.status, self.reason = "error", f"{type(e).__name__}: {e}"
             return None
-        self.quantize_seconds = time.perf_counter() - t0
+        self.quantize_seconds += time.perf_counter() - t0
+        self.builds = getattr(self, "builds", 0) + 1
         self.backend = {"backend": attack.name, "kind": attack.kind, "settings": settings, "versions": attack.versions()}
         if settings.get("identical_to_full_precision"):
             self.identical, self.model = True, None
         return self.model
 
     def release(self):
+        """Free a quantized model; it is built again when a later round needs it."""
         if self.model is not None and self.plan.spec != FULL_PRECISION:
             self.model = None
+            self._built = False
             gc.collect()
 
 
@@ -193,53 +196,62 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
     for plan in full_specs:  # every item anyway (its trained items excluded by the verdict); tested in draw order
         cell = auditor.run_cell(Cell("model", plan.source, plan.spec, vmetrics))
         full_cells[plan.text] = cell
-    for plan in [*seq_specs, *full_specs]:
-        if decided_fragile:
-            break
-        spec_model = built.setdefault(plan.text, _SpecModel(auditor, plan))
-        pairs = {}
+    order_specs = [*seq_specs, *full_specs]
+    for plan in order_specs:
+        built[plan.text] = _SpecModel(auditor, plan)
         for m in vmetrics:
-            n_all = draws.size(m)
             k = 0
-            if plan in full_specs:
+            if plan in full_specs and full_cells[plan.text].status == "ok":
                 from .verdict import _trained_items
 
-                cell = full_cells[plan.text]
-                k = _trained_items(cell, m.name) if cell.status == "ok" else 0
-            pairs[m.name] = tests[(plan.text, m.name)] = PairTest(
-                plan.text, m.name, threshold, alpha_each, population=n_all - k, min_items=MIN_ITEMS_ROBUST)
-        for n in rounds(max(draws.size(m) for m in vmetrics), FIRST_ROUND):
-            open_ = [m for m in vmetrics if pairs[m.name].decision == "open" and pairs[m.name].n < draws.size(m)]
-            if not open_:
+                k = _trained_items(full_cells[plan.text], m.name)
+            tests[(plan.text, m.name)] = PairTest(plan.text, m.name, threshold, alpha_each,
+                                                  population=draws.size(m) - k, min_items=MIN_ITEMS_ROBUST)
+
+    def open_metrics(plan):
+        return [m for m in vmetrics if tests[(plan.text, m.name)].decision == "open"
+                and tests[(plan.text, m.name)].n < tests[(plan.text, m.name)].population]
+
+    # round by round, every spec with an open pair in turn (one quantized model in memory at a time: a spec's
+    # model is rebuilt in the next round unless it is the only one left open)
+    for n in rounds(max(draws.size(m) for m in vmetrics), FIRST_ROUND):
+        todo = [p for p in order_specs if open_metrics(p) and built[p.text].status == "ok"]
+        if not todo or decided_fragile:
+            break
+        for plan in todo:
+            if decided_fragile:
                 break
-            for m in open_:
-                t = pairs[m.name]
-                n_m = min(n, draws.size(m))
-                base = draws.upto(fp_plan, m, n_m, fp_model)
+            spec_model = built[plan.text]
+            for m in open_metrics(plan):
+                t = tests[(plan.text, m.name)]
+                n_m = min(n, t.population)
                 if plan in full_specs:
                     cell = full_cells[plan.text]
                     if cell.status != "ok" or m.name not in cell.items:
                         t.decision = "untestable"
                         continue
-                    from .verdict import _trained_items
-
-                    k = _trained_items(cell, m.name)
+                    k = draws.size(m) - t.population
                     order = [i for i in draws.order(m) if i >= k]  # the items it did not train on, as drawn
-                    base_all = {r["index"]: r["score"] for r in draws.upto(fp_plan, m, draws.size(m), fp_model)}
-                    rows = [{**cell.items[m.name][i], "index": i} for i in order[:n_m]]
-                    base = [{"score": base_all[i]} for i in order[:n_m]]
+                    base_all = draws.upto(fp_plan, m, draws.size(m), fp_model)
+                    if base_all is None:
+                        t.decision = "untestable"
+                        continue
+                    by_index = {r["index"]: r["score"] for r in base_all}
+                    rows = [cell.items[m.name][i] for i in order[:n_m]]
+                    base = [{"score": by_index[i]} for i in order[:n_m]]
                 else:
+                    base = draws.upto(fp_plan, m, n_m, fp_model)
                     rows = draws.upto(plan, m, n_m, spec_model)
                 if rows is None or base is None:
                     t.decision = "untestable"
                     continue
-                diffs = [a - b for a, b in zip(_scores(rows[t.n:n_m]), _scores(base[t.n:n_m]))]
-                t.update(diffs)
+                t.update([a - b for a, b in zip(_scores(rows[t.n:n_m]), _scores(base[t.n:n_m]))])
                 if t.decision == "fragile":
                     decided_fragile = True
-            if decided_fragile or spec_model.status != "ok":
-                break
-        spec_model.release()
+            if len(todo) > 1 or decided_fragile:
+                spec_model.release()
+    for sm in built.values():
+        sm.release()
 
     # the original at full precision, on the items the audited model's full precision was drawn to
     n_fp = {m.name: len(draws.data.get(("model", fp_plan.source.identity, FULL_PRECISION, m.name), _Drawn()).rows)
@@ -291,8 +303,9 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
             cell.status, cell.reason = sm.status, sm.reason
             cell.backend = dict(sm.backend)
             cell.quantize_seconds = sm.quantize_seconds
-        if plan.spec != FULL_PRECISION and sm is None:
-            cell.status, cell.reason = "skipped", "not evaluated: the sequential audit decided before this spec"
+        reached = any(tests[(plan.text, m.name)].n for m in vmetrics if (plan.text, m.name) in tests)
+        if plan.role == "model" and plan.spec != FULL_PRECISION and cell.status == "ok" and not reached:
+            cell.status, cell.reason = "skipped", "not evaluated: the sequential audit was decided before this spec"
         if want_other and cell.status == "ok":
             _merge(cell, auditor.run_cell(Cell(plan.role, plan.source, plan.spec, want_other)))
         cell.tokens += tokens
@@ -372,6 +385,13 @@ def apply_sequential(report, record: dict) -> None:
                    f"decided sequentially, threshold {v.threshold:g}")
         report.verdict = Verdict("fragile", summary=summary, **fields(s, m, t, "sequential"))
         return
+    from .verdict import _not_run_words
+
+    not_run = _not_run_words({(c.role, c.spec): c for c in report.cells}, report.inputs["specs"])
+    if not_run:  # no fragile pair, and a requested spec was not evaluated: no verdict
+        report.verdict = Verdict("incomplete", summary=f"incomplete: not evaluated: {', '.join(not_run)}, so no verdict",
+                                 **common)
+        return
     exhausted = [(s, m, t) for s, m, t in pairs if t["decision"] == "open"]
     for s, m, t in exhausted:  # every item drawn: the fixed-sample rule, as the full audit
         ch = (changes.get(s) or {}).get(m)
@@ -391,18 +411,12 @@ def apply_sequential(report, record: dict) -> None:
         report.verdict = Verdict("inconclusive", summary=(
             f"inconclusive: {words(s, m, t)}: every item drawn and neither decided"), **fields(s, m, t, "open"))
         return
-    from .verdict import _not_run_words
-
-    not_run = _not_run_words({(c.role, c.spec): c for c in report.cells}, report.inputs["specs"])
-    if not_run:  # robust means every requested spec was evaluated
-        report.verdict = replace(v, label="incomplete", summary=(
-            f"incomplete: not evaluated: {', '.join(not_run)}, so no verdict"))
-        return
     s, m, t = max(pairs, key=lambda x: x[2]["mean"] if x[2]["mean"] is not None else -1e9)
     for s2, m2, t2 in pairs:
         if t2["decision"] == "not-fragile":
             record["pairs"][s2][m2]["decided_by"] = "sequential"
     report.verdict = Verdict("robust", summary=(
         f"robust: no spec brings back {v.threshold:g} points of a forget metric; the largest, {words(s, m, t)}; "
-        f"decided sequentially" + ("" if not exhausted else " (pairs open at the end by the fixed-sample rule)")),
+        f"decided on {sum(x[2]['n'] for x in pairs)} of the pairs' {sum(x[2]['population'] for x in pairs)} items"
+        + ("" if not exhausted else " (pairs open at the end by the fixed-sample rule)")),
         **fields(s, m, t, record["pairs"][s][m].get("decided_by", "sequential")))
