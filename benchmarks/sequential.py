@@ -107,6 +107,54 @@ def calibration(world, work: Path, controls: int, orders: int, sigma: float, mix
     return out
 
 
+def replay(world, store: Path, specs, orders: int) -> dict:
+    """The demo's three models from a store that holds their full audits: the full audit (read back) and
+    sequential audits under ``orders`` draw orders (seeds), which read every item from the store. Tokens of a
+    sequential audit are estimated from the stored ones: each (cell, metric)'s full tokens x items drawn /
+    items in the set (the metrics it evaluates on every item: their full tokens)."""
+    import hubaudit
+    from hubaudit.demo.run import SUBJECTS
+    from hubaudit.forget import load_forget_set
+    from hubaudit.store import ResultStore
+
+    fs_hash = load_forget_set(world.forget_dir).content_hash()
+    st = ResultStore(store)
+    out = {}
+    for name, attr, _ in SUBJECTS:
+        kw = dict(reference=world.target, forget=world.forget_dir, specs=specs, store=st, progress=False)
+        full = hubaudit.audit(getattr(world, attr), **kw)
+        ids = {"model": full.inputs["model"]["identity"], "reference": full.inputs["reference"]["identity"]}
+        tok = {}
+        for role, ident in ids.items():
+            for _, spec, _, metric, _, rec in st.records(ident, fs_hash):
+                if metric != "_cell":
+                    tok[(role, spec, metric)] = (rec.get("tokens", 0), rec.get("n", 0))
+        full_tokens = sum(c.tokens for c in full.cells)
+        runs = []
+        for seed in range(orders):
+            r = hubaudit.audit(getattr(world, attr), sequential=True, seed=seed, **kw)
+            est = 0.0
+            for c in r.cells:
+                for m, n in c.n_items.items():
+                    t, n_all = tok.get((c.role, c.spec, m), (0, 0))
+                    est += t * (n / n_all if n_all else 1)
+            pairs = r.derived["sequential"]["pairs"]
+            runs.append({"label": r.verdict.label, "tokens": est,
+                         "pair_items": sum(p["n"] for d in pairs.values() for p in d.values()),
+                         "pair_population": sum(p["population"] for d in pairs.values() for p in d.values())})
+        labels = [x["label"] for x in runs]
+        out[name] = {"full": full.verdict.label, "full_tokens": full_tokens,
+                     "sequential": {lab: labels.count(lab) for lab in sorted(set(labels))},
+                     "tokens_mean": sum(x["tokens"] for x in runs) / orders,
+                     "tokens_max": max(x["tokens"] for x in runs),
+                     "pair_items_share": sum(x["pair_items"] for x in runs) / sum(x["pair_population"] for x in runs)}
+        o = out[name]
+        print(f"| {name} | {o['full']} | {o['sequential']} | {o['tokens_mean']:,.0f} / {full_tokens:,} "
+              f"({o['tokens_mean'] / full_tokens:.0%}; worst order {o['tokens_max'] / full_tokens:.0%}) | "
+              f"{o['pair_items_share']:.0%} |", flush=True)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["demo", "tiny"], default="demo")
@@ -117,6 +165,9 @@ def main() -> int:
     p.add_argument("--mix", type=float, default=0.25)
     p.add_argument("--skip-demo", action="store_true")
     p.add_argument("--skip-calibration", action="store_true")
+    p.add_argument("--replay", metavar="STORE", default=None,
+                   help="a results store holding the demo models' full audits: replay sequential audits over "
+                        "--orders draw orders from it (no model is evaluated), instead of the two parts above")
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
@@ -131,6 +182,12 @@ def main() -> int:
     print(f"hubaudit sequential benchmark: torch {torch.__version__}, threads {torch.get_num_threads()}, {args.size} "
           f"world {world_dir}; hubaudit {hubaudit.__version__}", flush=True)
     res: dict = {}
+    if args.replay:
+        print(f"Replay from {args.replay}, {args.orders} draw orders per model:")
+        print("| model | full audit | sequential (labels over orders) | tokens (seq mean / full) | pair items drawn |")
+        print("|---|---|---|---|---|")
+        res["replay"] = replay(world, Path(args.replay), DEMO_SPECS, args.orders)
+        args.skip_demo = args.skip_calibration = True
     if not args.skip_demo:
         print("Demo world, full vs sequential (no store):")
         res["demo"] = demo_table(world, DEMO_SPECS)

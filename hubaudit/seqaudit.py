@@ -1,5 +1,5 @@
 """The sequential audit (``hubaudit audit --sequential``): items drawn in a random order fixed by a seed, in
-rounds (8, 16, 32, ... items), each open (spec, forget metric) pair tested after every round with
+rounds (8, 12, 18, 27, ... items), each open (spec, forget metric) pair tested after every round with
 :mod:`hubaudit.sequential`'s anytime-valid tests at ``alpha / K`` (K pairs, Bonferroni), a pair stopping once
 decided and the audit once the label is: any pair ``fragile``, or every pair ``not-fragile``. Pairs still open
 when the items run out are decided by the fixed-sample rule on every item, as the full audit decides them.
@@ -34,6 +34,7 @@ from .verdict import MIN_ITEMS_ROBUST
 log = logging.getLogger("hubaudit")
 
 FIRST_ROUND = 8
+ROUND_FACTOR = 1.5  # rounds of 8, 12, 18, 27, 41, ... items: a clear case stops within half a round of its need
 
 
 @dataclass
@@ -134,7 +135,7 @@ class _Draws:
             return got.rows[:n]
         part = self.part(metric)
         items = getattr(self.fs, part)
-        sched = [k for k in rounds(len(order), FIRST_ROUND) if k > len(got.rows)]
+        sched = [k for k in rounds(len(order), FIRST_ROUND, ROUND_FACTOR) if k > len(got.rows)]
         for b in sched:
             start = len(got.rows)
             idx = order[start:b]
@@ -214,7 +215,7 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
 
     # round by round, every spec with an open pair in turn (one quantized model in memory at a time: a spec's
     # model is rebuilt in the next round unless it is the only one left open)
-    for n in rounds(max(draws.size(m) for m in vmetrics), FIRST_ROUND):
+    for n in rounds(max(draws.size(m) for m in vmetrics), FIRST_ROUND, ROUND_FACTOR):
         todo = [p for p in order_specs if open_metrics(p) and built[p.text].status == "ok"]
         if not todo or decided_fragile:
             break
@@ -315,7 +316,7 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
     for plan in {id(p.source): p for p in plans}.values():
         plan.source.release()
     record = {
-        "enabled": True, "seed": seed, "first_round": FIRST_ROUND, "alpha": alpha, "pairs_total": K,
+        "enabled": True, "seed": seed, "first_round": FIRST_ROUND, "round_factor": ROUND_FACTOR, "alpha": alpha, "pairs_total": K,
         "alpha_each": alpha_each,
         "method": ("per (spec, forget metric) pair: hedged-capital betting confidence sequence for the mean paired "
                    "change (Waudby-Smith & Ramdas 2023, without replacement) and a mixture e-process for the sign "

@@ -115,6 +115,7 @@ def test_a_clear_effect_is_rejected_early_and_no_change_is_closed():
 
 def test_rounds_and_permutation():
     assert rounds(112) == [8, 16, 32, 64, 112]
+    assert rounds(28, 8, 1.5) == [8, 12, 18, 27, 28]
     assert rounds(5) == [5]
     p = permutation(50, seed=3, salt="forget_qa")
     assert sorted(p) == list(range(50)) and p == permutation(50, seed=3, salt="forget_qa")
