@@ -163,6 +163,7 @@ def main() -> int:
     p.add_argument("--orders", type=int, default=10, help="draw orders (seeds) per control")
     p.add_argument("--sigma", type=float, default=0.25)
     p.add_argument("--mix", type=float, default=0.25)
+    p.add_argument("--threads", type=int, default=None, help="the threads the world was built with (default 2)")
     p.add_argument("--skip-demo", action="store_true")
     p.add_argument("--skip-calibration", action="store_true")
     p.add_argument("--replay", metavar="STORE", default=None,
@@ -178,7 +179,7 @@ def main() -> int:
     from hubaudit.demo.world import build_world
 
     world_dir = Path(args.world) if args.world else ROOT / "hubaudit-demo" / ("world" if args.size == "demo" else "world-tiny")
-    world = build_world(world_dir, size=args.size, progress=False)
+    world = build_world(world_dir, size=args.size, progress=False, threads=args.threads)
     print(f"hubaudit sequential benchmark: torch {torch.__version__}, threads {torch.get_num_threads()}, {args.size} "
           f"world {world_dir}; hubaudit {hubaudit.__version__}", flush=True)
     res: dict = {}
