@@ -370,8 +370,10 @@ def apply_sequential(report, record: dict) -> None:
     def fields(s, m, t, note):
         ch = (changes.get(s) or {}).get(m) or {}
         record["pairs"][s][m]["decided_by"] = note
+        fixed = note.startswith("fixed")  # a fixed-sample p-value means nothing on a sample that stopped early
         return dict(worst_spec=s, worst_metric=m, max_regained=t["mean"], ci=t["cs"], n_items=t["n"], up=t["up"],
-                    down=t["down"], p_value=ch.get("p_holm"), p_raw=ch.get("p"), **common)
+                    down=t["down"], p_value=ch.get("p_holm") if fixed else None, p_raw=ch.get("p") if fixed else None,
+                    **common)
 
     def words(s, m, t):
         lo, hi = t["cs"]
