@@ -206,12 +206,16 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
                 from .verdict import _trained_items
 
                 k = _trained_items(full_cells[plan.text], m.name)
-            tests[(plan.text, m.name)] = PairTest(plan.text, m.name, threshold, alpha_each,
-                                                  population=draws.size(m) - k, min_items=MIN_ITEMS_ROBUST)
+            # the confidence sequence covers the mean change of the distribution the items are drawn from
+            # (the items in a random order are independent draws from it, as the full audit's bootstrap
+            # assumes), not only this list's: sampling without replacement would be as sure as the list is
+            # long once it runs out, and call robust what the full audit calls inconclusive
+            tests[(plan.text, m.name)] = PairTest(plan.text, m.name, threshold, alpha_each, min_items=MIN_ITEMS_ROBUST)
+            tests[(plan.text, m.name)].items = draws.size(m) - k
 
     def open_metrics(plan):
         return [m for m in vmetrics if tests[(plan.text, m.name)].decision == "open"
-                and tests[(plan.text, m.name)].n < tests[(plan.text, m.name)].population]
+                and tests[(plan.text, m.name)].n < tests[(plan.text, m.name)].items]
 
     # round by round, every spec with an open pair in turn (one quantized model in memory at a time: a spec's
     # model is rebuilt in the next round unless it is the only one left open)
@@ -225,13 +229,13 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
             spec_model = built[plan.text]
             for m in open_metrics(plan):
                 t = tests[(plan.text, m.name)]
-                n_m = min(n, t.population)
+                n_m = min(n, t.items)
                 if plan in full_specs:
                     cell = full_cells[plan.text]
                     if cell.status != "ok" or m.name not in cell.items:
                         t.decision = "untestable"
                         continue
-                    k = draws.size(m) - t.population
+                    k = draws.size(m) - t.items
                     order = [i for i in draws.order(m) if i >= k]  # the items it did not train on, as drawn
                     base_all = draws.upto(fp_plan, m, draws.size(m), fp_model)
                     if base_all is None:
@@ -319,7 +323,7 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
         "enabled": True, "seed": seed, "first_round": FIRST_ROUND, "round_factor": ROUND_FACTOR, "alpha": alpha, "pairs_total": K,
         "alpha_each": alpha_each,
         "method": ("per (spec, forget metric) pair: hedged-capital betting confidence sequence for the mean paired "
-                   "change (Waudby-Smith & Ramdas 2023, without replacement) and a mixture e-process for the sign "
+                   "change (Waudby-Smith & Ramdas 2023) and a mixture e-process for the sign "
                    "test, each at alpha / pairs (Bonferroni); fragile: the sequence's lower end >= threshold and "
                    "e-value >= pairs / alpha; not fragile: upper end < threshold on >= "
                    f"{MIN_ITEMS_ROBUST} items; open at the end: the fixed-sample rule on every item"),

@@ -165,8 +165,9 @@ class PairTest:
     metric: str
     threshold: float
     alpha_each: float
-    population: int | None = None
+    population: int | None = None  # the confidence sequence's (None: independent draws)
     min_items: int = 0
+    items: int | None = None  # items there are to draw (the report's ``population``)
     up: int = 0
     down: int = 0
     total: float = 0.0
@@ -211,7 +212,7 @@ class PairTest:
     def to_json(self) -> dict:
         lo, hi = self.cs.interval()
         e = self.evalue
-        return {"decision": self.decision, "n": self.n, "population": self.population,
+        return {"decision": self.decision, "n": self.n, "population": self.items or self.population,
                 "mean": round(self.mean, 4) if self.n else None,
                 "cs": [round(lo, 4), round(hi, 4)], "evalue": e if math.isfinite(e) else None,
                 "up": self.up, "down": self.down, "alpha_each": self.alpha_each}
