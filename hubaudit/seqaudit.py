@@ -359,6 +359,10 @@ def _named_spec(tests: dict) -> str | None:
     return max(pool, key=lambda t: t.mean).spec
 
 
+def _fmt_ci(ci) -> str:
+    return f"[{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci and ci[0] is not None else ""
+
+
 def apply_sequential(report, record: dict) -> None:
     """Put the sequential record into ``report.derived["sequential"]`` and decide the label from the
     anytime-valid tests (see the module docstring); ``incomplete`` and ``not-unlearned`` stay as derived."""
@@ -375,7 +379,8 @@ def apply_sequential(report, record: dict) -> None:
         ch = (changes.get(s) or {}).get(m) or {}
         record["pairs"][s][m]["decided_by"] = note
         fixed = note.startswith("fixed")  # a fixed-sample p-value means nothing on a sample that stopped early
-        return dict(worst_spec=s, worst_metric=m, max_regained=t["mean"], ci=t["cs"], n_items=t["n"], up=t["up"],
+        ci = ch.get("ci") if fixed and ch.get("ci") else t["cs"]  # the fixed-sample rule's own interval
+        return dict(worst_spec=s, worst_metric=m, max_regained=t["mean"], ci=ci, n_items=t["n"], up=t["up"],
                     down=t["down"], p_value=ch.get("p_holm") if fixed else None, p_raw=ch.get("p") if fixed else None,
                     **common)
 
@@ -406,9 +411,11 @@ def apply_sequential(report, record: dict) -> None:
             report.verdict = replace(v, summary=v.summary + " (every item drawn: decided by the fixed-sample test)")
             record["pairs"][s][m]["decided_by"] = "fixed-sample, every item"
             return
-    still = [(s, m, t) for s, m, t in exhausted
-             if not ((changes.get(s) or {}).get(m) and (changes[s][m]["ci"][1] or 1e9) < v.threshold
-                     and t["n"] >= MIN_ITEMS_ROBUST)]
+    def fixed_robust(s, m, t):
+        hi = ((changes.get(s) or {}).get(m) or {}).get("ci", [None, None])[1]
+        return hi is not None and hi < v.threshold and t["n"] >= MIN_ITEMS_ROBUST
+
+    still = [(s, m, t) for s, m, t in exhausted if not fixed_robust(s, m, t)]
     for s, m, t in exhausted:
         record["pairs"][s][m]["decided_by"] = "fixed-sample, every item"
     if still or any(t["decision"] == "untestable" for _, _, t in pairs):
@@ -422,8 +429,11 @@ def apply_sequential(report, record: dict) -> None:
     for s2, m2, t2 in pairs:
         if t2["decision"] == "not-fragile":
             record["pairs"][s2][m2]["decided_by"] = "sequential"
+    largest = (words(s, m, t) if t["decision"] == "not-fragile" else
+               f"{s} {LABELS[m]}, moved {t['mean']:+.1f} {_fmt_ci((changes.get(s) or {}).get(m, {}).get('ci'))} over "
+               f"{t['n']} items (fixed-sample interval)")
     report.verdict = Verdict("robust", summary=(
-        f"robust: no spec brings back {v.threshold:g} points of a forget metric; the largest, {words(s, m, t)}; "
+        f"robust: no spec brings back {v.threshold:g} points of a forget metric; the largest, {largest}; "
         f"decided on {sum(x[2]['n'] for x in pairs)} of the pairs' {sum(x[2]['population'] for x in pairs)} items"
         + ("" if not exhausted else " (pairs open at the end by the fixed-sample rule)")),
         **fields(s, m, t, record["pairs"][s][m].get("decided_by", "sequential")))
