@@ -142,12 +142,23 @@ def audit(
 
     cells = plan_cells(specs, metric_objs, model=src, reference=ref, retrain=ret, control=ctl)
     auditor = Auditor(fs, cfg, result_store, req.fresh, req.batch_size, progress, on_cell)
-    results = auditor.run(cells)
+    seq = None
+    if req.sequential:
+        from .seqaudit import run_sequential
+
+        results, seq = run_sequential(auditor, cells, threshold=req.threshold, alpha=req.alpha, seed=req.seed,
+                                      all_metrics=req.metrics is not None)
+    else:
+        results = auditor.run(cells)
     report = build_report(results, src=src, ref=ref, ret=ret, fs=fs, metric_objs=metric_objs, cfg=cfg,
                           specs=[str(s) for s in specs], threshold=req.threshold, alpha=req.alpha,
                           auc_retrain=req.auc_retrain, store=result_store, fresh=req.fresh,
                           reference_note=reference_note, chat_template=chat_template_used(src, cfg, metric_objs),
                           started=t_start, ctl=ctl)
+    if seq is not None:
+        from .seqaudit import apply_sequential
+
+        apply_sequential(report, seq)
     if out is not None:
         from .report import write_report
 

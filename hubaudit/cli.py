@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--all-files", action="store_true",
                    help="a file: spec naming a GGUF repository or folder (file:ORG/NAME-GGUF) audits every GGUF file "
                         "in it, one cell each")
+    a.add_argument("--sequential", action="store_true",
+                   help="draw the items in a random order, in rounds, and stop each (spec, metric) pair and the "
+                        "audit once an anytime-valid test decides it (fewer items on a clear case)")
+    a.add_argument("--seed", type=int, default=None, metavar="N", help="the --sequential draw order's seed (default 0)")
     a.add_argument("--threshold", type=float, default=None, metavar="X",
                    help="points of a forget metric a spec must bring back (on average, and beyond noise) to call "
                         "the model fragile (default 5)")
@@ -376,7 +380,10 @@ def cmd_audit(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise HubauditError(f"--batch-size must be at least 1, got {args.batch_size}")
     fail_on = parse_fail_on(args.fail_on)
+    if args.seed is not None and not args.sequential:
+        raise HubauditError("--seed orders the items of a --sequential audit; add --sequential or drop --seed")
     request = audit_request(args, memory_check=not args.no_memory_check, all_files=args.all_files,
+                            sequential=args.sequential or None, seed=args.seed,
                             metric_config=MetricConfig(chat_template=not args.no_chat_template,
                                                        system_prompt=args.system_prompt, date_string=args.date_string,
                                                        plain_prompt=args.plain_prompt, mcq_bos=args.mcq_bos))

@@ -58,6 +58,9 @@ class AuditRequest:
         control: a model that never learned the forget set (a retain-only model, the original's own base;
             folder or Hub id): every spec also runs on it and the verdict counts only regain beyond what the
             same attack does to it (:mod:`hubaudit.calibrate`). None: not calibrated.
+        sequential: draw the items in a random order (``seed``) and stop each (spec, forget metric) pair, and
+            the audit, once an anytime-valid test decides it (:mod:`hubaudit.seqaudit`).
+        seed: the draw order's seed (``sequential`` only).
     """
 
     specs: tuple[AttackSpec, ...] | str = DEFAULT_SPECS
@@ -75,6 +78,8 @@ class AuditRequest:
     memory_check: bool = True
     all_files: bool = False
     control: object = None  # a folder, Hub id or ModelSource
+    sequential: bool = False
+    seed: int = 0
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen: normalized once, here
@@ -98,6 +103,8 @@ class AuditRequest:
         if self.all_files and not any(get_attack(s)[0].artifact for s in self.specs):
             raise HubauditError("--all-files goes with a file: spec naming a GGUF repository or folder "
                                 "(file:ORG/NAME-GGUF)")
+        if self.sequential and self.control is not None:
+            raise HubauditError("--sequential does not calibrate against a --control yet: drop one of them")
 
     @classmethod
     def of(cls, request: "AuditRequest | None", options: dict) -> "AuditRequest":

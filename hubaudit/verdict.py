@@ -138,6 +138,9 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
                     continue
                 k = _trained_items(cell, m)
                 a, b = _scores(cell, m, k), _scores(base, m, k)
+                if a and b and len(a) < len(b) and "sequential" in (cell.backend or {}):
+                    b = b[:len(a)]  # a sequential audit stopped this pair early: the items it drew, in draw order
+                    regained[spec][m] = sum(a) / len(a) - sum(b) / len(b)
                 if a is None or b is None or len(a) != len(b) or not a:
                     untestable.append(f"{spec} {LABELS[m]}")
                     continue

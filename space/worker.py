@@ -82,7 +82,8 @@ def run_job(job: dict) -> None:
     token = space_token() if webhook else False  # visitors' audits read public repos only
     try:
         # the audit's parameters, checked before anything is fetched: the plan audit() makes its cells from
-        request = AuditRequest(specs=inp["specs"], threshold=float(inp["threshold"]), device=DEVICE)
+        request = AuditRequest(specs=inp["specs"], threshold=float(inp["threshold"]), device=DEVICE,
+                               sequential=bool(inp.get("sequential")))  # a job may ask for a sequential audit
         if webhook and only_card_changed(inp["repo"], inp.get("old_sha"), inp["sha"], token):
             store.finish(jid, "skipped", message="only the model card changed since the last audited commit")
             return

@@ -18,6 +18,7 @@ LAYERS = [
     ("sweep", 80, ("hubaudit.sweep",), False),
     ("unlearn", 80, ("hubaudit.unlearn",), False),
     ("audit", 70, ("hubaudit.audit",), False),
+    ("seqaudit", 69, ("hubaudit.seqaudit",), False),
     ("plan", 68, ("hubaudit.plan",), False),
     ("calibrate", 67.5, ("hubaudit.calibrate",), False),
     ("verdict", 67, ("hubaudit.verdict",), False),
@@ -29,7 +30,7 @@ LAYERS = [
     ("metrics", 50, ("hubaudit.metrics",), False),
     ("forget", 40, ("hubaudit.forget",), False),
     ("source", 30, ("hubaudit.source",), False),
-    ("helpers", 10, ("hubaudit.errors", "hubaudit.registry", "hubaudit.stats", "hubaudit.store", "hubaudit.results",
+    ("helpers", 10, ("hubaudit.errors", "hubaudit.registry", "hubaudit.stats", "hubaudit.sequential", "hubaudit.store", "hubaudit.results",
                      "hubaudit.memory", "hubaudit.cardmeta", "hubaudit.modeling", "hubaudit.logprobs",
                      "hubaudit.recommend", "hubaudit.trainrows", "hubaudit.weights",
                      "hubaudit.__version__"), True),  # a constant set before the package root imports anything

@@ -1,0 +1,439 @@
+"""The sequential audit (``hubaudit audit --sequential``): items drawn in a random order fixed by a seed, in
+rounds (8, 12, 18, 27, ... items), each open (spec, forget metric) pair tested after every round with
+:mod:`hubaudit.sequential`'s anytime-valid tests at ``alpha / K`` (K pairs, Bonferroni), a pair stopping once
+decided and the audit once the label is: any pair ``fragile``, or every pair ``not-fragile``. Pairs still open
+when the items run out are decided by the fixed-sample rule on every item, as the full audit decides them.
+
+Compute goes where the verdict needs it: the verdict's metrics on the audited model's cells and the
+original's full-precision cell (the not-unlearned check), item by item as drawn; the metrics the verdict does
+not count (KnowMem retain, MIA, ...) on full precision and on the spec the verdict names, unless
+``--metrics`` names them (then on every cell); the original's quantized cells are not evaluated (they give
+only "retained" at each precision). Each round's items are stored as their own forget set (a rerun with the
+same seed reuses them), and a cell stored by a full audit is read, never recomputed.
+
+:func:`run_sequential` returns the cells (the report's, with each sequential cell's items in draw order,
+``index`` naming the item) and the sequential record; :func:`apply_sequential` puts the record into
+``derived["sequential"]`` and the sequential verdict into the report.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+from .attacks import FULL_PRECISION, get_attack
+from .errors import HubauditError
+from .metrics import METRICS, evaluate
+from .plan import Auditor, Cell, metric_key
+from .results import LABELS, VERDICT_METRICS, CellResult, Verdict
+from .sequential import PairTest, permutation, rounds
+from .verdict import MIN_ITEMS_ROBUST
+
+log = logging.getLogger("hubaudit")
+
+FIRST_ROUND = 8
+ROUND_FACTOR = 1.5  # rounds of 8, 12, 18, 27, 41, ... items: a clear case stops within half a round of its need
+
+
+@dataclass
+class _Drawn:
+    """Item records of one (role, spec, metric) in draw order, and the tokens spent computing them here."""
+
+    rows: list = field(default_factory=list)
+    tokens: int = 0
+
+
+class _SpecModel:
+    """A spec's model, built once when a round needs it (never when every round is in the store)."""
+
+    def __init__(self, auditor: Auditor, plan: Cell):
+        self.auditor, self.plan = auditor, plan
+        self.model = None
+        self.backend: dict = {}
+        self.status, self.reason = "ok", None
+        self.identical = False
+        self.quantize_seconds = 0.0
+        self._built = False
+
+    def get(self):
+        if self._built:
+            return self.model
+        self._built = True
+        src = self.plan.source
+        if self.plan.spec == FULL_PRECISION:
+            self.model = src.model
+            self.backend = {"dtype": str(src.compute_dtype()).replace("torch.", ""), "device": src.device}
+            return self.model
+        attack, qspec = get_attack(self.plan.spec)
+        reason = attack.unavailable_reason()
+        if reason:
+            self.status, self.reason = "skipped", reason
+            return None
+        t0 = time.perf_counter()
+        try:
+            self.model, settings = attack.build(src, qspec, rows=None)
+        except HubauditError as e:
+            self.status, self.reason = "error", str(e)
+            return None
+        except Exception as e:  # noqa: BLE001 - one failing backend must not end the audit
+            log.debug("cell %s failed", self.plan.spec, exc_info=True)
+            self.status, self.reason = "error", f"{type(e).__name__}: {e}"
+            return None
+        self.quantize_seconds += time.perf_counter() - t0
+        self.builds = getattr(self, "builds", 0) + 1
+        self.backend = {"backend": attack.name, "kind": attack.kind, "settings": settings, "versions": attack.versions()}
+        if settings.get("identical_to_full_precision"):
+            self.identical, self.model = True, None
+        return self.model
+
+    def release(self):
+        """Free a quantized model; it is built again when a later round needs it."""
+        if self.model is not None and self.plan.spec != FULL_PRECISION:
+            self.model = None
+            self._built = False
+            gc.collect()
+
+
+class _Draws:
+    """Per-item scores of the verdict's metrics, computed a round at a time in draw order."""
+
+    def __init__(self, auditor: Auditor, seed: int):
+        self.a, self.seed = auditor, seed
+        self.fs = auditor.fs
+        self.data: dict[tuple, _Drawn] = {}
+        self.orders: dict[str, list[int]] = {}
+
+    def part(self, metric) -> str:
+        return METRICS.get(metric.name).needs[0]
+
+    def order(self, metric) -> list[int]:
+        part = self.part(metric)
+        if part not in self.orders:
+            self.orders[part] = permutation(len(getattr(self.fs, part)), self.seed, part)
+        return self.orders[part]
+
+    def size(self, metric) -> int:
+        return len(getattr(self.fs, self.part(metric)))
+
+    def upto(self, plan: Cell, metric, n: int, model: _SpecModel) -> list | None:
+        """The first ``n`` drawn items' records of ``metric`` in ``plan``'s cell (computing what is
+        missing); None when the cell cannot be evaluated."""
+        key = (plan.role, plan.source.identity, plan.text, metric.name)
+        got = self.data.setdefault(key, _Drawn())
+        if len(got.rows) >= n:
+            return got.rows[:n]
+        a = self.a
+        src, spec = plan.source, plan.text
+        mkey = metric_key(metric, a.cfg, src, plan.spec)
+        order = self.order(metric)
+        store = a.store if not a.fresh else None
+        full = store.get(src.identity, spec, a.fs_hash, metric.name, mkey) if store is not None else None
+        if full is not None and len(full.get("items") or []) == len(order):  # a full audit stored it: read
+            got.rows = [{**full["items"][i], "index": i} for i in order]
+            return got.rows[:n]
+        part = self.part(metric)
+        items = getattr(self.fs, part)
+        sched = [k for k in rounds(len(order), FIRST_ROUND, ROUND_FACTOR) if k > len(got.rows)]
+        for b in sched:
+            start = len(got.rows)
+            idx = order[start:b]
+            sub = replace(self.fs, **{part: [items[i] for i in idx]})
+            sub_hash = sub.content_hash()
+            rec = a.store.get(src.identity, spec, sub_hash, metric.name, mkey) if a.store is not None and not a.fresh else None
+            if rec is None:
+                m = model.get()
+                if model.identical:  # the spec's model is the source's own: its full-precision scores
+                    fp = self.upto(Cell(plan.role, src, FULL_PRECISION, [metric]), metric, b, _SpecModel(a, Cell(
+                        plan.role, src, FULL_PRECISION, [metric])))
+                    rows = [dict(r) for r in fp[start:b]]
+                    got.rows += rows
+                    if b >= n:
+                        break
+                    continue
+                if m is None:
+                    return None
+                res = evaluate(m, src.tokenizer, sub, [metric], a.cfg, batch_size=a.batch_size, progress=False)[metric.name]
+                rec = {"value": res.value, "n": res.n, "items": res.items, "seconds": res.seconds, "tokens": res.tokens,
+                       "decoding": res.decoding}
+                got.tokens += res.tokens
+                if a.store is not None:
+                    a.store.put(src.identity, spec, sub_hash, metric.name, mkey, rec)
+            got.rows += [{**r, "index": i} for r, i in zip(rec["items"], idx)]
+            if b >= n:
+                break
+        return got.rows[:n]
+
+
+def _scores(rows) -> list[float]:
+    return [float(r["score"]) for r in rows]
+
+
+def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alpha: float, seed: int = 0,
+                   all_metrics: bool = False) -> tuple[list[CellResult], dict]:
+    """Run a plan's cells sequentially (see the module docstring). ``all_metrics``: the metrics the verdict
+    does not count go on every cell (the user named them with ``--metrics``)."""
+    t0 = time.perf_counter()
+    metrics = plans[0].metrics if plans else []
+    vmetrics = [m for m in metrics if m.name in VERDICT_METRICS]
+    others = [m for m in metrics if m.name not in VERDICT_METRICS]
+    fp_plan = next((p for p in plans if p.role == "model" and p.spec == FULL_PRECISION), None)
+    if not vmetrics or fp_plan is None:
+        return auditor.run(plans), {"enabled": True, "note": "no metric the verdict counts: every cell evaluated in full"}
+    model_specs = [p for p in plans if p.role == "model" and p.spec != FULL_PRECISION]
+    seq_specs = [p for p in model_specs if get_attack(p.spec)[0].rows_request(get_attack(p.spec)[1]) is None]
+    full_specs = [p for p in model_specs if p not in seq_specs]  # training attacks: every item, tested as drawn
+    ref_fp = next((p for p in plans if p.role == "reference" and p.spec == FULL_PRECISION), None)
+    draws = _Draws(auditor, seed)
+    K = len(model_specs) * len(vmetrics)
+    alpha_each = alpha / K
+    tests: dict[tuple[str, str], PairTest] = {}
+    fp_model = _SpecModel(auditor, fp_plan)
+    built: dict[str, _SpecModel] = {}
+    full_cells: dict[str, CellResult] = {}
+    decided_fragile = False
+
+    for plan in full_specs:  # every item anyway (its trained items excluded by the verdict); tested in draw order
+        cell = auditor.run_cell(Cell("model", plan.source, plan.spec, vmetrics))
+        full_cells[plan.text] = cell
+    order_specs = [*seq_specs, *full_specs]
+    for plan in order_specs:
+        built[plan.text] = _SpecModel(auditor, plan)
+        for m in vmetrics:
+            k = 0
+            if plan in full_specs and full_cells[plan.text].status == "ok":
+                from .verdict import _trained_items
+
+                k = _trained_items(full_cells[plan.text], m.name)
+            # the confidence sequence covers the mean change of the distribution the items are drawn from
+            # (the items in a random order are independent draws from it, as the full audit's bootstrap
+            # assumes), not only this list's: sampling without replacement would be as sure as the list is
+            # long once it runs out, and call robust what the full audit calls inconclusive
+            tests[(plan.text, m.name)] = PairTest(plan.text, m.name, threshold, alpha_each, min_items=MIN_ITEMS_ROBUST)
+            tests[(plan.text, m.name)].items = draws.size(m) - k
+
+    def open_metrics(plan):
+        return [m for m in vmetrics if tests[(plan.text, m.name)].decision == "open"
+                and tests[(plan.text, m.name)].n < tests[(plan.text, m.name)].items]
+
+    # round by round, every spec with an open pair in turn (one quantized model in memory at a time: a spec's
+    # model is rebuilt in the next round unless it is the only one left open)
+    for n in rounds(max(draws.size(m) for m in vmetrics), FIRST_ROUND, ROUND_FACTOR):
+        todo = [p for p in order_specs if open_metrics(p) and built[p.text].status == "ok"]
+        if not todo or decided_fragile:
+            break
+        for plan in todo:
+            if decided_fragile:
+                break
+            spec_model = built[plan.text]
+            for m in open_metrics(plan):
+                t = tests[(plan.text, m.name)]
+                n_m = min(n, t.items)
+                if plan in full_specs:
+                    cell = full_cells[plan.text]
+                    if cell.status != "ok" or m.name not in cell.items:
+                        t.decision = "untestable"
+                        continue
+                    k = draws.size(m) - t.items
+                    order = [i for i in draws.order(m) if i >= k]  # the items it did not train on, as drawn
+                    base_all = draws.upto(fp_plan, m, draws.size(m), fp_model)
+                    if base_all is None:
+                        t.decision = "untestable"
+                        continue
+                    by_index = {r["index"]: r["score"] for r in base_all}
+                    rows = [cell.items[m.name][i] for i in order[:n_m]]
+                    base = [{"score": by_index[i]} for i in order[:n_m]]
+                else:
+                    base = draws.upto(fp_plan, m, n_m, fp_model)
+                    rows = draws.upto(plan, m, n_m, spec_model)
+                if rows is None or base is None:
+                    t.decision = "untestable"
+                    continue
+                t.update([a - b for a, b in zip(_scores(rows[t.n:n_m]), _scores(base[t.n:n_m]))])
+                if t.decision == "fragile":
+                    decided_fragile = True
+            if len(todo) > 1 or decided_fragile:
+                spec_model.release()
+    for sm in built.values():
+        sm.release()
+
+    # the original at full precision, on the items the audited model's full precision was drawn to
+    n_fp = {m.name: len(draws.data.get(("model", fp_plan.source.identity, FULL_PRECISION, m.name), _Drawn()).rows)
+            for m in vmetrics}
+    ref_model = _SpecModel(auditor, ref_fp) if ref_fp is not None else None
+    if ref_fp is not None:
+        for m in vmetrics:
+            if n_fp[m.name]:
+                draws.upto(ref_fp, m, n_fp[m.name], ref_model)
+
+    # the cells of the report
+    named = _named_spec(tests)
+    cells: list[CellResult] = []
+    for plan in plans:
+        if plan.role == "reference" and plan.spec != FULL_PRECISION and not (all_metrics and others):
+            continue  # the original's quantized cells give only "retained" at that precision
+        is_model_cell = plan.role == "model"
+        want_other = others if (plan.spec == FULL_PRECISION or all_metrics or plan.text == named) else []
+        if plan.role == "retrain":
+            cells.append(auditor.run_cell(plan))
+            continue
+        if plan.text in full_cells and is_model_cell:
+            cell = full_cells[plan.text]
+            if want_other and cell.status == "ok":
+                _merge(cell, auditor.run_cell(Cell(plan.role, plan.source, plan.spec, want_other)))
+            cell.backend = {**cell.backend, "sequential": {"items": {m.name: tests[(plan.text, m.name)].n
+                                                                       for m in vmetrics if (plan.text, m.name) in tests}}}
+            cells.append(cell)
+            continue
+        cell = CellResult(role=plan.role, spec=plan.text)
+        sm = (fp_model if plan is fp_plan else ref_model if plan is ref_fp else built.get(plan.text))
+        tokens = 0
+        used = {}
+        if plan.role != "reference" or plan.spec == FULL_PRECISION:
+            for m in vmetrics:
+                got = draws.data.get((plan.role, plan.source.identity, plan.text, m.name))
+                if got is None or not got.rows:
+                    continue
+                n = tests[(plan.text, m.name)].n if (plan.text, m.name) in tests else len(got.rows)
+                rows = got.rows[:n]
+                if not rows:
+                    continue
+                cell.items[m.name] = rows
+                cell.metrics[m.name] = sum(_scores(rows)) / len(rows)
+                cell.n_items[m.name] = len(rows)
+                used[m.name] = len(rows)
+                tokens += got.tokens
+        if sm is not None:
+            cell.status, cell.reason = sm.status, sm.reason
+            cell.backend = dict(sm.backend)
+            cell.quantize_seconds = sm.quantize_seconds
+        reached = any(tests[(plan.text, m.name)].n for m in vmetrics if (plan.text, m.name) in tests)
+        if plan.role == "model" and plan.spec != FULL_PRECISION and cell.status == "ok" and not reached:
+            cell.status, cell.reason = "skipped", "not evaluated: the sequential audit was decided before this spec"
+        if want_other and cell.status == "ok":
+            _merge(cell, auditor.run_cell(Cell(plan.role, plan.source, plan.spec, want_other)))
+        cell.tokens += tokens
+        if used:
+            cell.backend["sequential"] = {"items": used}
+        cells.append(cell)
+    for plan in {id(p.source): p for p in plans}.values():
+        plan.source.release()
+    record = {
+        "enabled": True, "seed": seed, "first_round": FIRST_ROUND, "round_factor": ROUND_FACTOR, "alpha": alpha, "pairs_total": K,
+        "alpha_each": alpha_each,
+        "method": ("per (spec, forget metric) pair: hedged-capital betting confidence sequence for the mean paired "
+                   "change (Waudby-Smith & Ramdas 2023) and a mixture e-process for the sign "
+                   "test, each at alpha / pairs (Bonferroni); fragile: the sequence's lower end >= threshold and "
+                   "e-value >= pairs / alpha; not fragile: upper end < threshold on >= "
+                   f"{MIN_ITEMS_ROBUST} items; open at the end: the fixed-sample rule on every item"),
+        "pairs": {}, "items_available": {m.name: draws.size(m) for m in vmetrics},
+        "seconds": time.perf_counter() - t0,
+        "tokens_computed": sum(d.tokens for d in draws.data.values()),  # the verdict's metrics, this run
+    }
+    for (spec, m), t in tests.items():
+        record["pairs"].setdefault(spec, {})[m] = t.to_json()
+    return cells, record
+
+
+def _merge(cell: CellResult, other: CellResult) -> None:
+    """``other``'s metrics (the ones the verdict does not count, computed on every item) into ``cell``."""
+    if other.status != "ok":
+        return
+    for m, v in other.metrics.items():
+        cell.metrics[m] = v
+        cell.n_items[m] = other.n_items.get(m)
+        cell.items[m] = other.items.get(m, [])
+    cell.tokens += other.tokens
+    cell.seconds += other.seconds
+    if not cell.backend:
+        cell.backend = dict(other.backend)
+
+
+def _named_spec(tests: dict) -> str | None:
+    """The spec the verdict will rest on: a fragile pair's, else the pair with the largest mean change."""
+    frag = [t for t in tests.values() if t.decision == "fragile"]
+    pool = frag or [t for t in tests.values() if t.n]
+    if not pool:
+        return None
+    return max(pool, key=lambda t: t.mean).spec
+
+
+def _fmt_ci(ci) -> str:
+    return f"[{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci and ci[0] is not None else ""
+
+
+def apply_sequential(report, record: dict) -> None:
+    """Put the sequential record into ``report.derived["sequential"]`` and decide the label from the
+    anytime-valid tests (see the module docstring); ``incomplete`` and ``not-unlearned`` stay as derived."""
+    report.derived["sequential"] = record
+    v = report.verdict
+    if not record.get("pairs") or v.label in ("incomplete", "not-unlearned"):
+        return
+    tests, alpha = record["pairs_total"], record["alpha"]
+    pairs = [(s, m, t) for s, d in record["pairs"].items() for m, t in d.items()]
+    changes = report.derived.get("changes") or {}
+    common = dict(threshold=v.threshold, alpha=alpha, tests=tests)
+
+    def fields(s, m, t, note):
+        ch = (changes.get(s) or {}).get(m) or {}
+        record["pairs"][s][m]["decided_by"] = note
+        fixed = note.startswith("fixed")  # a fixed-sample p-value means nothing on a sample that stopped early
+        ci = ch.get("ci") if fixed and ch.get("ci") else t["cs"]  # the fixed-sample rule's own interval
+        return dict(worst_spec=s, worst_metric=m, max_regained=t["mean"], ci=ci, n_items=t["n"], up=t["up"],
+                    down=t["down"], p_value=ch.get("p_holm") if fixed else None, p_raw=ch.get("p") if fixed else None,
+                    **common)
+
+    def words(s, m, t):
+        lo, hi = t["cs"]
+        return (f"{s} {t['mean']:+.1f} points of {LABELS[m]} [{lo:+.1f}, {hi:+.1f}] (anytime-valid, level "
+                f"1 - {alpha:g}/{tests}), {t['up']} items up and {t['down']} down of {t['n']} drawn of "
+                f"{t['population']}")
+
+    frag = [(s, m, t) for s, m, t in pairs if t["decision"] == "fragile"]
+    if frag:
+        s, m, t = max(frag, key=lambda x: x[2]["cs"][0])
+        summary = (f"fragile: {words(s, m, t)}, sign-test e-value {t['evalue']:.3g} >= {tests}/{alpha:g}; "
+                   f"decided sequentially, threshold {v.threshold:g}")
+        report.verdict = Verdict("fragile", summary=summary, **fields(s, m, t, "sequential"))
+        return
+    from .verdict import _not_run_words
+
+    not_run = _not_run_words({(c.role, c.spec): c for c in report.cells}, report.inputs["specs"])
+    if not_run:  # no fragile pair, and a requested spec was not evaluated: no verdict
+        report.verdict = Verdict("incomplete", summary=f"incomplete: not evaluated: {', '.join(not_run)}, so no verdict",
+                                 **common)
+        return
+    exhausted = [(s, m, t) for s, m, t in pairs if t["decision"] == "open"]
+    for s, m, t in exhausted:  # every item drawn: the fixed-sample rule, as the full audit
+        ch = (changes.get(s) or {}).get(m)
+        if ch and ch["mean"] >= v.threshold and (ch.get("p_holm") or 1) < alpha and v.label == "fragile":
+            report.verdict = replace(v, summary=v.summary + " (every item drawn: decided by the fixed-sample test)")
+            record["pairs"][s][m]["decided_by"] = "fixed-sample, every item"
+            return
+    def fixed_robust(s, m, t):
+        hi = ((changes.get(s) or {}).get(m) or {}).get("ci", [None, None])[1]
+        return hi is not None and hi < v.threshold and t["n"] >= MIN_ITEMS_ROBUST
+
+    still = [(s, m, t) for s, m, t in exhausted if not fixed_robust(s, m, t)]
+    for s, m, t in exhausted:
+        record["pairs"][s][m]["decided_by"] = "fixed-sample, every item"
+    if still or any(t["decision"] == "untestable" for _, _, t in pairs):
+        if v.label in ("inconclusive",):
+            return
+        s, m, t = max(still or pairs, key=lambda x: x[2]["mean"] if x[2]["mean"] is not None else -1e9)
+        report.verdict = Verdict("inconclusive", summary=(
+            f"inconclusive: {words(s, m, t)}: every item drawn and neither decided"), **fields(s, m, t, "open"))
+        return
+    s, m, t = max(pairs, key=lambda x: x[2]["mean"] if x[2]["mean"] is not None else -1e9)
+    for s2, m2, t2 in pairs:
+        if t2["decision"] == "not-fragile":
+            record["pairs"][s2][m2]["decided_by"] = "sequential"
+    largest = (words(s, m, t) if t["decision"] == "not-fragile" else
+               f"{s} {LABELS[m]}, moved {t['mean']:+.1f} {_fmt_ci((changes.get(s) or {}).get(m, {}).get('ci'))} over "
+               f"{t['n']} items (fixed-sample interval)")
+    report.verdict = Verdict("robust", summary=(
+        f"robust: no spec brings back {v.threshold:g} points of a forget metric; the largest, {largest}; "
+        f"decided on {sum(x[2]['n'] for x in pairs)} of the pairs' {sum(x[2]['population'] for x in pairs)} items"
+        + ("" if not exhausted else " (pairs open at the end by the fixed-sample rule)")),
+        **fields(s, m, t, record["pairs"][s][m].get("decided_by", "sequential")))
