@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypedDict
 
-SCHEMA_VERSION = 2  # 2: the verdict's uncertainty (interval, p-values, items) and derived["changes"]
-READABLE_VERSIONS = (1, 2)  # version 1 reports load with the new verdict fields empty
+SCHEMA_VERSION = 3  # 3: the control (inputs.control, derived calibration tables, retain_effect) and derived["sequential"]; 2: the verdict's uncertainty (interval, p-values, items) and derived["changes"]
+READABLE_VERSIONS = (1, 2, 3)  # version 1 reports load with the new verdict fields empty
 SCHEMA_DIR = Path(__file__).parent / "schema"
 
 # Which metrics the verdict counts (memorization of the forget set, ROUGE-L F1 x 100).

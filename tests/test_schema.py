@@ -60,6 +60,11 @@ def reports(tmp_path_factory, random_world):
     common = ["--forget", random_world["forget"], "--store", store, "--quiet", "--fail-on", "none"]
     assert main([str(a) for a in ["audit", random_world["model"], "--reference", random_world["reference"],
                                   "--attacks", "rtn:8,prune:0.2", "--out", root / "audit", *common]]) == 0
+    assert main([str(a) for a in ["audit", random_world["model"], "--reference", random_world["reference"],
+                                  "--control", random_world["reference"], "--attacks", "rtn:8,relearn:steps=2",
+                                  "--out", root / "control", *common]]) == 0
+    assert main([str(a) for a in ["audit", random_world["model"], "--reference", random_world["reference"],
+                                  "--attacks", "rtn:8,rtn:4", "--sequential", "--out", root / "sequential", *common]]) == 0
     real_apply = rtn.RTNBackend.apply
 
     def broken(*a, **k):
@@ -80,6 +85,8 @@ def reports(tmp_path_factory, random_world):
 
     return {"audit": json.loads((root / "audit" / "report.json").read_text()),
             "failed": json.loads((root / "failed" / "report.json").read_text()),
+            "control": json.loads((root / "control" / "report.json").read_text()),
+            "sequential": json.loads((root / "sequential" / "report.json").read_text()),
             "sweep": json.loads(next((root / "sweep" / "reports").glob("*/report.json")).read_text()),
             "rows": pq.read_table(root / "sweep" / "leaderboard.parquet").to_pylist()}
 
@@ -95,7 +102,7 @@ def test_the_schemas_are_valid_draft_2020_12_and_ship_with_the_package():
 def test_real_reports_validate(reports):
     schema = report_schema()
     audit, failed, swept = reports["audit"], reports["failed"], reports["sweep"]
-    for name in ("audit", "failed", "sweep"):
+    for name in ("audit", "failed", "sweep", "control", "sequential"):
         assert errors(schema, reports[name]) == [], name
         assert errors(schema, public_report_json(reports[name])) == [], name  # as a leaderboard publishes it
     # what the fixtures are meant to cover is there: both families, a reference, a failed cell
@@ -105,6 +112,8 @@ def test_real_reports_validate(reports):
     assert failed["verdict"]["label"] == "incomplete"
     assert any(c["status"] == "error" and "kernel exploded" in c["reason"] for c in failed["cells"])
     assert swept["inputs"]["specs"] == ["rtn:8", "prune:0.2"]
+    assert reports["control"]["derived"]["calibration"]["control"] and reports["control"]["derived"]["retain_effect"]
+    assert reports["sequential"]["derived"]["sequential"]["pairs"]
 
 
 def test_leaderboard_rows_validate(reports):
