@@ -102,7 +102,8 @@ def test_extraction_strength_follows_open_unlearning_at_the_edges():
 
 
 def test_answer_probability_is_the_geometric_mean_of_the_answer_tokens(memorized):
-    """P(a|q)^(1/|a|) x 100 in KnowMem's prompt, one question at a time with the model's own logits."""
+    """P(a|q)^(1/|a|) x 100 in KnowMem's prompt, one question at a time with the model's own logits; the answer's
+    tokens are those the joint encoding has after the prompt's."""
     import torch
 
     from hubaudit.metrics import MetricConfig, evaluate
@@ -113,9 +114,10 @@ def test_answer_probability_is_the_geometric_mean_of_the_answer_tokens(memorized
     tok = src.tokenizer
     prefix = knowmem_prefix(fs.forget_qa_icl)
     for x, row in zip(fs.forget_qa, res.items):
-        prompt = knowmem_prompt(prefix, x.question).rstrip(" ")  # the harness moves the space to the answer
+        prompt = knowmem_prompt(prefix, x.question)  # as KnowMem's generation is fed it, trailing space included
         ctx = tok(prompt)["input_ids"]
-        whole = tok(prompt + " " + x.answer)["input_ids"]
+        whole = tok(prompt + x.answer)["input_ids"]
+        assert whole[: len(ctx)] == ctx
         with torch.no_grad():
             lp = torch.log_softmax(src.model(input_ids=torch.tensor([whole])).logits[0].float(), -1)
         answer = [float(lp[t - 1, whole[t]]) for t in range(len(ctx), len(whole))]

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from .base import Metric, MetricConfig, MetricResult, register_metric
-from .prompts import encode_text
+from .prompts import prompt_and_continuation
 from .scores import Score
 
 
@@ -38,12 +38,9 @@ def extraction_strength(matches) -> float:
 
 
 def passage_ids(runner, prompt: str, gt: str, max_tokens: int) -> tuple[list[int], list[int]]:
-    """(prompt ids as VerbMem feeds them, the continuation's ids cut to ``max_tokens``): the continuation is
-    the joint encoding's tokens after the prompt's, or the passage encoded on its own where the joint
-    encoding does not start with the prompt's ids."""
-    ctx = runner.encode(prompt)
-    whole = runner.encode(prompt + gt)
-    cont = whole[len(ctx):] if whole[: len(ctx)] == ctx else encode_text(runner.tokenizer, gt, special=False)
+    """(prompt ids as VerbMem feeds them, the continuation's ids cut to ``max_tokens``)
+    (:func:`~hubaudit.metrics.prompts.prompt_and_continuation`)."""
+    ctx, cont = prompt_and_continuation(runner.tokenizer, prompt, gt)
     return ctx, cont[:max_tokens]
 
 
