@@ -13,7 +13,7 @@ from typing import Iterable
 from ..errors import MetricError
 # Registering a metric: its module, imported here. The order of these imports is the order of the metrics
 # (the default run, the report's columns).
-from . import muse, extraction, probability, tofu, wmdp  # noqa: F401, E401  (registers the metrics)
+from . import muse, extraction, probability, tofu, wmdp  # noqa: F401  (registers the metrics)
 from . import scores
 from .base import METRICS, Metric, MetricConfig, MetricResult, register_metric, unregister_metric
 from .muse import privleak
