@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import CardError
 from .attacks import FULL_PRECISION
-from .metrics.scores import keys as score_keys, label
+from .metrics.scores import keys as score_keys, label, notes
 from .report import public_spec, public_summary, recovery_specs, regain_cells, safe_name, spec_label
 from .results import AuditReport
 
@@ -81,7 +81,8 @@ def render_section(report: AuditReport) -> str:
     st = report.derived.get("statistics") or {}
     lines += [
         "",
-        f"Scores: ROUGE-L F1 x 100 with MUSE's definitions. Regained: the mean change of a forget metric against full "
+        f"Scores: ROUGE-L F1 x 100 with MUSE's definitions"
+        + "".join(f"; {n}" for n in notes(metrics)) + ". Regained: the mean change of a forget metric against full "
         f"precision over the same items, with its 95% interval (paired bootstrap). Fragile means some quantization "
         + ("(or a recovery attack: pruning, a few fine-tuning steps) " if recovery else "") +
         f"brings back at least {v.threshold:g} points on average *and* more items go up than noise explains (one-sided "

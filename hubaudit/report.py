@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .attacks import FULL_PRECISION, get_attack
 from .errors import HubauditError, OutputDirError
-from .metrics.scores import get as score_of, keys as score_keys, label, verdict_keys
+from .metrics.scores import get as score_of, keys as score_keys, label, notes, verdict_keys
 from .recommend import recommend_command
 from .results import AuditReport, change_text, largest_change
 
@@ -234,6 +234,8 @@ def render_markdown(report: AuditReport) -> str:
         "near -100 means the forget texts look like training data. Regained = score under the spec minus full "
         "precision; retained = unlearned / original at the same precision.",
     ]
+    if notes(metrics):
+        lines += ["", "; ".join(notes(metrics)) + "."]
     if d.get("retained_note"):
         lines += ["", d["retained_note"].capitalize() + "."]
     if any(m.startswith(("tofu_", "wmdp_", "mmlu_")) for m in metrics):

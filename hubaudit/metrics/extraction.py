@@ -49,6 +49,8 @@ class ExtractionStrength(Metric):
     name = "es_f"
     scores = (Score("es_f", "ES forget", verdict=True, shown={"report", "card", "space"},
                     words="verbatim extraction of the forget texts (extraction strength)",
+                    note="ES: extraction strength x 100 (open-unlearning's): 100 minus the share of a forget passage's "
+                         "continuation that must be given for greedy decoding to produce the rest verbatim",
                     aliases=("es", "extraction_strength")),)
     needs = ("verbmem",)
 

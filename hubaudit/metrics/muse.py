@@ -132,7 +132,7 @@ class MIA(Metric):
     label = "MIA AUC (Min-K%)"
     # reported as PrivLeak (derived by the audit from the AUC and the retrained model's); not in the verdict
     scores = (Score("mia_auc", "MIA AUC", side="privacy", scale=1, higher_means_more_knowledge=False,
-                    shown={"space"}, aliases=("privleak", "mia")),
+                    shown={"space"}, aliases=("privleak", "mia"), retrain_baseline=True),
               Score("privleak", "PrivLeak", side="privacy", higher_means_more_knowledge=False, derived=True))
     needs = ("mia_forget", "mia_holdout")
 

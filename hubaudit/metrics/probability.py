@@ -27,7 +27,10 @@ from .scores import Score
 class AnswerProbability(Metric):
     name = "prob_f"
     scores = (Score("prob_f", "Answer prob. forget", verdict=True, shown={"report", "card", "space"},
-                    words="the probability of the forget set's answers", aliases=("prob", "probability")),)
+                    words="the probability of the forget set's answers",
+                    note="Answer prob.: the forget answers' per-token probability x 100 (geometric mean, "
+                         "open-unlearning's probability) in KnowMem's prompt",
+                    aliases=("prob", "probability")),)
     needs = ("forget_qa",)
     uses = ("forget_qa_icl",)
 

@@ -56,6 +56,10 @@ class Score:
         utility: rank among the utility metrics the unlearning trainer keeps; None: not one.
         shown: the places it appears (:data:`PLACES`).
         words: how a model publisher reads it, for the Space's paragraph ("" = the label).
+        note: one sentence report.md and the card print under their tables when the score is in them (what
+            it measures and on which scale); "" for none.
+        retrain_baseline: measured on the retrained model too (``--retrain``), as the baseline of a derived
+            figure (PrivLeak's AUC, TOFU's forget quality).
         aliases: other names ``--metrics`` accepts for its metric.
         derived: computed by the audit from other scores (PrivLeak from the MIA AUC), not by the metric.
     """
@@ -73,8 +77,10 @@ class Score:
     utility: int | None = None
     shown: frozenset[str] = frozenset({"report"})
     words: str = ""
+    note: str = ""
     aliases: tuple[str, ...] = ()
     derived: bool = False
+    retrain_baseline: bool = False
 
     def __post_init__(self):
         if self.side not in ("forget", "retain", "privacy"):
@@ -182,6 +188,16 @@ def forget_parts() -> list[str]:
         p = SCORES.get(k).part
         if p and p not in out:
             out.append(p)
+    return out
+
+
+def notes(keys_shown) -> list[str]:
+    """The ``note`` of each of ``keys_shown`` that has one, in order, each once."""
+    out: list[str] = []
+    for k in keys_shown:
+        s = get(k)
+        if s and s.note and s.note not in out:
+            out.append(s.note)
     return out
 
 

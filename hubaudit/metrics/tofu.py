@@ -308,7 +308,8 @@ class TofuProbForget(_TofuProb):
 class TofuTruthForget(_TofuTruth):
     name, part, needs = "tofu_tr_f", "tofu_forget", ("tofu_forget",)
     # min(R, 1/R) -> 1 when right and wrong answers look alike
-    scores = (Score(name, "TOFU truth ratio forget", scale=1, higher_means_more_knowledge=False, shown=REPORT),)
+    scores = (Score(name, "TOFU truth ratio forget", scale=1, higher_means_more_knowledge=False, shown=REPORT,
+                    retrain_baseline=True),)  # forget quality compares them with the retrained model's
 
 
 @register_metric
