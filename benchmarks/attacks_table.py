@@ -39,9 +39,9 @@ def world_paths(world: str | None) -> dict[str, Path]:
 
 
 def best(changes: dict) -> tuple[str, dict] | None:
-    from hubaudit.results import VERDICT_METRICS
+    from hubaudit.metrics.scores import verdict_keys
 
-    ms = [m for m in VERDICT_METRICS if m in changes]
+    ms = [m for m in verdict_keys() if m in changes]
     if not ms:
         return None
     m = max(ms, key=lambda k: changes[k]["mean"])
@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import hubaudit
-    from hubaudit.results import LABELS
+    from hubaudit.metrics.scores import label as score_label
 
     paths = world_paths(args.world)
     rows = []
@@ -77,7 +77,7 @@ def main() -> None:
             tc, cc = rep.cell("model", key), rep.cell("control", key)
             retain = (d.get("retain_effect") or {}).get(key, {}).get("knowmem_r")
             rows.append({
-                "model": name, "spec": key, "metric": LABELS.get(m, m),
+                "model": name, "spec": key, "metric": score_label(m),
                 "raw": raw["mean"] if raw else None, "raw_ci": raw["ci"] if raw else None,
                 "control": ch["control_mean"] if ch else None,
                 "control_counted": ch.get("control_counted") if ch else None,

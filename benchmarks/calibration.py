@@ -115,9 +115,9 @@ def subset_report(report, idx_by_metric: dict[str, list[int]]):
 def old_rule(derived: dict, threshold: float) -> bool:
     """The verdict before it had uncertainty: fragile when some spec's mean regain of a forget metric
     reached the threshold."""
-    from hubaudit.results import VERDICT_METRICS
+    from hubaudit.metrics.scores import verdict_keys
 
-    return any(v >= threshold for d in derived["regained"].values() for m, v in d.items() if m in VERDICT_METRICS)
+    return any(v >= threshold for d in derived["regained"].values() for m, v in d.items() if m in verdict_keys())
 
 
 def rates(reports: list, sizes: list[int], subsamples: int, seed: int) -> dict[int, dict[str, int]]:

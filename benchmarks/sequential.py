@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def items_used(report) -> int:
     """Items of the verdict's metrics evaluated over the audited model's and the original's cells."""
-    from hubaudit.results import VERDICT_METRICS
+    from hubaudit.metrics.scores import verdict_keys
 
-    return sum(n for c in report.cells if c.status == "ok" for m, n in c.n_items.items() if m in VERDICT_METRICS)
+    return sum(n for c in report.cells if c.status == "ok" for m, n in c.n_items.items() if m in verdict_keys())
 
 
 def tokens(report) -> int:

@@ -27,9 +27,8 @@ from .plan import (DEFAULT_SPECS, AuditRequest, Auditor, Cell, check_specs, chat
                    metric_key, open_model, plan_cells, resolve_specs)
 from .results import AuditReport, CellResult
 from .store import ResultStore
-from .verdict import (ASSUMED_AUC_RETRAIN, CHANCE, DEFAULT_ALPHA, DEFAULT_THRESHOLD, MIN_FORGOTTEN,  # noqa: F401
-                      MIN_ITEMS_ROBUST, MIN_ORIGINAL, NOT_UNLEARNED_RETAINED, RETAINED_METRICS, derive,
-                      heldout_regained)
+from .verdict import (ASSUMED_AUC_RETRAIN, DEFAULT_ALPHA, DEFAULT_THRESHOLD, MIN_FORGOTTEN,  # noqa: F401
+                      MIN_ITEMS_ROBUST, MIN_ORIGINAL, NOT_UNLEARNED_RETAINED, derive, heldout_regained)
 
 log = logging.getLogger("hubaudit")
 

@@ -40,7 +40,8 @@ from dataclasses import replace
 
 from .attacks import FULL_PRECISION, get_attack
 from .errors import HubauditError
-from .results import LABELS, VERDICT_METRICS, CellResult, Verdict
+from .metrics.scores import label as score_label, verdict_keys
+from .results import CellResult, Verdict
 from .stats import holm, paired_change
 from .verdict import _require_attack, _scores, _trained_items, _verdict, derive
 
@@ -96,7 +97,7 @@ def _did(by: dict, spec: str, m: str):
     k = max(_trained_items(t, m), _trained_items(c, m))
     scores = [_scores(x, m, k) for x in (t, tf, c, cf)]
     if any(s is None for s in scores) or len({len(s) for s in scores}) != 1 or not scores[0]:
-        return None, f"the control has no per-item {LABELS.get(m, m)} scores on the same items"
+        return None, f"the control has no per-item {score_label(m)} scores on the same items"
     ta, tb, ca, cb = scores
     return ([a - b for a, b in zip(ta, tb)], [a - b for a, b in zip(ca, cb)]), None
 
@@ -137,7 +138,7 @@ def derive_calibrated(cells: list[CellResult], specs: list[str], threshold: floa
         if not _ok(by.get(("model", spec))):
             continue
         calibrated_here = True
-        for m in VERDICT_METRICS:
+        for m in verdict_keys():
             if m not in raw.get(spec, {}):
                 continue
             xy, why = _did(by, spec, m)

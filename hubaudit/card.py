@@ -20,8 +20,9 @@ from pathlib import Path
 
 from .errors import CardError
 from .attacks import FULL_PRECISION
+from .metrics.scores import keys as score_keys, label, notes
 from .report import calibration_state, public_spec, public_summary, recovery_specs, regain_cells, safe_name, spec_label
-from .results import LABELS, AuditReport
+from .results import AuditReport
 
 SECTION_START, SECTION_END = "<!-- hubaudit:start -->", "<!-- hubaudit:end -->"
 YAML_START, YAML_END = "# hubaudit:start", "# hubaudit:end"
@@ -29,7 +30,6 @@ PR_TITLE_PREFIX = "hubaudit: "
 METHOD_URL = "https://arxiv.org/abs/2410.16454"
 SOURCE_NAME = "hubaudit"  # model-index results and eval results entries hubaudit wrote carry this source name
 EVAL_RESULTS_DIR = ".eval_results"
-CARD_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "tofu_rouge_f", "tofu_rouge_r", "wmdp_acc", "mmlu_acc")
 
 
 def _fmt(x) -> str:
@@ -48,7 +48,7 @@ def render_section(report: AuditReport) -> str:
     inp, v = report.inputs, report.verdict
     model = inp["model"]
     specs = [FULL_PRECISION, *report.specs]
-    metrics = [m for m in CARD_METRICS if any(m in c.metrics for c in report.cells)]
+    metrics = [m for m in score_keys(shown="card") if any(m in c.metrics for c in report.cells)]
     ref = inp.get("reference")
     lines = [
         SECTION_START,
@@ -62,7 +62,7 @@ def render_section(report: AuditReport) -> str:
         + ((f", against the original model `{ref['repo_id']}`" if ref.get("repo_id") else ", against a local original model")
            if ref else "") + ".",
         "",
-        "| precision | " + " | ".join(LABELS[m] for m in metrics) + " | regained (forget) [95% CI] | items up / down, p |",
+        "| precision | " + " | ".join(label(m) for m in metrics) + " | regained (forget) [95% CI] | items up / down, p |",
         "|---|" + "---|" * (len(metrics) + 2),
     ]
     recovery = recovery_specs(report)  # prune, relearn: marked, so a card does not call them quantization
@@ -82,7 +82,8 @@ def render_section(report: AuditReport) -> str:
     lines += ["", _calibration_sentence(report)] if report.derived.get("calibration") else []
     lines += [
         "",
-        f"Scores: ROUGE-L F1 x 100 with MUSE's definitions. Regained: the mean change of a forget metric against full "
+        f"Scores: ROUGE-L F1 x 100 with MUSE's definitions"
+        + "".join(f"; {n}" for n in notes(metrics)) + ". Regained: the mean change of a forget metric against full "
         f"precision over the same items, with its 95% interval (paired bootstrap). Fragile means some quantization "
         + ("(or a recovery attack: pruning, a few fine-tuning steps) " if recovery else "") +
         f"brings back at least {v.threshold:g} points on average *and* more items go up than noise explains (one-sided "
@@ -107,10 +108,10 @@ def _calibration_sentence(report: AuditReport) -> str:
     for spec, per in (d.get("calibrated_changes") or {}).items():
         m = max(per, key=lambda k: per[k]["mean"])
         ch = per[m]
-        parts.append(f"`{public_spec(spec)}` {ch['mean']:+.1f} [{ch['ci'][0]:+.1f}, {ch['ci'][1]:+.1f}] {LABELS[m]} "
+        parts.append(f"`{public_spec(spec)}` {ch['mean']:+.1f} [{ch['ci'][0]:+.1f}, {ch['ci'][1]:+.1f}] {label(m)} "
                      f"(the control: {ch['control_mean']:+.1f}, counted {ch.get('control_counted', ch['control_mean']):+.1f})"
                      if ch["ci"][0] is not None else
-                     f"`{public_spec(spec)}` {ch['mean']:+.1f} {LABELS[m]}")
+                     f"`{public_spec(spec)}` {ch['mean']:+.1f} {label(m)}")
     control = cal.get("control") or "a control model"
     return (f"Calibration: {state} against the control `{control}`, a model that never learned the forget set: the "
             "verdict counts only regain beyond what the same attack does to it, item by item. Beyond the control: "
@@ -134,7 +135,7 @@ def _card_scores(report: AuditReport) -> list[tuple[str, str, float]]:
     for spec in [FULL_PRECISION, *report.specs]:
         c = report.cell("model", spec)
         if c is not None and c.status == "ok":
-            out += [(spec, m, round(c.metrics[m], 2)) for m in CARD_METRICS if m in c.metrics]
+            out += [(spec, m, round(c.metrics[m], 2)) for m in score_keys(shown="card") if m in c.metrics]
     return out
 
 
@@ -149,7 +150,7 @@ def model_index_entry(report: AuditReport) -> dict | None:
     if hub is None:
         return None
     repo, rev = hub
-    metrics = [{"type": m, "name": f"{LABELS[m]} ({spec_label(spec)})", "config": public_spec(spec), "value": v,
+    metrics = [{"type": m, "name": f"{label(m)} ({spec_label(spec)})", "config": public_spec(spec), "value": v,
                 "verified": False} for spec, m, v in _card_scores(report)]
     if not metrics:
         return None
@@ -174,7 +175,7 @@ def eval_results_file(report: AuditReport) -> tuple[str, str] | None:
     repo, rev = hub
     entries = [EvalResultEntry(dataset_id=repo, task_id=m, value=v, dataset_revision=rev, date=report.created or None,
                                source_url=METHOD_URL, source_name=SOURCE_NAME,
-                               notes=f"{LABELS[m]}, {spec_label(spec)} (hubaudit quantization audit)")
+                               notes=f"{label(m)}, {spec_label(spec)} (hubaudit quantization audit)")
                for spec, m, v in _card_scores(report)]
     if not entries:
         return None

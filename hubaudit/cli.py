@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="family-wise error level over every (spec, forget metric) pair tested (Holm); a model whose "
                         "specs only add noise is called fragile with probability at most A (default 0.05)")
     a.add_argument("--metrics", metavar="NAME,...", default=None,
-                   help="verbmem_f,knowmem_f,knowmem_r,mia_auc (default: all the forget set supports)")
+                   help="metric names or aliases, e.g. verbmem_f,knowmem_f,knowmem_r,mia_auc,es_f,prob_f (the list: "
+                        "hubaudit.metrics.METRICS; default: all the forget set supports)")
     a.add_argument("--out", metavar="DIR", default=None,
                    help="folder for report.json/.md/.png (default: hubaudit-out/<model name>)")
     a.add_argument("--fail-on", metavar="LABEL,...", default="fragile",

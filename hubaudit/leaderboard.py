@@ -16,9 +16,9 @@ from pathlib import Path
 
 from .errors import HubauditError
 from .attacks import FULL_PRECISION
-from .results import LABELS, VERDICT_METRICS
+from .metrics.scores import label, verdict_keys
 
-COLUMNS = ("model", "commit", "method", "base_model", "forget", *(f"fp_{m}" for m in VERDICT_METRICS),
+COLUMNS = ("model", "commit", "method", "base_model", "forget", *(f"fp_{m}" for m in verdict_keys()),
            "worst_spec", "worst_metric", "regained", "regained_low", "regained_high", "n_items", "p_value",
            "retained", "retained_low", "retained_high", "utility", "verdict", "summary", "card_pr", "report",
            "model_url", "calibrated")
@@ -74,14 +74,14 @@ def row_of(sweep_row) -> dict:
     v, d = report.verdict, report.derived
     row["forget"] = report.inputs["forget"]["name"]
     fp = report.cell("model", FULL_PRECISION)
-    for m in VERDICT_METRICS:
+    for m in verdict_keys():
         row[f"fp_{m}"] = _num(fp.metrics.get(m)) if fp else None
     ci = v.ci or [None, None]
     row.update(worst_spec=v.worst_spec, worst_metric=v.worst_metric, regained=_num(v.max_regained),
                regained_low=_num(ci[0]), regained_high=_num(ci[1]), n_items=v.n_items, p_value=_num(v.p_value),
                verdict=v.label, summary=v.summary)
     kept = d.retained_ci.get(FULL_PRECISION) or {}
-    m = v.worst_metric if v.worst_metric in kept else next((k for k in VERDICT_METRICS if k in kept), None)
+    m = v.worst_metric if v.worst_metric in kept else next((k for k in verdict_keys() if k in kept), None)
     if m is not None:
         r = kept[m]
         row.update(retained=_num(r["value"]), retained_low=_num(r["ci"][0]), retained_high=_num(r["ci"][1]))
@@ -119,7 +119,7 @@ def render_markdown(rows: list[dict]) -> str:
              "items, p | retained | utility | verdict | card PR | report |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=_sort_key):
-        fp = ", ".join(f"{LABELS[m]} {r[f'fp_{m}']:.1f}" for m in VERDICT_METRICS if r.get(f"fp_{m}") is not None)
+        fp = ", ".join(f"{label(m)} {r[f'fp_{m}']:.1f}" for m in verdict_keys() if r.get(f"fp_{m}") is not None)
         if r["verdict"] == "error":
             reg = md_escape(r["summary"] or "")
         elif r["regained"] is None:
@@ -128,7 +128,7 @@ def render_markdown(rows: list[dict]) -> str:
             reg = fmt(r["regained"], True)
             if r["regained_low"] is not None:
                 reg += f" [{r['regained_low']:+.1f}, {r['regained_high']:+.1f}]"
-            reg += f" {md_escape(LABELS.get(r['worst_metric'], r['worst_metric'] or ''))}, n = {r['n_items']}"
+            reg += f" {md_escape(label(r['worst_metric']))}, n = {r['n_items']}"
             if r["p_value"] is not None:
                 reg += f", p = {r['p_value']:.2g}"
         ret = "–" if r["retained"] is None else f"{r['retained']:.0f}%" + (

@@ -186,6 +186,22 @@ def token_logprobs(model, ids, mask, labels=None):
     return whole_token_logprobs(model, ids, mask, labels)
 
 
+def _slice_match(head, hidden, tgt):
+    return head(hidden).float().argmax(-1) == tgt
+
+
+def greedy_matches(model, ids, mask):
+    """Whether greedy decoding would pick each next token: ``argmax p(. | tokens_<t) == token_t``, bool
+    ``[B, T-1]``, teacher-forced in one forward pass (sliced where :func:`slicing_check` allows)."""
+    tgt, _ = _targets(ids, None)
+    if slicing_check(model)[0] == "sliced":
+        base, head = decoder_and_head(model)
+        hidden = _decoder_hidden(base, ids, right_padded_mask(mask))
+        return _by_slices(_slice_match, head, hidden, _step(model, tgt.shape[0], None), tgt)
+    logits = model(input_ids=ids, attention_mask=right_padded_mask(mask), use_cache=False).logits[:, :-1]
+    return logits.float().argmax(-1) == tgt
+
+
 def kl_per_token(model, ref_model, ids, mask, labels):
     """``KL(p_ref || p_model)`` per position ``[B, T-1]``: sliced where both models allow it."""
     if slicing_check(model)[0] == "sliced" and slicing_check(ref_model)[0] == "sliced":

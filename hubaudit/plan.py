@@ -32,7 +32,6 @@ from .verdict import DEFAULT_ALPHA, DEFAULT_THRESHOLD
 log = logging.getLogger("hubaudit")
 
 DEFAULT_SPECS = ("cast:bf16", "rtn:8", "rtn:4", "rtn:4:g128")
-PRIVLEAK_BASELINE_METRICS = ("mia_auc", "tofu_tr_f")  # measured on the retrained model: PrivLeak's, forget quality's
 
 
 @dataclass(frozen=True)
@@ -182,7 +181,8 @@ def plan_cells(specs: list[AttackSpec], metrics: list[Metric], *, model, referen
     if reference is not None:
         cells += [Cell("reference", reference, s, metrics, reference) for s in [FULL_PRECISION, *specs]
                   if not is_artifact(s)]
-    baseline = [m for m in metrics if m.name in PRIVLEAK_BASELINE_METRICS]
+    # measured on the retrained model: PrivLeak's baseline, forget quality's (each score declares it)
+    baseline = [m for m in metrics if any(s.retrain_baseline for s in m.scores)]
     if retrain is not None and baseline:
         cells.append(Cell("retrain", retrain, FULL_PRECISION, baseline))
     return cells

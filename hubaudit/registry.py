@@ -34,6 +34,10 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def remove(self, name: str) -> T:
+        """Take an entry out (a test that registered one of its own)."""
+        return self._entries.pop(name)
+
     def decorator(self, attr: str = "name") -> Callable[[T], T]:
         """A class decorator registering the class under its ``attr`` attribute."""
 
@@ -59,3 +63,7 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._entries.items())
+
+    def in_order(self) -> list[T]:
+        """The entries in the order they were registered."""
+        return list(self._entries.values())

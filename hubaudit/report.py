@@ -15,13 +15,20 @@ from pathlib import Path
 
 from .attacks import FULL_PRECISION, get_attack
 from .errors import HubauditError, OutputDirError
+from .metrics.scores import get as score_of, keys as score_keys, label, notes, verdict_keys
 from .recommend import recommend_command
-from .results import LABELS, VERDICT_METRICS, AuditReport, change_text, largest_change
+from .results import AuditReport, change_text, largest_change
 
 REPORT_FILES = ("report.json", "report.md", "report.png")
-TABLE_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak", "tofu_rouge_f", "tofu_prob_f", "tofu_tr_f",
-                 "tofu_rouge_r", "tofu_prob_r", "tofu_tr_r", "tofu_mu", "wmdp_acc", "mmlu_acc")
-UNIT_SCALE = ("tofu_prob_f", "tofu_tr_f", "tofu_prob_r", "tofu_tr_r", "tofu_mu")  # 0..1, shown with 3 digits
+# report.png's colours, in the order of the scores it plots (keys(shown="plot"))
+PLOT_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:olive", "tab:orange", "tab:cyan", "tab:brown",
+               "tab:pink", "tab:gray")
+
+
+def _digits(metric: str) -> int:
+    """Decimals a table shows for ``metric``: 1 for points, 3 for a 0..1 value (its declared scale)."""
+    s = score_of(metric)
+    return s.digits if s else 1
 
 
 def check_out_dir(out) -> Path:
@@ -156,7 +163,7 @@ def render_markdown(report: AuditReport) -> str:
     """The report as Markdown: verdict, one table for the model, one for the original."""
     inp, d, v = report.inputs, report.derived, report.verdict
     specs = [FULL_PRECISION, *report.specs]
-    metrics = [m for m in TABLE_METRICS if any(m in c.metrics for c in report.cells)]
+    metrics = [m for m in score_keys(shown="report") if any(m in c.metrics for c in report.cells)]
     lines = [f"# hubaudit: {inp['model']['name']}", ""]
     lines.append(f"**Verdict: {v.label.upper()}**: {v.summary}.")
     lines.append("")
@@ -173,7 +180,7 @@ def render_markdown(report: AuditReport) -> str:
         f"{inp['device']} {inp['dtype']}{' (' + inp['dtype_reason'] + ')' if inp.get('dtype_reason') else ''}."
     )
     lines.append("")
-    head = ["precision", *(LABELS[m] for m in metrics), "regained (max forget) [95% CI]", "items up / down, p"]
+    head = ["precision", *(label(m) for m in metrics), "regained (max forget) [95% CI]", "items up / down, p"]
     if ref:
         head.append("retained vs original (KnowMem f / VerbMem) [95% CI]")
     lines.append("| " + " | ".join(head) + " |")
@@ -191,8 +198,8 @@ def render_markdown(report: AuditReport) -> str:
             lines.append(f"| {spec_label(spec)} | {c.status}: {c.reason} |" + " |" * (len(head) - 2))
             continue
         se = (d.get("stderr") or {}).get("model", {}).get(spec, {})
-        row = [spec_label(spec), *(_fmt(c.metrics.get(m), digits=3 if m in UNIT_SCALE else 1)
-                                   + (f" ± {_fmt(se[m], digits=3 if m in UNIT_SCALE else 1)}" if m in se else "")
+        row = [spec_label(spec), *(_fmt(c.metrics.get(m), digits=_digits(m))
+                                   + (f" ± {_fmt(se[m], digits=_digits(m))}" if m in se else "")
                                    for m in metrics)]
         row += regain_cells(d, spec)
         if ref:
@@ -200,7 +207,7 @@ def render_markdown(report: AuditReport) -> str:
         lines.append("| " + " | ".join(row) + " |")
     if ref:
         lines += ["", f"Original model `{ref['name']}`:", ""]
-        lines.append("| precision | " + " | ".join(LABELS[m] for m in metrics) + " |")
+        lines.append("| precision | " + " | ".join(label(m) for m in metrics) + " |")
         lines.append("|" + "---|" * (len(metrics) + 1))
         for spec in specs:
             c = report.cell("reference", spec)
@@ -209,7 +216,7 @@ def render_markdown(report: AuditReport) -> str:
             if c.status != "ok":
                 lines.append(f"| {spec_label(spec)} | {c.status}: {c.reason} |" + " |" * (len(metrics) - 1))
                 continue
-            lines.append("| " + " | ".join([spec_label(spec), *(_fmt(c.metrics.get(m), digits=3 if m in UNIT_SCALE else 1)
+            lines.append("| " + " | ".join([spec_label(spec), *(_fmt(c.metrics.get(m), digits=_digits(m))
                                                              for m in metrics)]) + " |")
     lines += _changes_table(report)
     lines += calibration_lines(report)
@@ -228,6 +235,8 @@ def render_markdown(report: AuditReport) -> str:
         "near -100 means the forget texts look like training data. Regained = score under the spec minus full "
         "precision; retained = unlearned / original at the same precision.",
     ]
+    if notes(metrics):
+        lines += ["", "; ".join(notes(metrics)) + "."]
     if d.get("retained_note"):
         lines += ["", d["retained_note"].capitalize() + "."]
     if any(m.startswith(("tofu_", "wmdp_", "mmlu_")) for m in metrics):
@@ -305,11 +314,11 @@ def regain_cells(d: dict, spec: str) -> list[str]:
     found = largest_change(d, spec)
     if found is None:
         reg = d.get("regained", {}).get(spec, {})
-        forget_reg = [reg[m] for m in VERDICT_METRICS if m in reg]
+        forget_reg = [reg[m] for m in verdict_keys() if m in reg]
         return [_fmt(max(forget_reg), signed=True) if forget_reg else "–", "–"]
     m, ch = found
     p = ch.get("p_holm")
-    return [f"{change_text(ch)} ({LABELS[m]})", f"{ch['up']} / {ch['down']} of {ch['n']}, p = {p:.2g}" if p is not None else "–"]
+    return [f"{change_text(ch)} ({label(m)})", f"{ch['up']} / {ch['down']} of {ch['n']}, p = {p:.2g}" if p is not None else "–"]
 
 
 def _retained_cell(d: dict, spec: str) -> str:
@@ -337,7 +346,7 @@ def _changes_table(report: AuditReport) -> list[str]:
     for spec in report.specs:
         for m, ch in (changes.get(spec) or {}).items():
             sh = (share.get(spec) or {}).get(m)
-            lines.append(f"| {spec} | {LABELS[m]} | {change_text(ch)} | {ch['up']} / {ch['down']} / {ch['ties']} | "
+            lines.append(f"| {spec} | {label(m)} | {change_text(ch)} | {ch['up']} / {ch['down']} / {ch['ties']} | "
                          f"{ch['p']:.2g} | {ch['p_holm']:.2g} | {'–' if sh is None else f'{sh:.0f}%'} |")
     return lines
 
@@ -368,7 +377,7 @@ def calibration_lines(report: AuditReport) -> list[str]:
                   "up / down / unchanged | p (Holm) |", "|---|---|---|---|---|---|---|"]
         for spec, per in (d.get("calibrated_changes") or {}).items():
             for m, ch in per.items():
-                lines.append(f"| {public_spec(spec)} | {LABELS[m]} | {_fmt(ch.get('raw_mean'), signed=True)} | "
+                lines.append(f"| {public_spec(spec)} | {label(m)} | {_fmt(ch.get('raw_mean'), signed=True)} | "
                              f"{_fmt(ch.get('control_mean'), signed=True)} ({_fmt(ch.get('control_counted'), signed=True)}) | "
                              f"{change_text(ch)} | "
                              f"{ch['up']} / {ch['down']} / {ch['ties']} | {ch['p_holm']:.2g} |")
@@ -380,7 +389,7 @@ def calibration_lines(report: AuditReport) -> list[str]:
     effect = d.get("retain_effect") or {}
     if effect:
         lines += ["", "Training attacks on the retain items (change against full precision): " + "; ".join(
-            f"{public_spec(spec)} " + ", ".join(f"{LABELS.get(m, m)} {change_text(ch)}" for m, ch in per.items())
+            f"{public_spec(spec)} " + ", ".join(f"{label(m)} {change_text(ch)}" for m, ch in per.items())
             for spec, per in effect.items()) + "."]
     return lines
 
@@ -406,11 +415,10 @@ def render_plot(report: AuditReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     specs = [FULL_PRECISION, *report.specs]
-    names = [m for m in ("verbmem_f", "knowmem_f", "knowmem_r", "tofu_rouge_f", "tofu_rouge_r", "wmdp_acc", "mmlu_acc")
-             if any(m in c.metrics for c in report.cells)]
+    plotted = score_keys(shown="plot")
+    names = [m for m in plotted if any(m in c.metrics for c in report.cells)]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(specs)), 4.2), dpi=110)
-    colors = {"verbmem_f": "tab:red", "knowmem_f": "tab:blue", "knowmem_r": "tab:green", "tofu_rouge_f": "tab:purple",
-              "tofu_rouge_r": "tab:olive", "wmdp_acc": "tab:orange", "mmlu_acc": "tab:cyan"}
+    colors = {m: PLOT_COLORS[i % len(PLOT_COLORS)] for i, m in enumerate(plotted)}
     x = list(range(len(specs)))
     for m in names:
         for role, style in (("model", "-o"), ("reference", "--s")):
@@ -420,8 +428,8 @@ def render_plot(report: AuditReport, path: Path) -> None:
                 ys.append(c.metrics.get(m) if c and c.status == "ok" else float("nan"))
             if all(y != y for y in ys):
                 continue
-            label = f"{LABELS[m]} ({'audited' if role == 'model' else 'original'})"
-            ax.plot(x, ys, style, color=colors[m], label=label, alpha=1.0 if role == "model" else 0.55)
+            name = f"{label(m)} ({'audited' if role == 'model' else 'original'})"
+            ax.plot(x, ys, style, color=colors[m], label=name, alpha=1.0 if role == "model" else 0.55)
             if role == "model":  # error bars: the 95% interval of the change against full precision
                 changes = report.derived.get("changes") or {}
                 lo_err, hi_err, xs, yv = [], [], [], []
@@ -435,7 +443,7 @@ def render_plot(report: AuditReport, path: Path) -> None:
                 if xs:
                     ax.errorbar(xs, yv, yerr=[lo_err, hi_err], fmt="none", ecolor=colors[m], capsize=3, lw=1)
         base = report.cell("model", FULL_PRECISION)
-        if base and m in base.metrics and m not in ("knowmem_r", "tofu_rouge_r", "mmlu_acc"):
+        if base and m in base.metrics and score_of(m).side == "forget":
             ax.axhline(base.metrics[m], color=colors[m], lw=0.8, ls=":", alpha=0.8)
     ax.axvspan(-0.4, 0.4, color="0.9", zorder=0)
     ax.set_xticks(x, [spec_label(s) for s in specs], rotation=20)

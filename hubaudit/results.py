@@ -18,24 +18,7 @@ SCHEMA_VERSION = 3  # 3: the control (inputs.control, derived calibration tables
 READABLE_VERSIONS = (1, 2, 3)  # version 1 reports load with the new verdict fields empty
 SCHEMA_DIR = Path(__file__).parent / "schema"
 
-# Which metrics the verdict counts (memorization of the forget set, ROUGE-L F1 x 100).
-VERDICT_METRICS = ("verbmem_f", "knowmem_f", "tofu_rouge_f", "wmdp_acc")  # all on a 0-100 scale
-LABELS = {
-    "tofu_rouge_f": "TOFU ROUGE-L forget",
-    "tofu_prob_f": "TOFU answer prob. forget",
-    "tofu_tr_f": "TOFU truth ratio forget",
-    "tofu_rouge_r": "TOFU ROUGE-L retain",
-    "tofu_prob_r": "TOFU answer prob. retain",
-    "tofu_tr_r": "TOFU truth ratio retain",
-    "tofu_mu": "TOFU model utility",
-    "wmdp_acc": "WMDP accuracy",
-    "mmlu_acc": "MMLU accuracy",
-    "verbmem_f": "VerbMem forget",
-    "knowmem_f": "KnowMem forget",
-    "knowmem_r": "KnowMem retain",
-    "mia_auc": "MIA AUC",
-    "privleak": "PrivLeak",
-}
+# What each metric is (label, scale, whether the verdict counts it, ...): hubaudit.metrics.scores.
 
 
 @dataclass(init=False)
@@ -201,9 +184,10 @@ def change_text(change: dict | None) -> str:
 
 
 def largest_change(derived: dict, spec: str) -> tuple[str, dict] | None:
-    """(metric, change) of the forget metric a spec moved up most, from ``derived["changes"]``."""
+    """(metric, change) of the forget metric a spec moved up most, from ``derived["changes"]`` (which holds the
+    verdict's metrics only; the first of equals in its order)."""
     ch = (derived.get("changes") or {}).get(spec) or {}
-    ms = [m for m in VERDICT_METRICS if m in ch]
+    ms = [m for m in ch if (ch[m] or {}).get("mean") is not None]
     if not ms:
         return None
     m = max(ms, key=lambda k: ch[k]["mean"])

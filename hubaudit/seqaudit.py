@@ -27,7 +27,8 @@ from .attacks import FULL_PRECISION, get_attack
 from .errors import HubauditError
 from .metrics import METRICS, evaluate
 from .plan import Auditor, Cell, metric_key
-from .results import LABELS, VERDICT_METRICS, CellResult, Verdict
+from .metrics.scores import label as score_label, verdict_keys
+from .results import CellResult, Verdict
 from .sequential import PairTest, permutation, rounds
 from .verdict import MIN_ITEMS_ROBUST
 
@@ -176,8 +177,8 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
     does not count go on every cell (the user named them with ``--metrics``)."""
     t0 = time.perf_counter()
     metrics = plans[0].metrics if plans else []
-    vmetrics = [m for m in metrics if m.name in VERDICT_METRICS]
-    others = [m for m in metrics if m.name not in VERDICT_METRICS]
+    vmetrics = [m for m in metrics if m.name in verdict_keys()]
+    others = [m for m in metrics if m.name not in verdict_keys()]
     fp_plan = next((p for p in plans if p.role == "model" and p.spec == FULL_PRECISION), None)
     if not vmetrics or fp_plan is None:
         return auditor.run(plans), {"enabled": True, "note": "no metric the verdict counts: every cell evaluated in full"}
@@ -386,7 +387,7 @@ def apply_sequential(report, record: dict) -> None:
 
     def words(s, m, t):
         lo, hi = t["cs"]
-        return (f"{s} {t['mean']:+.1f} points of {LABELS[m]} [{lo:+.1f}, {hi:+.1f}] (anytime-valid, level "
+        return (f"{s} {t['mean']:+.1f} points of {score_label(m)} [{lo:+.1f}, {hi:+.1f}] (anytime-valid, level "
                 f"1 - {alpha:g}/{tests}), {t['up']} items up and {t['down']} down of {t['n']} drawn of "
                 f"{t['population']}")
 
@@ -430,7 +431,7 @@ def apply_sequential(report, record: dict) -> None:
         if t2["decision"] == "not-fragile":
             record["pairs"][s2][m2]["decided_by"] = "sequential"
     largest = (words(s, m, t) if t["decision"] == "not-fragile" else
-               f"{s} {LABELS[m]}, moved {t['mean']:+.1f} {_fmt_ci((changes.get(s) or {}).get(m, {}).get('ci'))} over "
+               f"{s} {score_label(m)}, moved {t['mean']:+.1f} {_fmt_ci((changes.get(s) or {}).get(m, {}).get('ci'))} over "
                f"{t['n']} items (fixed-sample interval)")
     report.verdict = Verdict("robust", summary=(
         f"robust: no spec brings back {v.threshold:g} points of a forget metric; the largest, {largest}; "

@@ -55,8 +55,7 @@ from checks import (  # noqa: E402, F401
     InputError, card_base_model, check_dataset, check_model, check_queue_room, check_size, hub_repo, upload_to_muse,
     visitor_key)
 from page import (  # noqa: E402, F401
-    ALL, CSS, DEFAULT_UI_SPECS, FORGET_CHOICES, FORGET_SOURCE, LB_HEADERS, LB_TYPES, PLOT_METRICS, SPEC_MENU,
-    TABLE_METRICS, URL_JS, backend_menu, board_frame, build_ui, load_job_from_url, plot_frame, prefill_from_card,
+    ALL, CSS, DEFAULT_UI_SPECS, FORGET_CHOICES, FORGET_SOURCE, LB_HEADERS, LB_TYPES, SPEC_MENU, URL_JS, backend_menu, board_frame, build_ui, load_job_from_url, plot_frame, prefill_from_card,
     read_board, render, show_board, submit, table_frame)
 from publishing import download_copy, open_pr, public_report, publish_webhook_result  # noqa: E402, F401
 from settings import (  # noqa: E402, F401
@@ -66,7 +65,7 @@ from settings import (  # noqa: E402, F401
     space_token, store)
 from webhooks import add_webhook_route, classify_webhook, only_card_changed, webhook_reference  # noqa: E402, F401
 from worker import JobProgress, JobTimeout, evict_disk, forget_source, run_job, worker_loop  # noqa: E402, F401
-from words import BACKEND_WORDS, KNOWLEDGE, LABELS, spec_words, verdict_words  # noqa: E402, F401
+from words import BACKEND_WORDS, spec_words, verdict_words  # noqa: E402, F401
 
 from hubaudit.report import md_escape  # noqa: E402, F401  (text from a stranger's card, escaped: see page.py)
 

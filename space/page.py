@@ -14,14 +14,14 @@ import pandas as pd
 from checks import (InputError, card_base_model, check_dataset, check_model, check_queue_room, hub_repo,
                     queue_full_message, upload_to_muse, visitor_key)
 from publishing import download_copy, open_pr
-from words import LABELS, verdict_words
+from words import verdict_words
 
+from hubaudit.metrics.scores import get as score_of, keys as score_keys, label
 from hubaudit.report import md_escape  # (text from a stranger's card, escaped)
 
 FORGET_CHOICES = ["Synthetic (built in)", "MUSE News", "MUSE Books", "Hub dataset", "Upload JSONL"]
 FORGET_SOURCE = {"Synthetic (built in)": "synthetic", "MUSE News": "muse-news", "MUSE Books": "muse-books"}
-PLOT_METRICS = ("verbmem_f", "knowmem_f")
-TABLE_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "mia_auc")
+# The scores the page shows: each metric declares it (Score.shown "space" for the table, "space_plot" for the plot)
 # The specs offered on the page, per backend (bit widths people actually run).
 SPEC_MENU = {
     "rtn": ["rtn:8", "rtn:4", "rtn:4:g128", "rtn:3"],
@@ -61,7 +61,8 @@ def backend_menu() -> tuple[list[str], list[tuple[str, str]]]:
 def _fmt(x, metric=""):
     if x is None:
         return ""
-    return f"{x:.3f}" if metric == "mia_auc" else f"{x:.1f}"
+    s = score_of(metric)
+    return f"{x:.{s.digits if s else 1}f}"
 
 
 def table_frame(cells: list[dict], derived: dict | None = None) -> pd.DataFrame:
@@ -69,20 +70,21 @@ def table_frame(cells: list[dict], derived: dict | None = None) -> pd.DataFrame:
 
     rows = []
     reg = (derived or {}).get("regained", {})
+    table, plotted = score_keys(shown="space"), score_keys(shown="space_plot")
     for c in cells:
         m = c.get("metrics", {})
         r = reg.get(c["spec"], {}) if c["role"] == "model" else {}
-        forget = [r[k] for k in PLOT_METRICS if k in r]
+        forget = [r[k] for k in plotted if k in r]
         best = largest_change(derived or {}, c["spec"]) if c["role"] == "model" else None
         rows.append({
             "model": {"model": "audited", "reference": "original", "retrain": "retrained"}.get(c["role"], c["role"]),
             "precision": "full precision" if c["spec"] == "fp" else c["spec"],
             "status": c["status"] if c["status"] == "ok" else f"{c['status']}: {c.get('reason') or ''}",
-            **{LABELS[k]: _fmt(m.get(k), k) for k in TABLE_METRICS},
+            **{label(k): _fmt(m.get(k), k) for k in table},
             "regained (forget)": change_text(best[1]) if best else f"{max(forget):+.1f}" if forget else "",
             "seconds": f"{c.get('seconds', 0):.1f}" + (" (stored)" if c.get("reused") else ""),
         })
-    return pd.DataFrame(rows, columns=["model", "precision", "status", *(LABELS[k] for k in TABLE_METRICS),
+    return pd.DataFrame(rows, columns=["model", "precision", "status", *(label(k) for k in table),
                                        "regained (forget)", "seconds"])
 
 
@@ -92,10 +94,10 @@ def plot_frame(cells: list[dict]) -> pd.DataFrame:
         if c["status"] != "ok" or c["role"] not in ("model", "reference"):
             continue
         who = "audited" if c["role"] == "model" else "original"
-        for k in PLOT_METRICS:
+        for k in score_keys(shown="space_plot"):
             if k in c.get("metrics", {}):
                 rows.append({"precision": "full precision" if c["spec"] == "fp" else c["spec"],
-                             "score": round(c["metrics"][k], 2), "series": f"{LABELS[k]} ({who})"})
+                             "score": round(c["metrics"][k], 2), "series": f"{label(k)} ({who})"})
     return pd.DataFrame(rows, columns=["precision", "score", "series"])
 
 

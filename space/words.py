@@ -1,11 +1,9 @@
 """Words for a model publisher: the verdict as a paragraph, derived from the report (never hard-coded
-figures). The page shows it, and a webhook audit's discussion carries it."""
+figures). The page shows it, and a webhook audit's discussion carries it. A metric's name and the words for
+what it measures are its own declaration (``hubaudit.metrics.scores``: ``label``, ``words``)."""
 
+from hubaudit.metrics.scores import label as score_label, words as score_words
 
-LABELS = {"verbmem_f": "VerbMem forget", "knowmem_f": "KnowMem forget", "knowmem_r": "KnowMem retain",
-          "mia_auc": "MIA AUC", "privleak": "PrivLeak"}
-KNOWLEDGE = {"verbmem_f": "verbatim memory of the forget texts (VerbMem)",
-             "knowmem_f": "answers about the forget set (KnowMem)"}
 BACKEND_WORDS = {"rtn": "round-to-nearest", "bnb": "bitsandbytes", "gptq": "GPTQ", "awq": "AWQ", "hqq": "HQQ",
                  "torchao": "torchao", "gguf": "llama.cpp GGUF", "quanto": "quanto"}
 
@@ -42,7 +40,7 @@ def verdict_words(report: dict) -> str:
     if label == "fragile":
         q = cells.get(("model", spec), {}).get("metrics", {}).get(m)
         text = (f"**Fragile.** Quantizing this model with {spec_words(spec)} brings back {x:.1f} points of "
-                f"{KNOWLEDGE.get(m, LABELS.get(m, m))} on the forget set{_interval(ch)}"
+                f"{score_words(m)} on the forget set{_interval(ch)}"
                 + (f" ({fp[m]:.1f} in full precision, {q:.1f} quantized)" if m in fp and q is not None else "")
                 + f"; the threshold is {t:g}.{moved} The model only hides the knowledge: whoever runs it quantized "
                 "gets it back.")
@@ -53,18 +51,18 @@ def verdict_words(report: dict) -> str:
     elif label == "not-unlearned":
         r = v.get("retained") or {}
         text = (f"**Not unlearned.** In full precision this model still keeps {r.get('value', 0):.0f}% of what the "
-                f"original knows on {LABELS.get(r.get('metric'), r.get('metric'))} (95% interval "
+                f"original knows on {score_label(r.get('metric'))} (95% interval "
                 f"{r['ci'][0]:.0f}% to {r['ci'][1]:.0f}%, {r.get('n')} items): the unlearning removed little, so whether "
                 "quantization brings knowledge back is not the question yet." if r.get("ci") else
                 f"**Not unlearned.** {v.get('summary', '')}")
     elif label == "robust":
         tested = ", ".join(f"`{s}`" for s in report["inputs"].get("specs", []))
         text = (f"**Robust.** No quantization tested ({tested}) brought back {t:g} points or more of the forget "
-                f"set's knowledge, with 95% confidence; the largest change was {x:+.1f} points of {LABELS.get(m, m)} "
+                f"set's knowledge, with 95% confidence; the largest change was {x:+.1f} points of {score_label(m)} "
                 f"under {spec_words(spec)}{_interval(ch)}.")
     elif label == "inconclusive":
         need = v.get("items_needed")
-        text = (f"**Inconclusive.** The largest open question: {spec_words(spec)} moved {LABELS.get(m, m)} by "
+        text = (f"**Inconclusive.** The largest open question: {spec_words(spec)} moved {score_label(m)} by "
                 f"{x:+.1f} points{_interval(ch)}, which neither clears the threshold of {t:g} nor rules it out.{moved}"
                 + (f" About {need} items would decide it." if need else "")
                 + " hubaudit does not call a model fragile on noise.")

@@ -479,8 +479,9 @@ def _precision_words(cfg: dict[str, Any]) -> str:
 
 def describe_unlearning(uc: dict[str, Any], stopped_at: int | None) -> str:
     """The natural unlearning in words, for the manifest and the demo summary."""
-    metrics = " and ".join({"knowmem_f": "KnowMem forget", "verbmem_f": "VerbMem forget"}.get(m, m)
-                           for m in uc["stop_metrics"])
+    from ..metrics.scores import label
+
+    metrics = " and ".join(label(m) for m in uc["stop_metrics"])
     how = (f"stopped at step {stopped_at}, the first check (every {uc['eval_every']} steps) at which {metrics} had "
            f"fallen to within {uc['stop_at']:g}% of a model that never saw the forget set (the retain-only model)"
            if stopped_at else

@@ -11,17 +11,16 @@ from __future__ import annotations
 from typing import Iterable
 
 from ..errors import MetricError
-from . import muse, tofu, wmdp  # noqa: F401  (registers the metrics)
-from .base import METRICS, Metric, MetricConfig, MetricResult, register_metric
+# Registering a metric: its module, imported here. The order of these imports is the order of the metrics
+# (the default run, the report's columns).
+from . import muse, extraction, probability, tofu, wmdp  # noqa: F401  (registers the metrics)
+from . import scores
+from .base import METRICS, Metric, MetricConfig, MetricResult, register_metric, unregister_metric
 from .muse import privleak
+from .scores import Score
 
-__all__ = ["METRICS", "Metric", "MetricConfig", "MetricResult", "register_metric", "evaluate",
-           "resolve_metrics", "privleak"]
-
-ORDER = ("verbmem_f", "knowmem_f", "knowmem_r", "mia_auc",
-         "tofu_rouge_f", "tofu_prob_f", "tofu_tr_f", "tofu_rouge_r", "tofu_prob_r", "tofu_tr_r", "tofu_mu", "wmdp_acc", "mmlu_acc")
-ALIASES = {"verbmem": "verbmem_f", "knowmem": "knowmem_f", "privleak": "mia_auc", "mia": "mia_auc",
-           "tofu": "tofu_rouge_f", "model_utility": "tofu_mu", "wmdp": "wmdp_acc", "mmlu": "mmlu_acc"}
+__all__ = ["METRICS", "Metric", "MetricConfig", "MetricResult", "Score", "register_metric", "unregister_metric",
+           "evaluate", "resolve_metrics", "privleak", "scores"]
 
 
 def resolve_metrics(names: Iterable[str] | str | None, fs) -> list[Metric]:
@@ -38,11 +37,12 @@ def resolve_metrics(names: Iterable[str] | str | None, fs) -> list[Metric]:
     if isinstance(names, str):
         names = [n for n in names.split(",") if n.strip()]
     if names is None:
-        chosen = [n for n in ORDER if all(fs.has(p) for p in METRICS.get(n).needs)]
+        chosen = [m.name for m in METRICS.in_order() if all(fs.has(p) for p in m.needs)]
     else:
         chosen = []
+        aliases = scores.aliases()
         for n in names:
-            n = ALIASES.get(n.strip().lower(), n.strip().lower())
+            n = aliases.get(n.strip().lower(), n.strip().lower())
             METRICS.get(n)
             if n not in chosen:
                 chosen.append(n)

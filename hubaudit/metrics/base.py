@@ -1,12 +1,14 @@
-"""What a metric is: a name, a direction, the forget-set parts it needs, a version."""
+"""What a metric is: a name, the scores it produces (:class:`~hubaudit.metrics.scores.Score`, their facts), the
+forget-set parts it needs, a version."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MetricError
 from ..registry import Registry
+from .scores import Score, register_scores, unregister_scores
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..forget import ForgetSet
@@ -39,21 +41,21 @@ class Metric:
     """Base class. Subclasses set the attributes and implement :meth:`compute`.
 
     Attributes:
-        name: registry key and report column ("knowmem_f").
-        label: human name ("KnowMem forget").
+        name: registry key, and the key of its main score ("knowmem_f").
+        scores: the scores it produces, each with its facts (:class:`~hubaudit.metrics.scores.Score`): label,
+            scale, direction, chance, whether the verdict counts it, where it is shown. The first is the one
+            :meth:`compute` returns as ``value``; a ``derived`` score is computed by the audit.
+        label: human name in messages (default: the first score's label).
         needs: forget-set parts that must be present and non-empty.
         uses: parts used when present (in-context examples, MIA retain texts).
-        higher_means_more_knowledge: direction; True for ROUGE-based memorization.
-        forget: True if it measures forget-set knowledge (counts toward the verdict).
         version: bump when the definition changes; part of the results-store key.
     """
 
     name = ""
     label = ""
+    scores: tuple[Score, ...] = ()
     needs: tuple[str, ...] = ()
     uses: tuple[str, ...] = ()
-    higher_means_more_knowledge = True
-    forget = True
     version = "1"
 
     def settings(self, cfg: "MetricConfig") -> dict:
@@ -98,4 +100,26 @@ class MetricConfig:
 
 
 METRICS: Registry[type[Metric]] = Registry("metric", MetricError)
-register_metric = METRICS.decorator()
+
+
+def register_metric(cls: type[Metric]) -> type[Metric]:
+    """Class decorator: register a metric and its scores (a score's ``part`` defaults to the metric's first
+    needed part; its label becomes the metric's when the metric names none)."""
+    if not cls.scores or cls.scores[0].key != cls.name:
+        raise ValueError(f"metric {cls.name!r}: declare its scores, the first one keyed {cls.name!r}")
+    cls.scores = tuple(s if s.part or not cls.needs else replace(s, part=cls.needs[0]) for s in cls.scores)
+    if not cls.__dict__.get("label"):
+        cls.label = cls.scores[0].label
+    METRICS.add(cls.name, cls)
+    try:
+        register_scores(cls.name, cls.scores)
+    except ValueError:
+        METRICS.remove(cls.name)
+        raise
+    return cls
+
+
+def unregister_metric(name: str) -> None:
+    """Take a metric and its scores out of the registries (a test that registered one of its own)."""
+    METRICS.remove(name)
+    unregister_scores(name)

@@ -19,6 +19,9 @@ import numpy as np
 
 from .base import Metric, MetricConfig, MetricResult, register_metric
 from .rouge import cut_at_stop, rouge_l_f1
+from .scores import Score
+
+EVERYWHERE = frozenset({"report", "plot", "card", "space", "space_plot", "retained"})
 
 
 def knowmem_prefix(icl) -> str:
@@ -60,7 +63,8 @@ def privleak(auc: float, auc_retrain: float) -> float:
 @register_metric
 class VerbMem(Metric):
     name = "verbmem_f"
-    label = "VerbMem forget"
+    scores = (Score("verbmem_f", "VerbMem forget", verdict=True, retained=True, steer=2, shown=EVERYWHERE,
+                    words="verbatim memory of the forget texts (VerbMem)", aliases=("verbmem",)),)
     needs = ("verbmem",)
 
     def settings(self, cfg: MetricConfig) -> dict:
@@ -103,7 +107,8 @@ class _KnowMem(Metric):
 @register_metric
 class KnowMemForget(_KnowMem):
     name = "knowmem_f"
-    label = "KnowMem forget"
+    scores = (Score("knowmem_f", "KnowMem forget", verdict=True, retained=True, steer=1, shown=EVERYWHERE,
+                    words="answers about the forget set (KnowMem)", aliases=("knowmem",)),)
     needs = ("forget_qa",)
     uses = ("forget_qa_icl",)
     qa_part, icl_part = "forget_qa", "forget_qa_icl"
@@ -112,11 +117,11 @@ class KnowMemForget(_KnowMem):
 @register_metric
 class KnowMemRetain(_KnowMem):
     name = "knowmem_r"
-    label = "KnowMem retain"
+    scores = (Score("knowmem_r", "KnowMem retain", side="retain", retained=True, utility=1,
+                    shown=EVERYWHERE - {"space_plot"}),)  # utility
     needs = ("retain_qa",)
     uses = ("retain_qa_icl",)
     qa_part, icl_part = "retain_qa", "retain_qa_icl"
-    forget = False  # utility
 
 
 @register_metric
@@ -125,9 +130,11 @@ class MIA(Metric):
 
     name = "mia_auc"
     label = "MIA AUC (Min-K%)"
+    # reported as PrivLeak (derived by the audit from the AUC and the retrained model's); not in the verdict
+    scores = (Score("mia_auc", "MIA AUC", side="privacy", scale=1, higher_means_more_knowledge=False,
+                    shown={"space"}, aliases=("privleak", "mia"), retrain_baseline=True),
+              Score("privleak", "PrivLeak", side="privacy", higher_means_more_knowledge=False, derived=True))
     needs = ("mia_forget", "mia_holdout")
-    higher_means_more_knowledge = False
-    forget = False  # reported as PrivLeak; not part of the ROUGE-based verdict
 
     def settings(self, cfg: MetricConfig) -> dict:
         return {"k": cfg.mink_k}

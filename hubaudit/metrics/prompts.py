@@ -73,6 +73,17 @@ def encode_text(tokenizer, text: str, special: bool = True) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def prompt_and_continuation(tokenizer, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(the prompt's ids as generation is fed them, with BOS; the continuation's ids): the joint encoding's
+    tokens after the prompt's, as open-unlearning labels an answer, or the continuation encoded on its own where
+    the joint encoding does not start with the prompt's ids. The prompt keeps its trailing space (a tokenizer
+    with an ``Answer: `` token sees what greedy decoding sees)."""
+    ctx = encode_text(tokenizer, prompt)
+    whole = encode_text(tokenizer, prompt + continuation)
+    cont = whole[len(ctx):] if whole[: len(ctx)] == ctx else encode_text(tokenizer, continuation, special=False)
+    return ctx, cont
+
+
 @dataclass(frozen=True)
 class PromptFormat:
     """How a question becomes prompt ids: the chat template (with ``system`` and ``date``), or

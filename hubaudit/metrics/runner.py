@@ -440,6 +440,25 @@ class LMRunner:
         self._run_batches([len(x) for x in ids], 0, run, progress)
         return [o or [] for o in out]
 
+    def greedy_matches_ids(self, rows: Sequence[Sequence[int]], progress=None) -> list[list[bool]]:
+        """For each row of token ids, whether greedy decoding picks token t given tokens before it, for t =
+        1..n-1: one teacher-forced forward pass per batch (:func:`hubaudit.logprobs.greedy_matches`)."""
+        from ..logprobs import greedy_matches
+
+        torch = self._torch
+        ids = [list(r)[: self.max_len] for r in rows]
+        out: list[list[bool] | None] = [None] * len(ids)
+
+        def run(batch: list[int]):
+            input_ids, mask = self._pad([ids[i] for i in batch], left=False)
+            with torch.inference_mode():
+                hit = greedy_matches(self.model, input_ids, mask).cpu()
+            for r, i in enumerate(batch):
+                out[i] = hit[r, : len(ids[i]) - 1].tolist()
+
+        self._run_batches([len(x) for x in ids], 0, run, progress)
+        return [o or [] for o in out]
+
     def scoring_path(self) -> tuple[str, str | None]:
         """``("sliced", None)`` when log-probabilities come from the model's hidden states through its
         output layer a slice of positions at a time (never a float32 ``[batch, positions, vocabulary]``

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import MetricError
 from .base import Metric, MetricConfig, MetricResult, register_metric
 from .prompts import PromptFormat, clean_up_spaces
+from .scores import Score
 
 TOFU_MAX_NEW_TOKENS = 200
 
@@ -286,35 +287,47 @@ class _TofuTruth(_Tofu):
         return MetricResult(value, len(rows), rows, time.perf_counter() - t0, tokens)
 
 
+# Registered in table order: forget (ROUGE, probability, truth ratio), then retain, then model utility.
+REPORT = frozenset({"report"})
+SHOWN = frozenset({"report", "plot", "card"})
+
+
 @register_metric
 class TofuRougeForget(_TofuRouge):
-    name, label, part, needs = "tofu_rouge_f", "TOFU ROUGE-L forget", "tofu_forget", ("tofu_forget",)
-
-
-@register_metric
-class TofuRougeRetain(_TofuRouge):
-    name, label, part, needs, forget = "tofu_rouge_r", "TOFU ROUGE-L retain", "tofu_retain", ("tofu_retain",), False
+    name, part, needs = "tofu_rouge_f", "tofu_forget", ("tofu_forget",)
+    scores = (Score(name, "TOFU ROUGE-L forget", verdict=True, retained=True, steer=3, shown=SHOWN, aliases=("tofu",)),)
 
 
 @register_metric
 class TofuProbForget(_TofuProb):
-    name, label, part, needs = "tofu_prob_f", "TOFU answer prob. forget", "tofu_forget", ("tofu_forget",)
-
-
-@register_metric
-class TofuProbRetain(_TofuProb):
-    name, label, part, needs, forget = "tofu_prob_r", "TOFU answer prob. retain", "tofu_retain", ("tofu_retain",), False
+    name, part, needs = "tofu_prob_f", "tofu_forget", ("tofu_forget",)
+    scores = (Score(name, "TOFU answer prob. forget", scale=1, shown=REPORT),)
 
 
 @register_metric
 class TofuTruthForget(_TofuTruth):
-    name, label, part, needs = "tofu_tr_f", "TOFU truth ratio forget", "tofu_forget", ("tofu_forget",)
-    higher_means_more_knowledge = False  # min(R, 1/R) -> 1 when right and wrong answers look alike
+    name, part, needs = "tofu_tr_f", "tofu_forget", ("tofu_forget",)
+    # min(R, 1/R) -> 1 when right and wrong answers look alike
+    scores = (Score(name, "TOFU truth ratio forget", scale=1, higher_means_more_knowledge=False, shown=REPORT,
+                    retrain_baseline=True),)  # forget quality compares them with the retrained model's
+
+
+@register_metric
+class TofuRougeRetain(_TofuRouge):
+    name, part, needs = "tofu_rouge_r", "tofu_retain", ("tofu_retain",)
+    scores = (Score(name, "TOFU ROUGE-L retain", side="retain", utility=2, shown=SHOWN),)
+
+
+@register_metric
+class TofuProbRetain(_TofuProb):
+    name, part, needs = "tofu_prob_r", "tofu_retain", ("tofu_retain",)
+    scores = (Score(name, "TOFU answer prob. retain", side="retain", scale=1, shown=REPORT),)
 
 
 @register_metric
 class TofuTruthRetain(_TofuTruth):
-    name, label, part, needs, forget, retain = "tofu_tr_r", "TOFU truth ratio retain", "tofu_retain", ("tofu_retain",), False, True
+    name, part, needs, retain = "tofu_tr_r", "tofu_retain", ("tofu_retain",), True
+    scores = (Score(name, "TOFU truth ratio retain", side="retain", scale=1, shown=REPORT),)
 
 
 @register_metric
@@ -322,7 +335,8 @@ class TofuModelUtility(_Tofu):
     """open-unlearning's TOFU ``model_utility``: the harmonic mean of 9 values (0..1) over retain_perturbed,
     real_authors_perturbed and world_facts_perturbed (:func:`utility_values`); the items are the 9 values."""
 
-    name, label, forget = "tofu_mu", "TOFU model utility", False
+    name = "tofu_mu"
+    scores = (Score(name, "TOFU model utility", side="retain", scale=1, shown=REPORT, aliases=("model_utility",)),)
     needs = ("tofu_retain", "tofu_real_authors", "tofu_world_facts")
 
     def settings(self, cfg):

@@ -14,8 +14,20 @@ from __future__ import annotations
 
 import math
 
-FORGET_PARTS = ("forget_qa", "tofu_forget", "mcq", "verbmem")
+# How each part becomes a training row (in this order): a question and answer, a chat prompt and answer, a
+# multiple-choice prompt and the right letter, a passage (prompt + continuation), a plain text.
+ROW_FORMS = {"forget_qa": "qa", "tofu_forget": "chat", "mcq": "mcq", "verbmem": "passage",
+             "retain_qa": "qa", "tofu_retain": "chat", "mcq_retain": "mcq", "mia_retain": "text"}
 RETAIN_PARTS = ("retain_qa", "tofu_retain", "mcq_retain", "mia_retain")
+
+
+def forget_parts() -> list[str]:
+    """The forget parts a relearning attack trains on: those the verdict's metrics score item by item
+    (:func:`hubaudit.metrics.scores.forget_parts`), in :data:`ROW_FORMS`' order."""
+    from .scores import forget_parts as scored
+
+    parts = set(scored())
+    return [p for p in ROW_FORMS if p in parts]
 
 
 def n_trained(n: int, frac: float) -> int:
@@ -44,7 +56,7 @@ def training_rows(fs, tokenizer, data: str, frac: float, answers: bool = False) 
         return (ctx + cont, len(ctx)) if answers else ctx + cont
 
     chat = PromptFormat.for_tokenizer(tokenizer)
-    parts = FORGET_PARTS if data == "forget" else RETAIN_PARTS
+    parts = forget_parts() if data == "forget" else RETAIN_PARTS
     for part in parts:
         items = getattr(fs, part, None)
         if not items:
@@ -53,16 +65,17 @@ def training_rows(fs, tokenizer, data: str, frac: float, answers: bool = False) 
         if data == "forget":
             trained[part] = k
         for x in items[:k]:
-            if part in ("forget_qa", "retain_qa"):
+            form = ROW_FORMS[part]
+            if form == "qa":
                 rows.append(text_row(f"Question: {x.question}\nAnswer: {x.answer}", f"Question: {x.question}\nAnswer:"))
-            elif part in ("tofu_forget", "tofu_retain"):
+            elif form == "chat":
                 ctx, cont = chat.pair(tokenizer, x.question, x.answer)
                 rows.append(pair_row(ctx, cont))
-            elif part in ("mcq", "mcq_retain"):
+            elif form == "mcq":
                 ctx, cont = split_pair(tokenizer, mcq_prompt(x.question, x.choices, x.subject or fs.meta.get("subject", "")),
                                        " " + LETTERS[x.answer])
                 rows.append(pair_row(ctx, cont))
-            elif part == "verbmem":
+            elif form == "passage":
                 rows.append(text_row(x.prompt + x.gt, x.prompt))
             else:  # plain texts
                 rows.append(text_row(x))

@@ -27,6 +27,7 @@ import numpy as np
 
 from .base import Metric, MetricConfig, MetricResult, register_metric
 from .prompts import encode_text
+from .scores import Score
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -100,9 +101,13 @@ class _MCQ(Metric):
 
 @register_metric
 class WmdpAccuracy(_MCQ):
-    name, label, part, needs = "wmdp_acc", "WMDP accuracy", "mcq", ("mcq",)
+    name, part, needs = "wmdp_acc", "mcq", ("mcq",)
+    scores = (Score("wmdp_acc", "WMDP accuracy", chance=25.0, verdict=True, retained=True, steer=4,  # four choices
+                    shown={"report", "plot", "card"}, aliases=("wmdp",)),)
 
 
 @register_metric
 class MmluAccuracy(_MCQ):
-    name, label, part, needs, forget = "mmlu_acc", "MMLU accuracy", "mcq_retain", ("mcq_retain",), False
+    name, part, needs = "mmlu_acc", "mcq_retain", ("mcq_retain",)
+    scores = (Score("mmlu_acc", "MMLU accuracy", side="retain", chance=25.0, utility=3,
+                    shown={"report", "plot", "card"}, aliases=("mmlu",)),)

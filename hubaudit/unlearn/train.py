@@ -57,6 +57,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import HubauditError
+from ..metrics.scores import aliases, label, steer_keys, utility_keys
 from .losses import METHODS, needs_reference
 
 FORMAT = 3  # 2: controls chosen from what the original knows (``control``, ``target``; ``stop_metric``)
@@ -69,11 +70,13 @@ MANIFEST = "unlearn.json"
 # What each row of the manifest's "log" holds (one every 10 steps); changed_share: the mean, over the steps since
 # the previous row, of the share of the trained weights whose value in the saved dtype the step changed
 LOG_COLUMNS = ["step", "forget_loss", "retain_loss", "changed_share"]
-# Forget metrics the trainer can steer by, in the order it tries them (all 0-100, higher = more knowledge)
-STOP_METRICS = ("knowmem_f", "verbmem_f", "tofu_rouge_f", "wmdp_acc")
-# Utility, in the order tried; RETAIN_PROB (the retain passages' token probability) is the fallback
+# Forget metrics the trainer can steer by, in the order it tries them (all 0-100, higher = more knowledge): the
+# scores that declare a ``steer`` rank (hubaudit.metrics.scores)
+STOP_METRICS = tuple(steer_keys())
+# Utility, in the order tried (the scores that declare a ``utility`` rank); RETAIN_PROB (the retain passages'
+# token probability) is the fallback
 RETAIN_PROB = "retain_prob"
-UTILITY_METRICS = ("knowmem_r", "tofu_rouge_r", "mmlu_acc", RETAIN_PROB)
+UTILITY_METRICS = (*utility_keys(), RETAIN_PROB)
 RETAIN_PROB_LABEL = "retain passages' token probability"
 
 
@@ -142,9 +145,8 @@ class UnlearnConfig:
         if self.lr is None:
             self.lr = DEFAULT_SURE_LR if self.sure else DEFAULT_LR
         if self.stop_metric is not None:
-            from ..metrics import ALIASES
-
-            self.stop_metric = ALIASES.get(self.stop_metric.strip().lower(), self.stop_metric.strip().lower())
+            name = self.stop_metric.strip().lower()
+            self.stop_metric = aliases().get(name, name)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -226,9 +228,7 @@ def _key(cfg: UnlearnConfig, model_id: str, forget_hash: str, compute: str) -> s
 
 
 def _label(metric: str) -> str:
-    from ..results import LABELS
-
-    return RETAIN_PROB_LABEL if metric == RETAIN_PROB else LABELS.get(metric, metric)
+    return RETAIN_PROB_LABEL if metric == RETAIN_PROB else label(metric)
 
 
 def _supports(fs, metric: str) -> bool:
