@@ -26,9 +26,11 @@ PAGE = ROOT / "docs" / "reference" / "report-schema.md"
 # still load, an entry in READABLE_VERSIONS), with its own line here; never edit an existing line.
 REPORT_SCHEMA_STRUCTURE = {
     2: "67ebfe38d727bb9865688a33d052f3cbd6c89ad7a59a004eeba9ba34667b9a40",
+    3: "5bb4ea07a33b4ca7957e42e00f5ec9e81f455d1dbcb8d76e827f160137c66ad8",
 }
 LEADERBOARD_SCHEMA_STRUCTURE = {
     1: "e6bfa8d2193f628ab246bea75f4a7021c9a9972eb35b3373655265eaac5c3ca1",
+    2: "319a655ef65ce0a36385de022a49789e975b45c69c0fe42f74b873f4f546643c",
 }
 
 
