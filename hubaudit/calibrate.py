@@ -172,7 +172,8 @@ def derive_calibrated(cells: list[CellResult], specs: list[str], threshold: floa
                 by_kind[k] = (spec, m, v)
     has_ref = _ok(by.get(("reference", FULL_PRECISION)))
     plain = [(s, m, ch) for s, m, ch, _ in pairs]
-    new = _verdict(plain, regained, derived.get("retained_ci") or {}, has_ref, threshold, alpha, kinds, by_kind)
+    new = _verdict(plain, regained, derived.get("retained_ci") or {}, has_ref, threshold, alpha, kinds, by_kind,
+                   verdict_keys())
     new = _require_attack(new, {k: v for k, v in by.items() if k[0] != CONTROL}, specs, plain, threshold, alpha)
     control_name = display_name(control_name)
     who = f"the control {control_name}" if control_name else "the control model"

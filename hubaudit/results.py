@@ -228,7 +228,9 @@ class LargestRegain(TypedDict):
 # Keys of derived this version writes, in the order it writes them; others found in a report are kept.
 DERIVED_KEYS = ("regained", "retained", "utility", "kinds", "max_regained_by_kind", "changes", "retained_ci",
                 "regained_share", "stderr", "statistics", "recommendation", "auc_retrain", "auc_retrain_source",
-                "retained_note", "reference_note", "forget_quality")
+                "retained_note", "reference_note", "forget_quality", "calibration", "calibrated_changes",
+                "control_regained", "max_regained_by_kind_calibrated", "retain_effect", "retain_effect_control",
+                "sequential")
 
 
 @dataclass(eq=False)
@@ -256,6 +258,11 @@ class Derived(Mapping):
         auc_retrain / auc_retrain_source: PrivLeak's baseline AUC and where it came from.
         retained_note / reference_note: why retained is missing; which reference was used and why.
         forget_quality: TOFU: spec -> KS-test p-value of truth ratios against the retrain model.
+        calibration: whether each attack was measured against a control model (:mod:`hubaudit.calibrate`).
+        calibrated_changes / control_regained / max_regained_by_kind_calibrated: with a control, the changes
+            calibrated on it, the control's own mean changes, and the largest calibrated regain per family.
+        retain_effect / retain_effect_control: training attacks: the change of the retain metrics (model, control).
+        sequential: a ``--sequential`` audit's decisions per pair (:mod:`hubaudit.seqaudit`).
     """
 
     regained: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -274,6 +281,13 @@ class Derived(Mapping):
     retained_note: str | None = None
     reference_note: str | None = None
     forget_quality: dict[str, float] | None = None
+    calibration: dict[str, Any] | None = None
+    calibrated_changes: dict[str, dict[str, dict[str, Any]]] | None = None
+    control_regained: dict[str, dict[str, float]] | None = None
+    max_regained_by_kind_calibrated: dict[str, LargestRegain] | None = None
+    retain_effect: dict[str, dict[str, Change]] | None = None
+    retain_effect_control: dict[str, dict[str, Change]] | None = None
+    sequential: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 import hubaudit
 from hubaudit.audit import derive
 from hubaudit.report import render_markdown, write_report
-from hubaudit.results import AuditReport
+from hubaudit.results import SCHEMA_VERSION, AuditReport
 from factories import item_cell
 
 
@@ -128,7 +128,7 @@ def test_report_round_trip_and_files(tmp_path, random_world):
     assert f"**Verdict: {report.verdict.label.upper()}**" in md and "| rtn:4 |" in md
     files = write_report(report, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"report.json", "report.md", "report.png"}
-    assert json.loads(files["report.json"].read_text())["schema_version"] == 2
+    assert json.loads(files["report.json"].read_text())["schema_version"] == SCHEMA_VERSION
     write_report(report, tmp_path)
     assert len(list((tmp_path / "history").iterdir())) == 1 and not list(tmp_path.glob(".*tmp"))
     with pytest.raises(ValueError, match="schema version"):
