@@ -128,7 +128,7 @@ def test_an_unknown_attack_names_the_attacks_of_every_kind(spec, close):
     msg = str(e.value)
     assert msg.startswith(f"unknown attack '{spec.split(':')[0]}'") and "quantization backend '" not in msg
     assert (f"did you mean '{close}'?" in msg) == (close is not None)
-    for kind in ("quantization backends: ", "pruning: ", "training attacks: "):
+    for kind in ("quantization backends: ", "pruning: ", "training attacks: ", "white-box attacks: "):
         assert kind in msg
     assert all(a.name in msg for a in all_attacks()) and "see `hubaudit attacks`" in msg and "\n" not in msg
 

@@ -264,7 +264,8 @@ def unknown_attack(name: str) -> str:
     names = list(ATTACKS)
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    groups = {"quantization": "quantization backends", "pruning": "pruning", "training": "training attacks"}
+    groups = {"quantization": "quantization backends", "pruning": "pruning", "training": "training attacks",
+              "white-box": "white-box attacks"}
     known = "; ".join(f"{label}: {', '.join(n for n, cls in ATTACKS.items() if cls.kind == kind)}"
                       for kind, label in groups.items() if any(cls.kind == kind for _, cls in ATTACKS.items()))
     return f"unknown attack '{name}'{hint} ({known}); see `hubaudit attacks`"
