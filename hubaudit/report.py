@@ -173,7 +173,7 @@ def render_markdown(report: AuditReport) -> str:
         cmd = recommend_command(ref["name"] if ref else "ORIGINAL_MODEL", inp["forget"].get("source") or inp["forget"]["name"],
                                 settings=rec.get("settings"))
         lines += ["Way out: redo the unlearning from the original with SURE, the paper's fix, and audit the result "
-                  f"(see README, \"Unlearning that survives quantization\"): `{cmd}`", ""]
+                  f"(see docs/guide/unlearn.md): `{cmd}`", ""]
     lines.append(
         f"Forget set `{inp['forget']['name']}` ({', '.join(f'{k} {n}' for k, n in inp['forget']['sizes'].items())}); "
         f"reference (original): {'`' + ref['name'] + '`' if ref else 'none'}; threshold {v.threshold:g} points; "

@@ -25,8 +25,6 @@ per parameter during training).
 
 from __future__ import annotations
 
-import random
-
 from ..errors import SpecError
 from .base import Attack, AttackSpec, RowsRequest, TrainingRows, register
 
@@ -64,38 +62,10 @@ def parse_args(spec: AttackSpec) -> dict:
 def relearn(model, rows: list[list[int]], pad_id: int, steps: int, lr: float, batch: int, seed: int,
             max_len: int | None = None) -> dict:
     """``steps`` AdamW steps of causal-LM loss on ``rows`` (float32, constant lr, seeded order). In place."""
-    import torch
+    from .finetune import train_steps
 
-    from ..logprobs import token_logprobs
-    from ..trainrows import pad_batch
-
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
     model.float()
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999),
-                            weight_decay=0.0)
-    device = next(model.parameters()).device
-    queue: list[list[int]] = []
-    losses = []
-    for _ in range(steps):
-        while len(queue) < batch:
-            order = list(rows)
-            rng.shuffle(order)
-            queue += order
-        b, queue = queue[:batch], queue[batch:]
-        if max_len:
-            b = [r[:max_len] for r in b]
-        ids, mask, labels = pad_batch(b, pad_id)
-        labels = labels.to(device)
-        lp = token_logprobs(model, ids.to(device), mask.to(device), labels)  # sliced: no [B, T, vocab] tensor
-        loss = -lp.sum() / (labels[:, 1:] != -100).sum().clamp(min=1)  # mean token NLL, as the LM loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    model.eval()
-    return {"first_loss": round(losses[0], 4), "final_loss": round(losses[-1], 4)}
+    return train_steps(model, rows, pad_id, steps, lr, batch, seed, max_len)
 
 
 @register
