@@ -35,7 +35,9 @@ def test_missing_part_switches_its_metric_off(tmp_path):
     (root / "knowmem").rmdir()
     fs = load_forget_set(root)
     assert not fs.has("forget_qa")
-    assert [m.name for m in resolve_metrics(None, fs)] == ["verbmem_f", "mia_auc"]
+    names = [m.name for m in resolve_metrics(None, fs)]
+    assert names == ["verbmem_f", "mia_auc", "es_f"]  # extraction strength reads the VerbMem passages too
+    assert not {"knowmem_f", "knowmem_r", "prob_f"} & set(names)
     with pytest.raises(ForgetSetError, match="knowmem_f|KnowMem forget.*--metrics"):
         resolve_metrics("knowmem_f", fs)
 
