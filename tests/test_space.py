@@ -382,7 +382,7 @@ def test_bad_input_gets_a_message_not_a_traceback(space, browser):
     job = app.job(job_id)
     assert job["state"] == "done"
     got = json.loads((root / "app" / "data" / "jobs" / job_id / "report" / "report.json").read_text())
-    assert got["inputs"]["forget"]["sizes"] == {"forget_qa": 3} and got["inputs"]["metrics"] == ["knowmem_f"]
+    assert got["inputs"]["forget"]["sizes"] == {"forget_qa": 3} and got["inputs"]["metrics"] == ["knowmem_f", "prob_f"]
     assert outside == []
     ctx.close()
 
