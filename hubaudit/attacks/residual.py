@@ -47,24 +47,21 @@ def batches(rows: list, pad_id: int, batch: int, device):
         yield ids.to(device), mask.to(device), labels.to(device)
 
 
-def layer_means(model, rows: list, pad_id: int, batch: int = 8):
-    """Mean residual stream at the output of every decoder layer, float32 ``[layers, hidden]``, over every
-    token of ``rows`` but the first of each (the BOS/first position, whose activations are outliers many
-    times larger than the rest), and the number of tokens averaged."""
+def _hooked_pass(model, layers, rows: list, pad_id: int, batch: int, on_output) -> int:
+    """Run ``model`` over ``rows`` with a forward hook on every decoder layer: ``on_output(i, h, w)`` gets
+    layer ``i``'s output ``h`` (float32) and the token weights ``w`` (1 for every token but the first of
+    each row and padding, 0 there). Returns the number of tokens weighted."""
     import torch
 
-    _, layers, _, _ = decoder_parts(model, "the white-box attacks")
     device = next(model.parameters()).device
-    sums = torch.zeros(len(layers), model.config.hidden_size, dtype=torch.float32, device=device)
-    count = 0
     state: dict = {}
 
     def hook(i):
         def fn(_m, _i, output):
-            h = _out(output).float()
-            sums[i] += (h * state["w"][..., None]).sum((0, 1))
+            on_output(i, _out(output).float(), state["w"])
         return fn
 
+    count = 0
     handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
         with torch.no_grad():
@@ -77,6 +74,23 @@ def layer_means(model, rows: list, pad_id: int, batch: int = 8):
     finally:
         for h in handles:
             h.remove()
+    return count
+
+
+def layer_means(model, rows: list, pad_id: int, batch: int = 8):
+    """Mean residual stream at the output of every decoder layer, float32 ``[layers, hidden]``, over every
+    token of ``rows`` but the first of each (the BOS/first position, whose activations are outliers many
+    times larger than the rest), and the number of tokens averaged."""
+    import torch
+
+    _, layers, _, _ = decoder_parts(model, "the white-box attacks")
+    device = next(model.parameters()).device
+    sums = torch.zeros(len(layers), model.config.hidden_size, dtype=torch.float32, device=device)
+
+    def add(i, h, w):
+        sums[i] += (h * w[..., None]).sum((0, 1))
+
+    count = _hooked_pass(model, layers, rows, pad_id, batch, add)
     return sums / max(count, 1), count
 
 
@@ -180,31 +194,12 @@ def fold_out(model, direction) -> int:
 def projection_share(model, direction, rows: list, pad_id: int, batch: int = 8) -> float:
     """The largest, over decoder layers, mean ``|h . d| / |h|`` of the residual stream on ``rows`` (first
     position and padding excluded): how much of ``direction`` the stream still holds (0 when it holds none)."""
-    import torch
-
     _, layers, _, _ = decoder_parts(model, "ablate:direction")
-    device = next(model.parameters()).device
     sums = [0.0] * len(layers)
-    count = 0
-    state: dict = {}
 
-    def hook(i):
-        def fn(_m, _i, output):
-            h = _out(output).float()
-            share = (h @ direction.float().to(h.device)).abs() / h.norm(dim=-1).clamp(min=1e-12)
-            sums[i] += float((share * state["w"]).sum())
-        return fn
+    def add(i, h, w):
+        share = (h @ direction.float().to(h.device)).abs() / h.norm(dim=-1).clamp(min=1e-12)
+        sums[i] += float((share * w).sum())
 
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
-    try:
-        with torch.no_grad():
-            for ids, mask, _ in batches(rows, pad_id, batch, device):
-                w = mask.float()
-                w[:, 0] = 0
-                state["w"] = w
-                count += int(w.sum())
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    count = _hooked_pass(model, layers, rows, pad_id, batch, add)
     return max(s / max(count, 1) for s in sums)
