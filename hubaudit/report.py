@@ -337,8 +337,10 @@ def _changes_table(report: AuditReport) -> list[str]:
     """Every (spec, forget metric) pair the verdict tested: change, interval, items, raw and Holm p."""
     d = report.derived
     changes = d.get("changes") or {}
+    skipped = (d.get("statistics") or {}).get("not_counted") or {}
+    not_counted = ["", "Not tested: " + "; ".join(f"{label(m)}: {why}" for m, why in skipped.items()) + "."] if skipped else []
     if not changes:
-        return []
+        return not_counted
     share = d.get("regained_share") or {}
     lines = ["", "Every (spec, forget metric) pair tested, change against full precision:", "",
              "| spec | metric | change [95% CI] | up / down / unchanged | p (raw) | p (Holm) | share of what was forgotten |",
@@ -348,7 +350,7 @@ def _changes_table(report: AuditReport) -> list[str]:
             sh = (share.get(spec) or {}).get(m)
             lines.append(f"| {spec} | {label(m)} | {change_text(ch)} | {ch['up']} / {ch['down']} / {ch['ties']} | "
                          f"{ch['p']:.2g} | {ch['p_holm']:.2g} | {'–' if sh is None else f'{sh:.0f}%'} |")
-    return lines
+    return lines + not_counted
 
 
 def calibration_state(derived: dict) -> str:

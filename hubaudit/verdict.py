@@ -117,6 +117,7 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
     base_ok = base is not None and base.status == "ok"
     ref_fp = by.get(("reference", FULL_PRECISION))
     ref_fp = ref_fp if ref_fp is not None and ref_fp.status == "ok" else None
+    not_counted = never_known(ref_fp, verdict_metrics)
     regained: dict[str, dict[str, float]] = {}
     retained: dict[str, dict[str, float]] = {}
     share: dict[str, dict[str, float | None]] = {}
@@ -135,7 +136,7 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
                 for m in [m for m, v in held.items() if v is None]:
                     regained[spec].pop(m, None)
             for m in verdict_metrics:
-                if m not in regained[spec]:
+                if m not in regained[spec] or m in not_counted:
                     continue
                 k = _trained_items(cell, m)
                 a, b = _scores(cell, m, k), _scores(base, m, k)
@@ -172,6 +173,8 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
     by_kind: dict[str, tuple] = {}  # the largest regain of each family (quantization, recovery)
     for spec, deltas in regained.items():
         for m in verdict_metrics:
+            if m in not_counted:
+                continue
             k = kinds.get(spec, "quantization")
             if m in deltas and (k not in by_kind or deltas[m] > by_kind[k][2]):
                 by_kind[k] = (spec, m, deltas[m])
@@ -186,13 +189,32 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
                                          "at the lower end of its interval on some forget metric",
                    "min_items_robust": MIN_ITEMS_ROBUST,
                    **({"untestable": untestable} if untestable else {}),
+                   **({"not_counted": not_counted} if not_counted else {}),
                }}
-    verdict = _verdict(pairs, regained, retained_ci, ref_fp is not None, threshold, alpha, kinds, by_kind, verdict_metrics)
+    verdict = _verdict(pairs, regained, retained_ci, ref_fp is not None, threshold, alpha, kinds, by_kind, verdict_metrics,
+                       not_counted)
     verdict = _require_attack(verdict, by, specs, pairs, threshold, alpha)
     rec = recommendation(verdict.label)
     if rec:
         derived["recommendation"] = rec
     return derived, verdict
+
+
+def never_known(ref_fp: CellResult | None, verdict_metrics) -> dict[str, str]:
+    """The verdict's metrics the original never knew: ``{metric: why}`` for each one on which the original
+    (full precision) scores less than ``MIN_ORIGINAL`` points above chance. A "regain" there is not knowledge
+    coming back (there was none to forget: a quantizer moving noise, or an attack teaching), so these pairs
+    are shown but not tested, as the not-unlearned check already leaves them out. Without the original,
+    nothing can be said and every metric counts."""
+    if ref_fp is None:
+        return {}
+    out = {}
+    for m in verdict_metrics:
+        v = ref_fp.metrics.get(m)
+        if isinstance(v, (int, float)) and v - (chance_of(m) or 0) < MIN_ORIGINAL:
+            out[m] = (f"the original scores {v:.1f} on {label(m)}, less than {MIN_ORIGINAL:g} points above chance: "
+                      "nothing to forget, so a rise there is not knowledge coming back")
+    return out
 
 
 def _is_float_cast(spec: str) -> bool:
@@ -253,13 +275,17 @@ def _pair_words(spec: str, m: str, ch, tests: int) -> str:
             f"{ch.n} (p = {ch.p_holm:.2g} after Holm over {tests} test{'s' * (tests != 1)})")
 
 
-def _verdict(pairs, regained, retained_ci, has_ref, threshold, alpha, kinds, by_kind, verdict_metrics) -> Verdict:
+def _verdict(pairs, regained, retained_ci, has_ref, threshold, alpha, kinds, by_kind, verdict_metrics,
+             not_counted: dict | None = None) -> Verdict:
     tests = len(pairs)
     common = dict(threshold=threshold, alpha=alpha, tests=tests)
     if not pairs:
         measured = {m for d in regained.values() for m in d}
         if not regained:
             why = "no quantized cell could be evaluated"
+        elif not_counted and not (measured & set(verdict_metrics)) - set(not_counted):
+            why = ("the original does not know the forget set on any metric the verdict counts ("
+                   + "; ".join(not_counted.values()) + ")")
         elif not measured & set(verdict_metrics):
             why = ("none of the metrics measured is one the verdict counts (" + ", ".join(label(m) for m in verdict_metrics)
                    + "); add one with --metrics")

@@ -88,9 +88,9 @@ def test_argparse_errors_exit_2(capsys):
     assert main([]) == 2
 
 
-def test_audit_writes_reports_and_exit_codes(capsys, tmp_path, random_world):
+def test_audit_writes_reports_and_exit_codes(capsys, tmp_path, tiny_world):
     out = tmp_path / "out"
-    args = ["audit", random_world["model"], "--reference", random_world["reference"], "--forget", random_world["forget"],
+    args = ["audit", tiny_world.unlearned, "--reference", tiny_world.target, "--forget", tiny_world.forget_dir,
             "--backends", "rtn:8,rtn:2", "--store", tmp_path / "s.sqlite", "--out", out, "--quiet"]
     code, stdout, _ = run_cli(capsys, *args)
     report = json.loads((out / "report.json").read_text())

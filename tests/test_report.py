@@ -107,6 +107,31 @@ def test_not_unlearned_comes_first_and_needs_the_original():
     assert v.label != "not-unlearned" and "no original model given" in v.summary
 
 
+def test_a_metric_the_original_never_knew_is_not_tested_for_regain():
+    """The real-model failure (SmolLM2 zoo, benchmarks/real_world.py --medium): the original scores 1.6 on
+    KnowMem forget, so there was nothing to forget there, and a quantizer's +6 KnowMem on every item is noise
+    or teaching, not knowledge coming back. That pair is shown but not tested; VerbMem, which the original
+    knew, still decides. Without the original every pair counts, as before."""
+    n = 30
+    cs = [item_cell("model", "fp", verbmem_f=[20.0] * n, knowmem_f=[0.0] * n),
+          item_cell("model", "rtn:4", verbmem_f=[20.0 + (i % 2) for i in range(n)], knowmem_f=[6.0] * n),
+          item_cell("reference", "fp", verbmem_f=[90.0] * n, knowmem_f=[1.6] * n)]
+    derived, v = derive(cs, ["rtn:4"], threshold=5, auc_retrain=0.5)
+    assert v.label == "robust" and v.worst_metric == "verbmem_f" and v.tests == 1
+    assert "knowmem_f" not in derived["changes"]["rtn:4"] and derived["regained"]["rtn:4"]["knowmem_f"] == pytest.approx(6)
+    assert "1.6" in derived["statistics"]["not_counted"]["knowmem_f"]
+    from hubaudit.report import _changes_table
+
+    md = "\n".join(_changes_table(AuditReport(inputs={"specs": ["rtn:4"]}, cells=cs, derived=derived, verdict=v)))
+    assert "Not tested: KnowMem forget: the original scores 1.6" in md
+    _, v = derive(cs[:2], ["rtn:4"], threshold=5, auc_retrain=0.5)  # no original: it counts
+    assert v.label == "fragile" and v.worst_metric == "knowmem_f"
+    only = [item_cell("model", "fp", knowmem_f=[0.0] * n), item_cell("model", "rtn:4", knowmem_f=[6.0] * n),
+            item_cell("reference", "fp", knowmem_f=[1.6] * n)]
+    _, v = derive(only, ["rtn:4"], threshold=5, auc_retrain=0.5)
+    assert v.label == "incomplete" and "does not know the forget set" in v.summary
+
+
 def test_version_1_reports_still_load():
     old = {"schema_version": 1, "inputs": {"specs": ["rtn:4"]}, "cells": [], "derived": {},
            "verdict": {"label": "robust", "threshold": 5.0, "worst_spec": "rtn:4", "worst_metric": "knowmem_f",

@@ -27,6 +27,7 @@ PAGE = ROOT / "docs" / "reference" / "report-schema.md"
 REPORT_SCHEMA_STRUCTURE = {
     2: "67ebfe38d727bb9865688a33d052f3cbd6c89ad7a59a004eeba9ba34667b9a40",
     3: "5bb4ea07a33b4ca7957e42e00f5ec9e81f455d1dbcb8d76e827f160137c66ad8",
+    4: "d93f3fae8a4a3323ea049eb8d1f5dc22e95e543d2ebd160dd3b1535e380fd0f6",
 }
 LEADERBOARD_SCHEMA_STRUCTURE = {
     1: "e6bfa8d2193f628ab246bea75f4a7021c9a9972eb35b3373655265eaac5c3ca1",
@@ -52,11 +53,14 @@ def errors(schema: dict, doc) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory, random_world):
+def reports(tmp_path_factory, tiny_world):
     """Real reports: an audit with a reference under a quantization and a pruning attack; the same model
-    with every rtn cell failing (incomplete); a sweep (no Ray) of the model and of a missing one."""
+    with every rtn cell failing (incomplete); a sweep (no Ray) of the model and of a missing one. The demo
+    world at test size, whose original knows the forget set (an original that knows nothing leaves the
+    verdict nothing to test, and the report's tables empty)."""
     import hubaudit.quant.rtn as rtn
 
+    random_world = {"model": tiny_world.unlearned, "reference": tiny_world.target, "forget": tiny_world.forget_dir}
     root = tmp_path_factory.mktemp("schema")
     store = root / "store.sqlite"
     common = ["--forget", random_world["forget"], "--store", store, "--quiet", "--fail-on", "none"]
