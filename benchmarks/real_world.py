@@ -372,7 +372,7 @@ def audit(name: str, folder: Path, target: Path, forget: Path, backends: list[st
 
     out = cache / "audits" / name
     args = ["audit", str(folder), "--reference", str(target), "--forget", str(forget), "--backends", ",".join(backends),
-            "--metrics", "verbmem_f,knowmem_f,knowmem_r", "--store", str(cache / "store.sqlite"), "--out", str(out),
+            "--metrics", "verbmem_f,knowmem_f,knowmem_r,es_f,prob_f", "--store", str(cache / "store.sqlite"), "--out", str(out),
             "--device", "cpu", "--fail-on", "none", "--quiet"]
     code = cli(args)
     if code != 0:
@@ -571,6 +571,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help=f"results JSON (default {RESULTS.relative_to(ROOT)}; "
                     "--medium: benchmarks/results/real_world_medium.json; --smoke: CACHE/real_world.json)")
     ap.add_argument("--render", action="store_true", help="only print the table of the results JSON")
+    ap.add_argument("--build-only", action="store_true", help="build (or resume) the models, audit nothing, write nothing")
+    ap.add_argument("--leaderboard", action="store_true",
+                    help="after the audits: `hubaudit sweep` (local Ray) over the zoo's built models, into CACHE/sweep; "
+                         "its leaderboard.md is copied beside the results JSON")
+    ap.add_argument("--before-after", action="store_true",
+                    help="only print each cached audit's verdict with and without the rule that leaves out metrics the "
+                         "original never knew (hubaudit.verdict.never_known)")
     ap.add_argument("--lrs", default=None,
                     help="more learning rates for every plain method, e.g. 3e-5,1e-4 (models METHOD-lrLR): where, if "
                          "anywhere, the paper's lr 1e-5 is too small for a 135M model in bf16")
@@ -588,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.cache or Path("~/.cache/hubaudit-bench").expanduser() / ("real_world" + (f"-{mode}" if mode else ""))
     out_json = args.out or (cache / "real_world.json" if args.smoke else
                             RESULTS.with_name("real_world_medium.json") if args.medium else RESULTS)
+    if args.before_after:
+        print(before_after(cache))
+        return 0
     if args.render:
         doc = json.loads(out_json.read_text())
         print(render_table(doc["records"]))
@@ -670,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"real_world: hubaudit unlearn for {name} exited with {code}")
             _mark(folder, recipe)
         timings[name] = round(time.perf_counter() - t, 1)
+    if args.build_only:
+        say(f"built {', '.join(n for n, _ in zoo)}: {timings}")
+        return 0
     env = environment()
     context = {"command": "python benchmarks/real_world.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])),
                "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **env}
@@ -697,6 +710,13 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{name}: the update against the quantization step")
             updates[name] = update_vs_step(target, folders[name])
     out_json.parent.mkdir(parents=True, exist_ok=True)
+    if args.models and out_json.is_file():  # a subset: keep the other models' records of an earlier run
+        old = json.loads(out_json.read_text())
+        if old.get("forget_set") == forget.name and old.get("backends") == backends:
+            mine = {r["model"] for r in records}
+            records = [r for r in old["records"] if r["model"] not in mine] + records
+            updates = {**{k: v for k, v in (old.get("update_vs_step") or {}).items() if k not in updates}, **updates}
+            timings = {**(old.get("timings_s") or {}), **timings}
     doc = {"update_vs_step": updates, "about": "benchmarks/real_world.py: SmolLM2-135M zoo on the Lee news corpus, audited against target",
            "settings": cfg, "backends": backends, "forget_set": str(forget.name), "timings_s": timings,
            "total_s": round(time.perf_counter() - t_all, 1), "records": records}
@@ -704,7 +724,69 @@ def main(argv: list[str] | None = None) -> int:
     say(f"wrote {len(records)} records to {out_json} in {doc['total_s']:.0f} s")
     print(render_table(records))
     print(render_updates(updates))
+    if args.leaderboard:
+        board = leaderboard(cache, {n: folders[n] for n, _ in zoo if n in folders and n != "base"}, target, forget,
+                            backends, args.threads)
+        dest = out_json.with_name(out_json.stem.replace("real_world", "real_leaderboard") + ".md")
+        dest.write_text(board)
+        say(f"leaderboard: {dest}")
     return 0
+
+
+def leaderboard(cache: Path, folders: dict[str, Path], target: Path, forget: Path, backends: list[str],
+                threads: int | None) -> str:
+    """``hubaudit sweep`` over the zoo (one line per model, its reference the target; local Ray), reading
+    the audits' cells from the same results store, so only what is missing is computed. Returns
+    leaderboard.md with the sweep's folder paths replaced by the zoo's model names."""
+    from hubaudit.cli import main as cli
+
+    out = cache / "sweep"
+    models = cache / "zoo-models.txt"
+    models.write_text("".join(f"{folders[n]} {target} {forget}\n" for n in folders))
+    args = ["sweep", str(models), "--attacks", ",".join(backends), "--metrics", "verbmem_f,knowmem_f,knowmem_r,es_f,prob_f",
+            "--store", str(cache / "store.sqlite"), "--out", str(out), "--device", "cpu", "--quiet"]
+    if threads:
+        args += ["--num-cpus", str(max(1, threads))]
+    code = cli(args)
+    if code not in (0, 1):  # 1: the sweep's gate (a fragile model), not a failure
+        raise SystemExit(f"real_world: hubaudit sweep exited with {code}")
+    from hubaudit.report import md_escape
+
+    text = (out / "leaderboard.md").read_text()
+    for n, f in sorted({**folders, "target": target}.items(), key=lambda x: -len(str(x[1]))):
+        text = text.replace(md_escape(str(f)), md_escape(n)).replace(str(f), n)
+    import re
+
+    return re.sub(r"\[report\]\(reports/([^/)]*)/report\.md\)", r"`CACHE/sweep/reports/\1`", text)  # not committed
+
+
+def before_after(cache: Path) -> str:
+    """Each cached audit's verdict under the rule of hubaudit 0.1 before and after the fix that leaves out of
+    the regain tests the metrics the original never knew (``hubaudit.verdict.never_known``): the report's
+    cells, derived again both ways."""
+    import hubaudit.verdict as V
+    from hubaudit.results import AuditReport
+
+    lines = ["| model | before | after | after: why |", "|---|---|---|---|"]
+    for root in (cache / "audits", cache / "variants" / "audits"):
+        for rep_file in sorted(root.glob("*/report.json")):
+            rep = AuditReport.from_json(json.loads(rep_file.read_text()))
+            thr = float(rep.inputs.get("threshold") or 5.0)
+            labels = []
+            for rule in ("before", "after"):
+                real = V.never_known
+                if rule == "before":
+                    V.never_known = lambda *a, **k: {}
+                try:
+                    _, v = V.derive(rep.cells, rep.specs, thr, rep.derived.get("auc_retrain") or 0.5)
+                finally:
+                    V.never_known = real
+                labels.append(v)
+            name = rep_file.parent.name + (" (variant)" if root.name == "audits" and root.parent.name == "variants" else "")
+            b, a = labels
+            why = a.summary if b.label != a.label else "unchanged"
+            lines.append(f"| {name} | {b.label} | {a.label} | {why[:160]} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

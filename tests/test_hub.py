@@ -76,7 +76,8 @@ def test_pull_audit_pr_rerun_updates_the_same_pr(hub, client, capsys):
     tmp = client
     out, store = tmp / "out", tmp / "store.sqlite"
     base = ["audit", "org/unlearned", "--forget", "org/forget", "--out", out, "--store", store, "--quiet",
-            "--token", TOKEN, "--card", "pr", "--metrics", "knowmem_f,knowmem_r"]
+            "--token", TOKEN, "--card", "pr", "--metrics", "knowmem_f,knowmem_r",
+            "--fail-on", "none"]  # random weights: the original knows nothing, so the verdict is incomplete
     code, stdout, stderr = run(capsys, *base, "--backends", "rtn:4")
     assert code == 0, stderr
     report = json.loads((out / "report.json").read_text())

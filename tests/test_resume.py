@@ -29,7 +29,7 @@ def _rows(db):
 def _cli(world, store, out, *extra):
     return [sys.executable, "-m", "hubaudit", "audit", str(world["model"]), "--reference", str(world["reference"]),
             "--forget", str(world["forget"]), "--backends", SPECS, "--store", str(store), "--out", str(out),
-            "--quiet", *extra]
+            "--quiet", "--fail-on", "none", *extra]  # random weights: an incomplete verdict, which no gate passes
 
 
 @pytest.mark.slow

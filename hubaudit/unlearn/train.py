@@ -662,7 +662,7 @@ def unlearn(model, forget="synthetic", out=None, *, config: UnlearnConfig | None
                 st["changed"] = [0, 0]
                 rec = [step, round(f_loss.item(), 4), None if r_loss is None else round(r_loss.item(), 4), round(share, 6)]
                 st["log"].append(rec)
-                bar.set_postfix(forget=f"{rec[1]:.3f}", retain="-" if rec[2] is None else f"{rec[2]:.3f}",
+                bar.set_postfix(forget_loss=f"{rec[1]:.3f}", retain_loss="-" if rec[2] is None else f"{rec[2]:.3f}",
                                 changed=f"{100 * share:.2f}%")
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 good = _control(net, tok, fs, dev, cfg, st, forget_metric, utility_metric, good, step)
