@@ -491,34 +491,65 @@ def _pct(r: dict | None) -> str:
     return f"{r['value']:.0f}% [{lo}, {hi}]"
 
 
+def _zoo_rank(name: str) -> tuple:
+    """The zoo's order: base, target, retain-only, the methods (paper's recipe, then SURE, then other learning
+    rates), the control, then anything else."""
+    method, _, lr = name.partition("-lr")
+    method = method.removesuffix("-sure")
+    fixed = {"base": 0, "target": 1, "retain-only": 2, "control": 9}
+    if name in fixed:
+        return (fixed[name], 0, "", name)
+    if method in METHODS:
+        return (3 + bool(lr) + 2 * name.endswith("-sure"), METHODS.index(method), lr, name)
+    return (10, 0, "", name)
+
+
 def render_table(records: list[dict]) -> str:
     """The README's table: knowledge retained (% of target at the same precision, 95% interval) in full
     precision, at 8-bit and at 4-bit per backend, for KnowMem and VerbMem forget; utility (KnowMem retain)
     and the verdict; then the paper's figures for the same methods."""
     by: dict[str, dict[str, dict]] = {}
-    order: list[str] = []
     for r in records:
-        if r["model"] not in by:
-            order.append(r["model"])
         by.setdefault(r["model"], {})[r["spec"]] = r
+    order = sorted(by, key=_zoo_rank)
     specs = []
     for r in records:
         if r["spec"] != "fp" and r["spec"] not in specs:
             specs.append(r["spec"])
     specs.sort(key=lambda s: (s not in EIGHT_BIT, s))
     lines = []
-    for metric, label in (("knowmem_f", "KnowMem forget"), ("verbmem_f", "VerbMem forget")):
-        lines += [f"**{label}: knowledge retained, % of target at the same precision [95% CI]**", "",
-                  "| model | score (fp) | fp | " + " | ".join(specs) + " | utility (KnowMem retain, fp) | verdict |",
-                  "|---|---|---|" + "---|" * len(specs) + "---|---|"]
+    for metric, label in (("verbmem_f", "VerbMem forget"), ("es_f", "Extraction strength (ES) forget"),
+                          ("knowmem_f", "KnowMem forget")):
+        if not any(metric in (c.get("metrics") or {}) for cells in by.values() for c in cells.values()):
+            continue
+        ratio = any(metric in (c.get("retained") or {}) for cells in by.values() for c in cells.values())
+        what = "knowledge retained, % of target at the same precision [95% CI]" if ratio else "score per spec"
+        lines += [f"**{label}: {what}; the largest change under any spec against the model's own full precision "
+                  "[95% CI]**", "",
+                  "| model | score (fp) | fp | " + " | ".join(specs) + " | largest change (spec) | utility (KnowMem retain, fp) | verdict |",
+                  "|---|---|---|" + "---|" * len(specs) + "---|---|---|"]
         for name in order:
             cells = by[name]
             fp = cells.get("fp", {})
             score = fp.get("metrics", {}).get(metric)
             util = fp.get("metrics", {}).get("knowmem_r")
-            row = [name, "–" if score is None else f"{score:.1f}", _pct(fp.get("retained", {}).get(metric))]
-            row += [_pct(cells.get(s, {}).get("retained", {}).get(metric)) if cells.get(s, {}).get("status") == "ok"
+            def shown(c):
+                if ratio:
+                    return _pct(c.get("retained", {}).get(metric))
+                v = c.get("metrics", {}).get(metric)
+                return "–" if v is None else f"{v:.1f}"
+
+            row = [name, "–" if score is None else f"{score:.1f}", shown(fp)]
+            row += [shown(cells.get(s, {})) if cells.get(s, {}).get("status") == "ok"
                     else (cells.get(s, {}).get("status") or "–") for s in specs]
+            ch = [(s, c["change"][metric]) for s, c in cells.items() if metric in (c.get("change") or {})
+                  and c["change"][metric].get("mean") is not None]
+            if ch:
+                s, c = max(ch, key=lambda x: x[1]["mean"])
+                lo, hi = c.get("ci") or [None, None]
+                row.append(f"{c['mean']:+.1f}" + (f" [{lo:+.1f}, {hi:+.1f}]" if lo is not None else "") + f" ({s})")
+            else:
+                row.append("not tested" if score is not None else "–")
             row += ["–" if util is None else f"{util:.1f}", f"**{fp.get('verdict', '–')}**"]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
