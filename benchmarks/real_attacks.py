@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the medium zoo's folder (real_world.py --medium's cache)")
     ap.add_argument("--models", default="npo_klr-lr0.0001,base")
     ap.add_argument("--specs", default=",".join(SPECS))
+    ap.add_argument("--skip", default="base@qlora:nf4",
+                    help="MODEL@SPEC pairs not to run (default: QLoRA on the negative, about 10 min a cell on one CPU thread)")
     ap.add_argument("--control", default="retain-only")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--render", action="store_true", help="only print the table of the results JSON")
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         if name not in folders:
             raise SystemExit(f"real_attacks: no built model {name!r} in {models} (build it with real_world.py --medium)")
         for spec in args.specs.split(","):
+            if f"{name}@{spec}" in args.skip.split(","):
+                continue
             say(f"{name} x {spec} (control {args.control})")
             t0 = time.perf_counter()
             rep = hubaudit.audit(str(folders[name]), reference=str(models / "target"), forget=str(forget), specs=spec,

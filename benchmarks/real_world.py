@@ -577,7 +577,7 @@ def render_updates(updates: dict) -> str:
     lines = ["**The unlearning update against the quantization step (decoder-layer matrices; vs target)**", "",
              "| model | weights changed | " + " | ".join(f"mean \\|update\\| / step, bin moved ({s})" for s in specs) + " |",
              "|---|---|" + "---|" * len(specs)]
-    for name, u in updates.items():
+    for name, u in sorted(updates.items(), key=lambda x: _zoo_rank(x[0])):
         first = next(iter(u.values()))
         lines.append(f"| {name} | {first['changed_share'] * 100:.2f}% | " + " | ".join(
             f"{u[s]['mean_update_over_step']:.4f}, {u[s]['bin_moved_share'] * 100:.3f}%" for s in specs) + " |")
