@@ -11,8 +11,10 @@ noise has the size of a quantization error and carries no knowledge):
   forget facts. Control: a second noised copy of ``retain_only`` (one for all negatives, its cells computed once);
 - positives (``--positives``, should be fragile): the world's natural ``unlearned`` model. Under a fine-tune
   strong enough to recover (the default specs: ``finetune:unrelated:16:lr=3e-4`` and ``qlora:nf4:16:64``,
-  ``benchmarks/attacks_table.py``'s strong rows) it regains what it forgot, so here it is a positive, not a
-  negative as it is for quantization. Control: ``retain_only`` itself.
+  ``benchmarks/attacks_table.py``'s strong rows, and ``relearn:steps=20:lr=3e-4``) it regains what it forgot, so
+  here it is a positive, not a negative as it is for quantization. Control: ``retain_only`` itself.
+
+About 530 s of CPU on one thread from an empty store (the table in docs/guide/attacks-calibrated.md).
 
 Each model x spec is one ``hubaudit.audit(..., control=...)`` (no reference), so one audit gives both verdicts:
 uncalibrated (``derived["calibration"]["uncalibrated_verdict"]``: what the audit says without ``--control``,
@@ -45,7 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from calibration import clopper_pearson, dithered  # noqa: E402  (same noise, same interval)
 
-SPECS = "finetune:unrelated:16:lr=3e-4,qlora:nf4:16:64"
+SPECS = "finetune:unrelated:16:lr=3e-4,qlora:nf4:16:64,relearn:steps=20:lr=3e-4"
 METRICS = "knowmem_f,verbmem_f"
 
 
@@ -111,8 +113,8 @@ def main() -> int:
     p.add_argument("--size", choices=["demo", "tiny"], default="demo", help="world size when building one")
     p.add_argument("--specs", default=SPECS)
     p.add_argument("--metrics", default=METRICS)
-    p.add_argument("--negatives", type=int, default=6, help="noised retain-only models (never knew)")
-    p.add_argument("--positives", type=int, default=2, help="noised unlearned models (regain under a strong fine-tune)")
+    p.add_argument("--negatives", type=int, default=12, help="noised retain-only models (never knew)")
+    p.add_argument("--positives", type=int, default=4, help="noised unlearned models (regain under a strong fine-tune)")
     p.add_argument("--sigma", type=float, default=0.25, help="noise, in per-tensor 4-bit RTN steps")
     p.add_argument("--work", default=None, help="folder for the noised models and the store (default: WORLD/../attacks-calibration)")
     p.add_argument("--json", default=None, help="write the figures here (rewritten after every audit)")
