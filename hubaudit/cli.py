@@ -170,12 +170,15 @@ def _sweep_parsers(sub) -> None:
                                    "goes to the results store at once; a rerun computes only what is missing. Writes "
                                    "reports/, leaderboard.parquet, leaderboard.md and sweep.json into --out.")
     s.add_argument("models", nargs="?", metavar="MODELS.txt",
-                   help="one org/name[@rev] or folder per line, optionally followed by its reference and its forget "
-                        "set (- for the default, none for no reference); # comments")
+                   help="one org/name[@rev] or folder per line, optionally followed by its reference, its forget "
+                        "set and its control (- for the default, none for no reference or no control); # comments")
     s.add_argument("--search", metavar="QUERY",
                    help="models from the Hub instead: tag=...,base_model=org/name,author=...,q=TEXT,limit=N")
     s.add_argument("--reference", metavar="REF", help="the original of every model (default: each card's base_model)")
     s.add_argument("--forget", metavar="SOURCE", default=None, help="the forget set of every model (default synthetic)")
+    s.add_argument("--control", metavar="MODEL",
+                   help="a model that never learned the forget set, the control of every model (a line may name its "
+                        "own): every attack also runs on it, once, and each verdict counts only regain beyond it")
     s.add_argument("--attacks", "--backends", dest="attacks", metavar="SPEC,...", default=None,
                    help="attack specs, as for `hubaudit audit` (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128; "
                         "--backends: the older name)")

@@ -43,7 +43,8 @@ from .errors import HubauditError
 from .forget import load_forget_set
 from .metrics import MetricConfig, resolve_metrics
 from .attacks import FULL_PRECISION
-from .plan import AuditRequest, Auditor, Cell, chat_template_used, is_artifact, open_model, resolve_specs
+from .plan import (AuditRequest, Auditor, Cell, chat_template_used, check_reference_specs, is_artifact, needs_reference,
+                   open_model, resolve_specs)
 from .results import AuditReport, CellResult
 from .store import ResultStore
 
@@ -63,24 +64,26 @@ class SweepError(HubauditError):
 
 @dataclass
 class SweepEntry:
-    """One line of a models file: a model, and optionally its own reference and forget set.
+    """One line of a models file: a model, and optionally its own reference, forget set and control.
 
     ``reference``: None for the sweep's ``--reference`` (else the card's ``base_model``), ``"none"`` for none.
     ``forget``: None for the sweep's ``--forget``.
+    ``control``: None for the sweep's ``--control``, ``"none"`` for none (that line is not calibrated).
     """
 
     model: str
     reference: str | None = None
     forget: str | None = None
+    control: str | None = None
 
 
 def read_models_file(path: str | Path) -> list[SweepEntry]:
-    """``MODELS.txt``: one ``org/name[@rev]`` or folder per line, optionally followed by its reference and
-    its forget set (``-`` keeps the sweep's default, ``none`` as reference audits without one); ``#``
-    starts a comment.
+    """``MODELS.txt``: one ``org/name[@rev]`` or folder per line, optionally followed by its reference, its
+    forget set and its control (``-`` keeps the sweep's default, ``none`` as reference or control audits without
+    one); ``#`` starts a comment.
 
     Raises:
-        SweepError: the file is missing, empty, or a line has more than three fields.
+        SweepError: the file is missing, empty, or a line has more than four fields.
     """
     p = Path(path).expanduser()
     try:
@@ -94,11 +97,11 @@ def read_models_file(path: str | Path) -> list[SweepEntry]:
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue
-        if len(fields) > 3:
-            raise SweepError(f"{path}:{n}: a line is MODEL [REFERENCE [FORGET]], got {len(fields)} fields; "
+        if len(fields) > 4:
+            raise SweepError(f"{path}:{n}: a line is MODEL [REFERENCE [FORGET [CONTROL]]], got {len(fields)} fields; "
                              "use - for a default")
-        model, ref, forget = (fields + ["-", "-"])[:3]
-        entries.append(SweepEntry(model, None if ref == "-" else ref, None if forget == "-" else forget))
+        model, ref, forget, control = (fields + ["-", "-", "-"])[:4]
+        entries.append(SweepEntry(model, *(None if f == "-" else f for f in (ref, forget, control))))
     if not entries:
         raise SweepError(f"models file {path} names no model; write one org/name[@rev] or folder per line")
     return entries
@@ -339,18 +342,33 @@ class CellWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def cell(self, spec) -> dict:
+    def _open(self, load: str, identity: str, token=None):
+        kw = dict(self.kw) if token is None else {**self.kw, "token": token}
+        src = open_model(load, **kw)[0]
+        if src.identity != identity:
+            raise HubauditError(f"model '{load}' changed since the sweep was planned (identity "
+                                f"{src.identity}, planned {identity}); run the sweep again")
+        return src
+
+    def cell(self, spec, reference: tuple | None = None) -> dict:
         """One cell (``spec``: a resolved :class:`~hubaudit.attacks.AttackSpec`, or ``"fp"``):
         ``{"cell": CellResult, "records": [...], "pid": ...}``; metrics this worker already computed for an
-        earlier cell (a spec identical to full precision) are reused."""
+        earlier cell (a spec identical to full precision) are reused. ``reference``: ``(load, identity,
+        public)`` of the original, for an attack that reads it (``ablate:direction``); loaded once per worker."""
         if self.src is None:
-            self.src = open_model(self.load, **self.kw)[0]
-            if self.src.identity != self.identity:
-                raise HubauditError(f"model '{self.load}' changed since the sweep was planned (identity "
-                                    f"{self.src.identity}, planned {self.identity}); run the sweep again")
+            self.src = self._open(self.load, self.identity)
+        ref = None
+        if reference is not None:
+            load, identity, public = reference
+            if identity == self.identity:
+                ref = self.src
+            else:
+                if getattr(self, "_ref", (None, None))[0] != identity:
+                    self._ref = (identity, self._open(load, identity, False if public else None))
+                ref = self._ref[1]
         metrics = resolve_metrics(self.metric_names, self.fs)
         self.store.new = []
-        cell = self.auditor.run_cell(Cell("model", self.src, spec, metrics))
+        cell = self.auditor.run_cell(Cell("model", self.src, spec, metrics, ref))
         if spec == FULL_PRECISION and cell.status == "ok":  # what the report says of the prompts (TOFU)
             self.store.put(self.identity, spec, self.auditor.fs_hash, *_chat_key(self.auditor.cfg),
                            {"value": chat_template_used(self.src, self.auditor.cfg, metrics)})
@@ -358,8 +376,9 @@ class CellWorker:
         return {"cell": cell, "records": records, "pid": os.getpid()}
 
     def release(self) -> None:
-        if self.src is not None:
-            self.src.release()
+        for src in (self.src, getattr(self, "_ref", (None, None))[1]):
+            if src is not None:
+                src.release()
 
 
 # -- the sweep -------------------------------------------------------------------------------------------
@@ -412,18 +431,6 @@ def _start_ray(address: str | None, num_cpus: int | None, token: str | None = No
     return ray, True
 
 
-def _refuse_reference_specs(specs) -> None:
-    """A sweep shares each cell between the roles that need it, so it cannot give an attack the original of
-    the model it runs on (``ablate:direction``): such specs are refused before any work."""
-    from .errors import SpecError
-    from .plan import needs_reference
-
-    names = [str(s) for s in specs if needs_reference(s)]
-    if names:
-        raise SpecError(f"{', '.join(names)} needs each model's original and a sweep does not pass it yet: "
-                        "audit those models one by one (hubaudit audit MODEL --reference ORIGINAL)")
-
-
 def sweep(
     models: Iterable[str | SweepEntry] | str | Path | None = None,
     *,
@@ -454,7 +461,12 @@ def sweep(
         search: instead of ``models``, a Hub query (``"tag=unlearning,base_model=org/x"``, see
             :func:`parse_search`); the query and the commits it resolved to go into ``sweep.json``.
         reference, forget, token: as in :func:`hubaudit.audit`, the default of every model (a models-file line
-            may name its own reference and forget set).
+            may name its own reference and forget set). ``control`` (a keyword of the request): a model that never
+            learned the forget set, the control of every model (a models-file line may name its own, or ``none``):
+            every spec also runs on it, once for the whole sweep, and each model's verdict counts only the regain
+            beyond what the same attack does to it (:mod:`hubaudit.calibrate`); the leaderboard says which rows
+            were calibrated. A spec that reads the original (``ablate:direction``) runs with each line's reference
+            (a line without one is an error row).
         out: the folder for ``leaderboard.parquet``, ``leaderboard.md``, ``sweep.json`` and ``reports/``.
         store: the results store (default: the audit's default file); only this process writes it.
         ray_address: a Ray cluster (``auto``, ``ray://head:10001``); default: a local Ray on this machine.
@@ -484,9 +496,6 @@ def sweep(
         raise HubauditError(f"--card must be none or pr for a sweep, got {card}")
     if max_retries < 0:
         raise HubauditError(f"--max-retries must be >= 0, got {max_retries}")
-    if req.control is not None:
-        raise HubauditError("a control model (--control) calibrates one audit: run hubaudit audit MODEL --control "
-                            "CONTROL for each model; a sweep does not take one yet")
     query, resolved = None, None
     if search is not None:
         if models:
@@ -506,7 +515,6 @@ def sweep(
 
     out = check_out_dir(out)
     specs = resolve_specs(req, token=token)  # once, on the driver: a file: artifact pinned, carried to the cells
-    _refuse_reference_specs(specs)
     result_store = ResultStore(store)
     ray = None
     started_ray = False
@@ -528,7 +536,7 @@ def sweep(
         run.plan()
         meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "query": query,
                 "resolved": resolved, "specs": [str(s) for s in specs], "device": unit_device, "ray_address": ray_address,
-                "models": run.describe()}
+                "control": None if req.control is None else str(req.control), "models": run.describe()}
         (out / "sweep.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         if dry_run:
             return SweepResult(run.rows, out, run.stats)
@@ -550,6 +558,17 @@ def sweep(
         if started_ray:
             ray.shutdown()
         result_store.close()
+
+
+def _cell_name(spec, ref: PlannedModel | None) -> str:
+    """The driver's name of a cell of a model: its spec, and for an attack that reads the original
+    (``ablate:direction``) which original, since two lines may audit one model against two originals."""
+    return str(spec) if ref is None else f"{spec} vs {ref.identity}"
+
+
+def _ref_arg(ref: PlannedModel | None) -> tuple | None:
+    """What a worker needs to load the original an attack reads: ``(load, identity, public)``."""
+    return None if ref is None else (ref.load, ref.identity, ref.public)
 
 
 class _Sweep:
@@ -617,10 +636,15 @@ class _Sweep:
                         if not from_card:
                             raise
                         note = str(err)
-                audit.update(model=m, reference=ref, fs=fs, fs_hash=fs_hash, metrics=metric_names, note=note)
-                for who in [m] + ([ref] if ref is not None else []):
+                if ref is None:  # ablate:direction without an original: this line cannot be audited
+                    check_reference_specs(self.specs)
+                ctl_text = e.control if e.control is not None else self.request.control
+                ctl = None if ctl_text in (None, "none") else self._planned(str(ctl_text), models)
+                audit.update(model=m, reference=ref, control=ctl, fs=fs, fs_hash=fs_hash, metrics=metric_names,
+                             note=note)
+                for who in [m] + [x for x in (ref, ctl) if x is not None]:
                     for spec in self._specs_of(who is m):
-                        self._need(who, fs, fs_hash, metric_names, spec)
+                        self._need(who, fs, fs_hash, metric_names, spec, ref)
             except HubauditError as err:
                 row.status, row.reason = "error", str(err)
         self.stats["models"] = len(self.rows)
@@ -629,28 +653,32 @@ class _Sweep:
         """Full precision and every spec for the audited model; for its original, not a published build (file:)."""
         return [FULL_PRECISION, *(s for s in self.specs if audited or not is_artifact(s))]
 
-    def _need(self, who: PlannedModel, fs, fs_hash, metric_names, spec) -> None:
-        key = (who.identity, fs_hash, str(spec))
-        if key in self.cells or spec in self.todo.get(key[:2], {}).get("specs", ()):
+    def _need(self, who: PlannedModel, fs, fs_hash, metric_names, spec, ref: PlannedModel | None = None) -> None:
+        ref = ref if spec != FULL_PRECISION and needs_reference(spec) else None
+        key = (who.identity, fs_hash, _cell_name(spec, ref))
+        t = self.todo.get(key[:2], {})
+        if key in self.cells or key[2] in (_cell_name(s, r) for s, r in zip(t.get("specs", ()), t.get("refs", ()))):
             return
         if fs_hash not in self._lookups:  # one per forget set (an Auditor hashes its set once)
             self._lookups[fs_hash] = Auditor(fs, self.cfg, self.store, self.fresh)
-        found = self._lookups[fs_hash].lookup(Cell("model", who, spec, resolve_metrics(metric_names, fs)))
+        found = self._lookups[fs_hash].lookup(Cell("model", who, spec, resolve_metrics(metric_names, fs), ref))
         self.stats["cells"] += 1
         if found is not None:
             self.cells[key] = found
             self.stats["reused_cells"] += 1
             return
         t = self.todo.setdefault(key[:2], {"model": who, "fs": fs, "fs_hash": fs_hash, "metrics": metric_names,
-                                           "specs": []})
+                                           "specs": [], "refs": []})
         t["specs"].append(spec)
+        t["refs"].append(ref)  # the original an attack reads (ablate:direction), else None
 
     def describe(self) -> list[dict]:
         out = []
         for a in self.audits:
-            row, m, ref = a["row"], a.get("model"), a.get("reference")
+            row, m, ref, ctl = a["row"], a.get("model"), a.get("reference"), a.get("control")
             out.append({"model": row.model, "sha": row.sha, "identity": m.identity if m else None,
                         "reference": ref.name if ref else None, "reference_identity": ref.identity if ref else None,
+                        "control": ctl.name if ctl else None, "control_identity": ctl.identity if ctl else None,
                         "forget": row.forget, "status": row.status, "reason": row.reason,
                         "memory_bytes": m.memory_bytes() if m else None, "report": row.report_dir})
         return out
@@ -672,7 +700,7 @@ class _Sweep:
             self.stats["reused_cells"] += 1
 
     def _failed(self, key: tuple, reason: str) -> None:
-        self.cells[key] = CellResult(role="model", spec=key[2], status="error", reason=reason)
+        self.cells[key] = CellResult(role="model", spec=key[2].split(" vs ")[0], status="error", reason=reason)
         self.stats["error_cells"] += 1
 
     def _worker_args(self, t: dict) -> tuple:
@@ -700,14 +728,14 @@ class _Sweep:
     def _run_here(self, bar) -> None:
         for (ident, fs_hash), t in self.todo.items():
             worker = None
-            for spec in t["specs"]:
-                key = (ident, fs_hash, str(spec))
+            for spec, ref in zip(t["specs"], t["refs"]):
+                key = (ident, fs_hash, _cell_name(spec, ref))
                 if bar:
                     bar.set_postfix_str(f"{t['model'].name} {spec}")
                 try:
                     if worker is None:  # in this process: the token is passed on (a Ray worker reads HF_TOKEN)
                         worker = CellWorker(*self._worker_args(t), token=False if t["model"].public else self.token)
-                    self._record(key, worker.cell(spec))
+                    self._record(key, worker.cell(spec, _ref_arg(ref)))
                 except HubauditError as e:
                     self._failed(key, str(e))
                 except Exception as e:  # noqa: BLE001 - one model failing must not end the sweep
@@ -725,20 +753,35 @@ class _Sweep:
         pending: dict = {}  # object ref -> (key, group)
         actors: dict = {}  # group -> [actor handle, cells left, pids seen]
         for group, t in self.todo.items():
-            opts = dict(num_cpus=self.cpus, num_gpus=self.gpus, memory=t["model"].memory_bytes(),
-                        max_restarts=self.max_retries, max_task_retries=self.max_retries)
+            opts = dict(**self.resources(t), max_restarts=self.max_retries, max_task_retries=self.max_retries)
             actor = remote.options(**opts).remote(*self._worker_args(t), **({"token": False} if t["model"].public else {}))
             actors[group] = [actor, len(t["specs"]), set()]
             self.stats["workers"] += 1
             pending[actor.pid.remote()] = (None, group)  # its first process: a later one is a restart
-            for spec in t["specs"]:  # one actor runs its calls in order: full precision first
-                pending[actor.cell.remote(spec)] = ((*group, str(spec)), group)
+            for spec, ref in zip(t["specs"], t["refs"]):  # one actor runs its calls in order: full precision first
+                pending[actor.cell.remote(spec, _ref_arg(ref))] = ((*group, _cell_name(spec, ref)), group)
         try:
             self._collect(pending, actors, bar)
         finally:  # interrupted, or done: no worker outlives the sweep
             for actor, left, _ in actors.values():
                 if left:
                     ray.kill(actor)
+
+    def resources(self, t: dict) -> dict:
+        """What one model's worker declares to Ray: ``num_cpus``, ``num_gpus`` (``--gpus-per-model``, default
+        one GPU whenever the sweep computes on CUDA: every cell of the model, training attacks included, runs on
+        it) and ``memory``: the model at its compute dtype times the most copies one of its cells holds (2: full
+        precision and an attacked copy; 5 for a full fine-tune, :attr:`~hubaudit.attacks.Attack.memory_copies`),
+        plus the original when an attack reads it (``ablate:direction``)."""
+        from .attacks import get_attack
+        from .modeling import estimate_memory_bytes
+
+        m = t["model"]
+        copies = max([2] + [get_attack(s)[0].memory_copies for s in t["specs"] if s != FULL_PRECISION])
+        memory = estimate_memory_bytes(m.weight_bytes, m._stored, m.compute_dtype().itemsize, copies)
+        refs = {r.identity: r for r in t.get("refs", ()) if r is not None and r.identity != m.identity}
+        memory += sum(r.memory_bytes() for r in refs.values())
+        return {"num_cpus": self.cpus, "num_gpus": self.gpus, "memory": memory}
 
     def _collect(self, pending: dict, actors: dict, bar) -> None:
         ray = self.ray
@@ -780,13 +823,14 @@ class _Sweep:
             row = a["row"]
             if row.status == "error":
                 continue
-            m, ref, fs, fs_hash = a["model"], a["reference"], a["fs"], a["fs_hash"]
+            m, ref, ctl, fs, fs_hash = a["model"], a["reference"], a.get("control"), a["fs"], a["fs_hash"]
             cells = []
-            for role, who in (("model", m), ("reference", ref)):
+            for role, who in (("model", m), ("reference", ref), ("control", ctl)):
                 if who is None:
                     continue
                 for spec in self._specs_of(role == "model"):
-                    cells.append(replace(self.cells[(who.identity, fs_hash, str(spec))], role=role))
+                    r = ref if spec != FULL_PRECISION and needs_reference(spec) else None
+                    cells.append(replace(self.cells[(who.identity, fs_hash, _cell_name(spec, r))], role=role))
             base = cells[0]
             if base.status != "ok":
                 row.status, row.reason = "error", f"the model could not be evaluated: {base.reason}"
@@ -798,8 +842,10 @@ class _Sweep:
                                   store=self.store, fresh=self.fresh, reference_note=a["note"],
                                   chat_template=(self.store.get(m.identity, FULL_PRECISION, fs_hash, *_chat_key(self.cfg))
                                                  or {}).get("value"),
-                                  started=time.perf_counter())
+                                  started=time.perf_counter(), ctl=ctl)
             name = f"{m.repo_id}@{m.revision[:8]}" if m.repo_id else f"{Path(m.name).name}@{m.identity.split(':')[-1][:8]}"
+            if ctl is not None:  # one model, calibrated against two controls (or none): two reports
+                name += f"@control-{ctl.identity.split(':')[-1][:8]}"
             folder = self.out / "reports" / safe_name(f"{name}@{fs.name}@{fs_hash[:8]}", "model")  # per forget set
             write_report(report, folder)
             row.status, row.report, row.report_dir = "ok", report, str(folder.relative_to(self.out))

@@ -230,14 +230,31 @@ def test_ablation_recovers_a_shift_along_one_direction(tiny_world, shifted, tmp_
     assert rep.verdict.label == "fragile"
 
 
-def test_a_sweep_refuses_ablation_before_any_work(random_world, tmp_path):
-    from hubaudit.sweep import sweep
+def test_a_sweep_ablates_each_model_against_its_own_reference(random_world, tmp_path):
+    """A sweep runs ``ablate:direction`` with each line's reference, as ``hubaudit audit --reference`` does (one
+    model against two originals: two cells, two reports), and a line without a reference is an error row that
+    says what to pass."""
+    import hubaudit
+    from hubaudit.sweep import SweepEntry, sweep
 
-    with pytest.raises(SpecError, match="a sweep does not pass it yet"):
-        sweep([str(random_world["model"])], reference=str(random_world["reference"]), forget=str(random_world["forget"]),
-              specs="rtn:4,ablate:direction", store=tmp_path / "s.sqlite", out=tmp_path / "out", progress=False,
-              use_ray=False)
-    assert not (tmp_path / "s.sqlite").exists()
+    from factories import make_random_model
+
+    m, ref, fs = str(random_world["model"]), str(random_world["reference"]), str(random_world["forget"])
+    ref2 = str(make_random_model(tmp_path / "ref2", seed=7, dtype="bfloat16"))
+    kw = dict(forget=fs, specs="rtn:4,ablate:direction", metrics="knowmem_f", progress=False)
+    res = sweep([SweepEntry(m, ref), SweepEntry(m, ref2), SweepEntry(m, "none")], out=tmp_path / "out",
+                store=tmp_path / "s.sqlite", use_ray=False, **kw)
+    assert [r.status for r in res.rows[:2]] == ["ok", "ok"], [r.reason for r in res.rows]
+    assert res.rows[2].status == "error" and "ablate:direction compares the model with its original" in res.rows[2].reason
+    cells = []
+    for row, original in zip(res.rows, (ref, ref2)):
+        one = hubaudit.audit(m, reference=original, store=tmp_path / "one.sqlite", **kw)
+        got = row.report.cell("model", "ablate:direction")
+        assert got.status == "ok" and got.items == one.cell("model", "ablate:direction").items
+        assert row.report.derived["changes"] == one.derived["changes"]
+        assert row.report.cell("reference", "ablate:direction").items == one.cell("reference", "ablate:direction").items
+        cells.append(got.backend["settings"])
+    assert cells[0] != cells[1]  # two originals, two directions
 
 
 def test_folding_unties_a_tied_lm_head_and_keeps_the_read_out():

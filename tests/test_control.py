@@ -2,6 +2,8 @@
 the regain beyond what the same attack does to it (difference in differences per item); without one, the
 report, the card and the leaderboard say the figures were not calibrated."""
 
+import json
+
 import pytest
 
 from factories import item_cell
@@ -185,12 +187,88 @@ def test_an_audit_with_a_control_end_to_end(random_world, tmp_path):
 
 def test_control_errors_are_one_line_exit_2(capsys, tmp_path, random_world):
     from hubaudit.cli import main
-    from hubaudit.errors import HubauditError
     from hubaudit.sweep import sweep
 
     code = main(["audit", str(random_world["model"]), "--no-store", "--quiet", "--out", str(tmp_path / "o"),
                  "--forget", str(random_world["forget"]), "--backends", "rtn:4", "--control", str(tmp_path / "missing")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "not found" in err[0]
-    with pytest.raises(HubauditError, match="--control"):
-        sweep([str(random_world["model"])], out=tmp_path / "sw", control=str(random_world["reference"]), use_ray=False)
+    # a sweep plans its control like its models: one that is not there makes each of its lines an error row
+    res = sweep([str(random_world["model"])], out=tmp_path / "sw", forget=str(random_world["forget"]),
+                control=str(tmp_path / "missing"), specs="rtn:4", use_ray=False, progress=False, store=tmp_path / "s")
+    assert res.rows[0].status == "error" and "not found" in res.rows[0].reason
+
+
+def test_a_sweep_calibrates_like_an_audit_and_a_line_can_name_its_own_control(random_world, tmp_path):
+    """``--control`` for every line, one line with ``none``, one with a control of its own: each row's figures
+    are the audit's with that control, the control's cells are computed once, and the leaderboard says which
+    rows were calibrated."""
+    import hubaudit
+    from hubaudit.sweep import SweepEntry, sweep
+
+    from factories import make_random_model
+
+    m, ref, fs = str(random_world["model"]), str(random_world["reference"]), str(random_world["forget"])
+    other = str(make_random_model(tmp_path / "other", seed=5))
+    own = str(make_random_model(tmp_path / "own_control", seed=6))
+    store = tmp_path / "s.sqlite"
+    kw = dict(forget=fs, specs="rtn:4,prune:0.5", metrics="knowmem_f,verbmem_f", progress=False)
+    entries = [SweepEntry(m), SweepEntry(other), SweepEntry(other, control="none", forget=fs),
+               SweepEntry(m, control=own, forget=fs)]
+    res = sweep(entries, reference="none", control=ref, out=tmp_path / "sw", store=store, use_ray=False, **kw)
+    assert [r.status for r in res.rows] == ["ok"] * 4, [r.reason for r in res.rows]
+    # control cells: fp + 2 specs for each of two controls, each computed once; 3 cells per audited model
+    assert res.stats["computed_cells"] == 2 * 3 + 2 * 3
+    for row, control in zip(res.rows, (ref, ref, None, own)):
+        rep = row.report
+        assert (rep.derived["calibration"]["control"] is None) == (control is None)
+        one = hubaudit.audit(row.model, reference=False, control=control, store=tmp_path / "fresh.sqlite", **kw)
+        assert rep.verdict.label == one.verdict.label and rep.verdict.summary == one.verdict.summary
+        assert rep.derived.get("calibrated_changes") == one.derived.get("calibrated_changes")
+        assert rep.derived["calibration"]["calibrated"] == one.derived["calibration"]["calibrated"]
+        assert (rep.inputs["control"] or {}).get("identity") == (one.inputs["control"] or {}).get("identity")
+    board = res.leaderboard
+    assert sorted(board["calibrated"]) == ["calibrated"] * 3 + ["not calibrated"]  # rows sorted by verdict
+    assert len({r.report_dir for r in res.rows}) == 4  # one model, two controls: two reports
+    plan = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [x["control"] for x in plan["models"]][2] is None and plan["control"] == ref
+
+
+def test_a_models_file_line_names_its_control(tmp_path):
+    from hubaudit.sweep import SweepEntry, SweepError, read_models_file
+
+    f = tmp_path / "models.txt"
+    f.write_text("org/a - - ./retain_only\norg/b ./orig - none\norg/c\n")
+    assert read_models_file(f) == [SweepEntry("org/a", control="./retain_only"), SweepEntry("org/b", "./orig", None, "none"),
+                                   SweepEntry("org/c")]
+    f.write_text("org/a - - c extra\n")
+    with pytest.raises(SweepError, match="a line is MODEL \\[REFERENCE \\[FORGET \\[CONTROL\\]\\]\\], got 5 fields"):
+        read_models_file(f)
+
+
+def test_a_sweep_worker_declares_a_gpu_and_memory_for_its_largest_cell():
+    """On CUDA every model's worker asks Ray for a GPU, so its training cells run there; its memory covers its
+    largest cell (a full fine-tune holds the model, its copy, gradients and AdamW's two moments) and the
+    original an ablation loads beside it."""
+    from hubaudit.attacks import parse_specs
+    from hubaudit.plan import AuditRequest
+    from hubaudit.sweep import PlannedModel, _Sweep
+
+    def planned(name, gib):
+        return PlannedModel(name=name, load=name, identity=f"content:{name}", device="cpu", stored_dtype="float32",
+                            weight_bytes=gib << 30, card={}, dtype="float32")
+
+    run = _Sweep([], AuditRequest(), [], reference=None, forget=None, out=None, store=None, device="cuda", token=None,
+                 ray=None, gpus=1, cpus=1, max_retries=0, card="none", progress=False)
+    m, ref = planned("m", 4), planned("ref", 4)
+
+    def res(specs, refs=None):
+        specs = ["fp", *parse_specs(specs)]
+        return run.resources({"model": m, "specs": specs, "refs": refs or [None] * len(specs)})
+
+    quant, ft, ql = res("rtn:4"), res("rtn:4,finetune:unrelated"), res("qlora:nf4")
+    assert quant["num_gpus"] == ft["num_gpus"] == 1 and quant["num_cpus"] == 1
+    assert 4.5 * (4 << 30) < ft["memory"] < 6 * (4 << 30) and 2 * (4 << 30) < quant["memory"] < 2.5 * (4 << 30)
+    assert ql["memory"] == quant["memory"]  # NF4 + a small adapter: no full copy's optimizer state
+    abl = res("ablate:direction", [None, ref])
+    assert abl["memory"] == quant["memory"] + ref.memory_bytes()

@@ -225,9 +225,9 @@ def test_models_file_and_search_errors(tmp_path, capsys):
     from hubaudit.cli import main
 
     bad = tmp_path / "models.txt"
-    bad.write_text("org/a org/ref synthetic extra\n")
+    bad.write_text("org/a org/ref synthetic org/control extra\n")
     assert main(["sweep", str(bad), "--no-ray"]) == 2
-    assert "models.txt:1: a line is MODEL [REFERENCE [FORGET]]" in capsys.readouterr().err
+    assert "models.txt:1: a line is MODEL [REFERENCE [FORGET [CONTROL]]]" in capsys.readouterr().err
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n\n")
     assert main(["sweep", str(empty), "--no-ray"]) == 2

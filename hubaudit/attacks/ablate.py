@@ -103,8 +103,43 @@ def pad_id(tok) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
 
+class LayerAttack(Attack):
+    """What the white-box attacks that act at one decoder layer share (``ablate:direction``,
+    ``probe:logit-lens``): the spec's ``[:LAYER][:frac=F]`` (:meth:`parse`), the held-out forget items the audit
+    prepares to choose the layer on (:meth:`rows_request`, :meth:`held_out`), the layer checked against the
+    model before it loads (:meth:`check`), and the choice itself (:meth:`choose`)."""
+
+    def parse(self, spec: AttackSpec) -> dict:  # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+    def validate(self, spec: AttackSpec) -> None:
+        self.parse(spec)
+
+    def rows_request(self, spec: AttackSpec) -> RowsRequest:
+        return RowsRequest(data="forget", frac=self.parse(spec)["frac"], answers=True)
+
+    def check(self, spec: AttackSpec, source) -> None:
+        n = source.config().get("num_hidden_layers") if callable(getattr(source, "config", None)) else None
+        if isinstance(n, int):
+            check_layer(self.parse(spec)["layer"], n, spec)
+
+    @staticmethod
+    def held_out(spec: AttackSpec, rows: TrainingRows | None, what: str, hint: str = "") -> None:
+        """Refuse a build without the held-out rows it chooses ``what`` on."""
+        if rows is None:
+            raise SpecError(f"{spec} needs held-out forget items prepared by the audit; run it through hubaudit.audit")
+        if not rows.rows:
+            raise SpecError(f"{spec}: {rows.description or 'the forget set'} has no item-scored forget part to {what} "
+                            f"on (knowmem, verbmem, tofu or wmdp){hint}")
+
+    @staticmethod
+    def choose(losses: dict[int, float], given: int | None) -> int:
+        """The layer: the one given, else the one with the lowest held-out answer loss."""
+        return given if given is not None else min(losses, key=losses.get)
+
+
 @register
-class AblateAttack(Attack):
+class AblateAttack(LayerAttack):
     name = "ablate"
     kind = "white-box"
     summary = ("project out the direction that separates the model's activations from the original's on held-out "
@@ -115,16 +150,8 @@ class AblateAttack(Attack):
     report_note = ("ablate: the residual-stream direction separating the model from its original on held-out forget "
                    "items, folded out of the weights; scored on the other items")
 
-    def validate(self, spec: AttackSpec) -> None:
-        parse_ablate(spec)
-
-    def rows_request(self, spec: AttackSpec) -> RowsRequest:
-        return RowsRequest(data="forget", frac=parse_ablate(spec)["frac"], answers=True)
-
-    def check(self, spec: AttackSpec, source) -> None:
-        n = source.config().get("num_hidden_layers") if callable(getattr(source, "config", None)) else None
-        if isinstance(n, int):
-            check_layer(parse_ablate(spec)["layer"], n, spec)
+    def parse(self, spec: AttackSpec) -> dict:
+        return parse_ablate(spec)
 
     def build(self, source, spec: AttackSpec, rows: TrainingRows | None = None, reference=None):
         import torch
@@ -134,11 +161,7 @@ class AblateAttack(Attack):
         args = parse_ablate(spec)
         if reference is None:
             raise SpecError(f"{spec} compares the model with its original: pass --reference ORIGINAL")
-        if rows is None:
-            raise SpecError(f"{spec} needs held-out forget items prepared by the audit; run it through hubaudit.audit")
-        if not rows.rows:
-            raise SpecError(f"{spec}: {rows.description or 'the forget set'} has no item-scored forget part to find "
-                            "the direction on (knowmem, verbmem, tofu or wmdp)")
+        self.held_out(spec, rows, "find the direction")
         base = {**args, "held_out_rows": len(rows.rows), "trained_items": dict(rows.trained_items),
                 "direction": "mean(model) - mean(original), residual stream at a decoder layer's output"}
         if reference is source or reference.identity == source.identity:
@@ -184,7 +207,7 @@ class AblateAttack(Attack):
             del copy
             return source.model, {**settings, "identical_to_full_precision": True,
                                   "note": "the model's mean activations equal the original's: no direction"}
-        layer = args["layer"] if args["layer"] is not None else min(losses, key=losses.get)
+        layer = self.choose(losses, args["layer"])
         if args["layer"] is None and losses[layer] >= loss_none:
             del copy
             return source.model, {**settings, "layer": None, "identical_to_full_precision": True,

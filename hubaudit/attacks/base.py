@@ -30,6 +30,8 @@ Every module of both packages is discovered on first use, so nothing else change
 - an attack that compares the model with its original (``ablate:direction``) sets ``needs_reference``: the
   audit then refuses the spec without a reference, passes the original's :class:`ModelSource` to
   :meth:`Attack.build` as ``reference=`` and keys the cell's stored results on the original's identity too;
+- an attack that holds more than one attacked copy at its peak (a full fine-tune: gradients, optimizer state)
+  sets ``memory_copies``, so that a sweep's worker declares enough memory;
 - imports its heavy packages inside those methods, never at module level.
 """
 
@@ -123,6 +125,10 @@ class Attack:
     # True: build() needs the original (reference) model, passed as ``reference=``; the audit refuses the
     # spec when there is none
     needs_reference: bool = False
+    # copies of the model, at the compute dtype, one cell of this attack holds at its peak, the full-precision
+    # model included: 2 (the model and its attacked copy); a full fine-tune with AdamW holds 5 (the copy's
+    # gradients and the optimizer's two moments besides). What a sweep's worker declares to Ray as memory.
+    memory_copies: int = 2
 
     @property
     def family(self) -> str:

@@ -159,6 +159,7 @@ class FinetuneAttack(Attack):
     summary = "a few steps of ordinary fine-tuning on generic text unrelated to the forget set (16 by default)"
     examples = ("finetune:unrelated", "finetune:unrelated:64", "finetune:unrelated:16:lr=1e-4")
     prefers_gpu = True
+    memory_copies = 5  # the model, its fine-tuned copy, gradients, AdamW's two moments
     noun = "benign fine-tuning"
     report_note = ("finetune: a few steps of full fine-tuning on generic text shipped with hubaudit, unrelated to the "
                    "forget set (the benign fine-tune a downstream user does)")

@@ -26,8 +26,8 @@ the truncated model evaluates faster than the whole one.
 from __future__ import annotations
 
 from ..errors import SpecError
-from .ablate import check_layer, pad_id, parse_layer_args
-from .base import Attack, AttackSpec, RowsRequest, TrainingRows, register
+from .ablate import LayerAttack, check_layer, pad_id, parse_layer_args
+from .base import AttackSpec, TrainingRows, register
 
 
 def parse_probe(spec: AttackSpec) -> dict:
@@ -56,7 +56,7 @@ def truncate(model, layers: int):
 
 
 @register
-class LogitLensAttack(Attack):
+class LogitLensAttack(LayerAttack):
     name = "probe"
     kind = "white-box"
     summary = ("the logit lens: the model cut at the layer that best predicts held-out forget answers, read "
@@ -66,32 +66,22 @@ class LogitLensAttack(Attack):
     report_note = ("probe: the logit lens, the model cut at the layer (chosen on held-out forget items) that best "
                    "predicts their answers; scored on the other items")
 
-    def validate(self, spec: AttackSpec) -> None:
-        parse_probe(spec)
-
-    def rows_request(self, spec: AttackSpec) -> RowsRequest:
-        return RowsRequest(data="forget", frac=parse_probe(spec)["frac"], answers=True)
-
-    def check(self, spec: AttackSpec, source) -> None:
-        n = source.config().get("num_hidden_layers") if callable(getattr(source, "config", None)) else None
-        if isinstance(n, int):
-            check_layer(parse_probe(spec)["layer"], n, spec)
+    def parse(self, spec: AttackSpec) -> dict:
+        return parse_probe(spec)
 
     def build(self, source, spec: AttackSpec, rows: TrainingRows | None = None):
         from . import residual
 
         args = parse_probe(spec)
         if rows is None:
-            raise SpecError(f"{spec} needs held-out forget items prepared by the audit; run it through hubaudit.audit")
+            self.held_out(spec, rows, "choose the layer")
         n_layers = source.model.config.num_hidden_layers
         check_layer(args["layer"], n_layers, spec)
         settings = {**args, "held_out_rows": len(rows.rows), "trained_items": dict(rows.trained_items)}
         if args["layer"] is None:
-            if not rows.rows:
-                raise SpecError(f"{spec}: {rows.description or 'the forget set'} has no item-scored forget part to "
-                                "choose the layer on (knowmem, verbmem, tofu or wmdp); give one: probe:logit-lens:LAYER")
+            self.held_out(spec, rows, "choose the layer", "; give one: probe:logit-lens:LAYER")
             losses = residual.lens_losses(source.model, rows.rows, pad_id(source.tokenizer))
-            layer = min(range(n_layers), key=lambda i: losses[i])
+            layer = self.choose(dict(enumerate(losses)), None)
             settings.update(held_out_loss_by_layer={str(i): round(v, 5) for i, v in enumerate(losses)},
                             chosen_by="lowest held-out answer loss through the logit lens",
                             held_out_loss_output=round(losses[-1], 5), held_out_loss_lens=round(losses[layer], 5))

@@ -75,6 +75,8 @@ class RelearnAttack(Attack):
     summary = "a few fine-tuning steps on 10% of the forget set (held out when scored), then the same metrics"
     examples = ("relearn:steps=20", "relearn:steps=50:lr=1e-4", "relearn:steps=20:data=retain")
     noun = "relearning"
+    prefers_gpu = True
+    memory_copies = 5  # the model, its fine-tuned copy, gradients, AdamW's two moments
     report_note = ("relearn: fine-tuning on a slice of the forget set (or the retain set), its regained figures "
                    "counting only the forget items it did not train on")
 
