@@ -40,14 +40,13 @@ from dataclasses import replace
 
 from .attacks import FULL_PRECISION, get_attack
 from .errors import HubauditError
-from .metrics.scores import label as score_label, verdict_keys
+from .metrics.scores import keys as score_keys, label as score_label, verdict_keys
 from .results import CellResult, Verdict
 from .stats import holm, paired_change
 from .verdict import _require_attack, _scores, _trained_items, _verdict, derive
 
 CONTROL = "control"  # the role of the control model's cells
 TRAINING_KIND = "training"
-RETAIN_METRICS = ("knowmem_r", "tofu_rouge_r", "tofu_prob_r", "tofu_tr_r", "mmlu_acc")
 METHOD = ("difference in differences per item: (attacked target - full-precision target) - max(0, attacked control - "
           "full-precision control), on the same forget items (trained items held out): only what the attack adds to the "
           "control is removed; 95% paired bootstrap interval, one-sided sign test, Holm over every (spec, forget metric) "
@@ -78,7 +77,7 @@ def retain_effect(by: dict, specs: list[str], role: str = "model") -> dict:
         cell = by.get((role, spec))
         if _kind(spec) != TRAINING_KIND or not _ok(cell):
             continue
-        for m in RETAIN_METRICS:
+        for m in score_keys(side="retain"):  # every retain metric, as each declares itself
             a, b = _scores(cell, m), _scores(base, m)
             if a and b and len(a) == len(b):
                 out.setdefault(spec, {})[m] = paired_change(a, b).to_json()
