@@ -65,7 +65,7 @@ def demo_table(world, specs) -> list[dict]:
     return rows
 
 
-def calibration(world, work: Path, controls: int, orders: int, sigma: float, mix: float) -> dict:
+def calibration(world, work: Path, controls: int, orders: int, sigma: float, mix: float, dump=None) -> dict:
     import hubaudit
     from calibration import METRICS, SPECS, clopper_pearson, dithered, mixed
 
@@ -96,6 +96,8 @@ def calibration(world, work: Path, controls: int, orders: int, sigma: float, mix
         (out["positives"] if positive else out["negatives"])[name] = {
             "full": full.verdict.label, "sequential": {lab: labels.count(lab) for lab in sorted(set(labels))},
             "pair_items_share": round(share, 3)}
+        if dump:
+            dump(out)
         print(f"  {name:<24} full {full.verdict.label:<12} sequential {dict((lab, labels.count(lab)) for lab in sorted(set(labels)))} "
               f"items {share:.0%} of the full audit's pairs", flush=True)
     k = sum(v["sequential"].get("fragile", 0) for v in out["negatives"].values())
@@ -180,15 +182,33 @@ def main() -> int:
 
     world_dir = Path(args.world) if args.world else ROOT / "hubaudit-demo" / ("world" if args.size == "demo" else "world-tiny")
     world = build_world(world_dir, size=args.size, progress=False, threads=args.threads)
+    import platform
+    import transformers
+
+    res: dict = {"meta": {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                          "hubaudit": hubaudit.__version__, "torch": torch.__version__,
+                          "transformers": transformers.__version__, "python": platform.python_version(),
+                          "threads": torch.get_num_threads(), "world": world.settings.get("precision")}}
+
+    def save(partial=None):
+        if args.json:
+            if partial is not None:
+                res["calibration_partial"] = partial
+            Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+
     print(f"hubaudit sequential benchmark: torch {torch.__version__}, threads {torch.get_num_threads()}, {args.size} "
           f"world {world_dir}; hubaudit {hubaudit.__version__}", flush=True)
-    res: dict = {}
     if args.replay:
         print(f"Replay from {args.replay}, {args.orders} draw orders per model:")
         print("| model | full audit | sequential (labels over orders) | tokens (seq mean / full) | pair items drawn |")
         print("|---|---|---|---|---|")
         res["replay"] = replay(world, Path(args.replay), DEMO_SPECS, args.orders)
-        args.skip_demo = args.skip_calibration = True
+        save()
+        full = sum(o["full_tokens"] for o in res["replay"].values())
+        seq = sum(o["tokens_mean"] for o in res["replay"].values())
+        print(f"| all three | | | {seq:,.0f} / {full:,} ({seq / full:.0%}) | |")
+        res["replay_total"] = {"sequential_tokens_mean": seq, "full_tokens": full}
+        args.skip_demo = True
     if not args.skip_demo:
         print("Demo world, full vs sequential (no store):")
         res["demo"] = demo_table(world, DEMO_SPECS)
@@ -204,13 +224,13 @@ def main() -> int:
     if not args.skip_calibration:
         work = world_dir.parent / "calibration"
         print(f"\nCalibration: {args.controls} negative controls x {args.orders} draw orders")
-        res["calibration"] = c = calibration(world, work, args.controls, args.orders, args.sigma, args.mix)
+        res["calibration"] = c = calibration(world, work, args.controls, args.orders, args.sigma, args.mix, dump=save)
+        res.pop("calibration_partial", None)
         ff = c["false_fragile"]["sequential"]
         print(f"\nFalse fragile, sequential: {ff['k']} of {ff['n']} (control, order) runs ({ff['k'] / max(1, ff['n']):.1%}, "
               f"95% interval {ff['ci'][0]:.1%} to {ff['ci'][1]:.1%}); full audit: {c['false_fragile']['full']['k']} of "
               f"{c['false_fragile']['full']['n']} controls; alpha 0.05")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+    save()
     return 0
 
 
