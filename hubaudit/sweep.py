@@ -487,6 +487,9 @@ def sweep(
     if req.control is not None:
         raise HubauditError("a control model (--control) calibrates one audit: run hubaudit audit MODEL --control "
                             "CONTROL for each model; a sweep does not take one yet")
+    if req.sequential:  # its cells are computed by workers, a whole cell each: no round-by-round draws yet
+        raise HubauditError("a sweep does not run sequential audits yet: run hubaudit audit MODEL --sequential for "
+                            "each model, or drop sequential")
     query, resolved = None, None
     if search is not None:
         if models:
