@@ -157,6 +157,44 @@ def replay(world, store: Path, specs, orders: int) -> dict:
     return out
 
 
+def tables(res: dict) -> str:
+    """The docs' tables (docs/guide/sequential.md) from a saved JSON (``--tables FILE``)."""
+    out = []
+    meta = res.get("meta", {})
+    if "replay" in res:
+        out += ["| model | full audit | sequential (labels over draw orders) | tokens, sequential / full | items of the pairs drawn |",
+                "|---|---|---|---|---|"]
+        for name, o in res["replay"].items():
+            labels = ", ".join(f"{k} x{v}" for k, v in o["sequential"].items())
+            out.append(f"| {name} | {o['full']} | {labels} | {o['tokens_mean']:,.0f} / {o['full_tokens']:,} "
+                       f"({o['tokens_mean'] / o['full_tokens']:.0%}) | {o['pair_items_share']:.0%} |")
+        t = res.get("replay_total")
+        if t:
+            out.append(f"| all three | | | {t['sequential_tokens_mean']:,.0f} / {t['full_tokens']:,} "
+                       f"({t['sequential_tokens_mean'] / t['full_tokens']:.0%}) | |")
+        out.append("")
+    c = res.get("calibration") or res.get("calibration_partial")
+    if c:
+        out += ["| control | kind | full audit | sequential (labels over draw orders) | items of the pairs drawn |",
+                "|---|---|---|---|---|"]
+        for kind, group in (("negative", c.get("negatives", {})), ("positive", c.get("positives", {}))):
+            for name, o in group.items():
+                labels = ", ".join(f"{k} x{v}" for k, v in o["sequential"].items())
+                out.append(f"| {name} | {kind} | {o['full']} | {labels} | {o['pair_items_share']:.0%} |")
+        ff = c.get("false_fragile")
+        if ff:
+            s_ = ff["sequential"]
+            out.append("")
+            out.append(f"False fragile, sequential: {s_['k']} of {s_['n']} (control, draw order) runs, 95% Clopper-Pearson "
+                       f"interval {s_['ci'][0]:.1%} to {s_['ci'][1]:.1%}; full audit: {ff['full']['k']} of "
+                       f"{ff['full']['n']} controls.")
+    if meta:
+        out.append("")
+        out.append(f"Command: `{meta.get('command')}`, {meta.get('date')}; hubaudit {meta.get('hubaudit')}, torch "
+                   f"{meta.get('torch')}, transformers {meta.get('transformers')}, {meta.get('threads')} thread(s).")
+    return "\n".join(out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["demo", "tiny"], default="demo")
@@ -172,7 +210,11 @@ def main() -> int:
                    help="a results store holding the demo models' full audits: replay sequential audits over "
                         "--orders draw orders from it (no model is evaluated), instead of the two parts above")
     p.add_argument("--json", default=None)
+    p.add_argument("--tables", metavar="JSON", default=None, help="print the docs' tables from a saved --json and exit")
     args = p.parse_args()
+    if args.tables:
+        print(tables(json.loads(Path(args.tables).read_text())))
+        return 0
 
     import torch
 

@@ -393,17 +393,21 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
     for plan in {id(p.source): p for p in plans}.values():
         plan.source.release()
     record = {
-        "enabled": True, "seed": seed, "first_round": FIRST_ROUND, "round_factor": ROUND_FACTOR, "alpha": alpha, "pairs_total": K,
+        "enabled": True, "seed": seed, "first_round": FIRST_ROUND, "round_factor": ROUND_FACTOR,
+        "alpha": alpha, "pairs_total": K,
         "alpha_each": alpha_each,
         "method": ("per (spec, forget metric) pair: hedged-capital betting confidence sequence for the mean paired "
                    "change (Waudby-Smith & Ramdas 2023) and a mixture e-process for the sign "
                    "test, each at alpha / pairs (Bonferroni); fragile: the sequence's lower end >= threshold and "
                    "e-value >= pairs / alpha; not fragile: upper end < threshold on >= "
-                   f"{MIN_ITEMS_ROBUST} items; open at the end: the fixed-sample rule on every item"),
+                   f"{MIN_ITEMS_ROBUST} items; open at the end: the fixed-sample rule on every item; rounds of "
+                   f"{', '.join(map(str, schedule(10 ** 6, draws.second)[:4]))}, ... items; the original drawn "
+                   "only on the not-unlearned check's metrics, until the betting confidence sequence of (model - "
+                   f"chance) - {RETAINED_SHARE:g} (original - chance) lies below 0 (level alpha / metrics): "
+                   "derived.retained_ci.fp.<metric>.n says on how many items"),
         "pairs": {}, "items_available": {m.name: draws.size(m) for m in vmetrics},
         "seconds": time.perf_counter() - t0,
         "tokens_computed": sum(d.tokens for d in draws.data.values()),  # the verdict's metrics, this run
-        "not_unlearned": guard,
     }
     for (spec, m), t in tests.items():
         record["pairs"].setdefault(spec, {})[m] = t.to_json()
