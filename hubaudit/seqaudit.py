@@ -430,6 +430,34 @@ def _named_spec(tests: dict) -> str | None:
     return max(pool, key=lambda t: t.mean).spec
 
 
+def _fixed_sample_in_list_order(report, exhausted) -> None:
+    """A pair drawn to the end is decided by the full audit's fixed-sample rule: its bootstrap interval is
+    computed here on the items in the forget set's order, as the full audit computes it (a bootstrap with a
+    fixed seed resamples positions, so the draw order would move a borderline interval's end by a few hundredths
+    and, at the threshold, the label). The mean and the sign test do not depend on the order."""
+    from .stats import paired_change
+
+    by = {(c.role, c.spec): c for c in report.cells}
+    base = by.get(("model", FULL_PRECISION))
+    changes = report.derived.changes
+    for s, m, _ in exhausted:
+        cell, ch = by.get(("model", s)), (changes.get(s) or {}).get(m)
+        if base is None or cell is None or ch is None or _trained_items_of(cell, m):
+            continue
+        a = {r.get("index"): r.get("score") for r in cell.items.get(m) or []}
+        b = {r.get("index"): r.get("score") for r in base.items.get(m) or []}
+        if None in a or None in a.values() or set(a) != set(b) or len(a) != ch.get("n"):
+            continue
+        order = sorted(a)
+        ch["ci"] = list(paired_change([float(a[i]) for i in order], [float(b[i]) for i in order]).ci)
+
+
+def _trained_items_of(cell, metric) -> int:
+    from .verdict import _trained_items
+
+    return _trained_items(cell, metric)
+
+
 def _retained_on_drawn(report) -> None:
     """Knowledge retained at full precision on the items both the audited model and the original drew (the
     original stops once the not-unlearned question is decided, so it may have fewer): what the verdict's check
@@ -508,6 +536,7 @@ def apply_sequential(report, record: dict) -> None:
                                  **common)
         return
     exhausted = [(s, m, t) for s, m, t in pairs if t["decision"] == "open"]
+    _fixed_sample_in_list_order(report, exhausted)
     for s, m, t in exhausted:  # every item drawn: the fixed-sample rule, as the full audit
         ch = (changes.get(s) or {}).get(m)
         if ch and ch["mean"] >= v.threshold and (ch.get("p_holm") or 1) < alpha and v.label == "fragile":
