@@ -209,6 +209,7 @@ def main() -> int:
     p.add_argument("--replay", metavar="STORE", default=None,
                    help="a results store holding the demo models' full audits: replay sequential audits over "
                         "--orders draw orders from it (no model is evaluated), instead of the two parts above")
+    p.add_argument("--replay-orders", type=int, default=None, help="draw orders per model in --replay (default --orders)")
     p.add_argument("--json", default=None)
     p.add_argument("--tables", metavar="JSON", default=None, help="print the docs' tables from a saved --json and exit")
     args = p.parse_args()
@@ -241,10 +242,11 @@ def main() -> int:
     print(f"hubaudit sequential benchmark: torch {torch.__version__}, threads {torch.get_num_threads()}, {args.size} "
           f"world {world_dir}; hubaudit {hubaudit.__version__}", flush=True)
     if args.replay:
-        print(f"Replay from {args.replay}, {args.orders} draw orders per model:")
+        ro = args.replay_orders or args.orders
+        print(f"Replay from {args.replay}, {ro} draw orders per model:")
         print("| model | full audit | sequential (labels over orders) | tokens (seq mean / full) | pair items drawn |")
         print("|---|---|---|---|---|")
-        res["replay"] = replay(world, Path(args.replay), DEMO_SPECS, args.orders)
+        res["replay"] = replay(world, Path(args.replay), DEMO_SPECS, ro)
         save()
         full = sum(o["full_tokens"] for o in res["replay"].values())
         seq = sum(o["tokens_mean"] for o in res["replay"].values())
