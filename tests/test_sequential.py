@@ -213,3 +213,17 @@ def test_seed_without_sequential_is_a_user_error(capsys, random_world):
     code = main(["audit", str(random_world["model"]), "--seed", "3", "--no-reference"])
     assert code == 2
     assert "--sequential" in capsys.readouterr().err
+
+
+def test_report_md_says_how_many_items_each_decision_used(random_world, tmp_path):
+    from hubaudit.cli import main
+
+    out = tmp_path / "out"
+    assert main(["audit", str(random_world["model"]), "--no-reference", "--forget", str(random_world["forget"]),
+                 "--attacks", "rtn:8", "--metrics", "verbmem_f", "--sequential", "--seed", "2", "--no-store",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    pair = report["derived"]["sequential"]["pairs"]["rtn:8"]["verbmem_f"]
+    md = (out / "report.md").read_text()
+    assert "the items each decision used" in md and "seed 2" in md
+    assert f"| rtn:8 | VerbMem forget | {pair['decision']} | {pair['n']} / {pair['population']} |" in md
