@@ -65,7 +65,7 @@ def demo_table(world, specs) -> list[dict]:
     return rows
 
 
-def calibration(world, work: Path, controls: int, orders: int, sigma: float, mix: float) -> dict:
+def calibration(world, work: Path, controls: int, orders: int, sigma: float, mix: float, dump=None) -> dict:
     import hubaudit
     from calibration import METRICS, SPECS, clopper_pearson, dithered, mixed
 
@@ -96,6 +96,8 @@ def calibration(world, work: Path, controls: int, orders: int, sigma: float, mix
         (out["positives"] if positive else out["negatives"])[name] = {
             "full": full.verdict.label, "sequential": {lab: labels.count(lab) for lab in sorted(set(labels))},
             "pair_items_share": round(share, 3)}
+        if dump:
+            dump(out)
         print(f"  {name:<24} full {full.verdict.label:<12} sequential {dict((lab, labels.count(lab)) for lab in sorted(set(labels)))} "
               f"items {share:.0%} of the full audit's pairs", flush=True)
     k = sum(v["sequential"].get("fragile", 0) for v in out["negatives"].values())
@@ -155,6 +157,44 @@ def replay(world, store: Path, specs, orders: int) -> dict:
     return out
 
 
+def tables(res: dict) -> str:
+    """The docs' tables (docs/guide/sequential.md) from a saved JSON (``--tables FILE``)."""
+    out = []
+    meta = res.get("meta", {})
+    if "replay" in res:
+        out += ["| model | full audit | sequential (labels over draw orders) | tokens, sequential / full | items of the pairs drawn |",
+                "|---|---|---|---|---|"]
+        for name, o in res["replay"].items():
+            labels = ", ".join(f"{k} x{v}" for k, v in o["sequential"].items())
+            out.append(f"| {name} | {o['full']} | {labels} | {o['tokens_mean']:,.0f} / {o['full_tokens']:,} "
+                       f"({o['tokens_mean'] / o['full_tokens']:.0%}) | {o['pair_items_share']:.0%} |")
+        t = res.get("replay_total")
+        if t:
+            out.append(f"| all three | | | {t['sequential_tokens_mean']:,.0f} / {t['full_tokens']:,} "
+                       f"({t['sequential_tokens_mean'] / t['full_tokens']:.0%}) | |")
+        out.append("")
+    c = res.get("calibration") or res.get("calibration_partial")
+    if c:
+        out += ["| control | kind | full audit | sequential (labels over draw orders) | items of the pairs drawn |",
+                "|---|---|---|---|---|"]
+        for kind, group in (("negative", c.get("negatives", {})), ("positive", c.get("positives", {}))):
+            for name, o in group.items():
+                labels = ", ".join(f"{k} x{v}" for k, v in o["sequential"].items())
+                out.append(f"| {name} | {kind} | {o['full']} | {labels} | {o['pair_items_share']:.0%} |")
+        ff = c.get("false_fragile")
+        if ff:
+            s_ = ff["sequential"]
+            out.append("")
+            out.append(f"False fragile, sequential: {s_['k']} of {s_['n']} (control, draw order) runs, 95% Clopper-Pearson "
+                       f"interval {s_['ci'][0]:.1%} to {s_['ci'][1]:.1%}; full audit: {ff['full']['k']} of "
+                       f"{ff['full']['n']} controls.")
+    if meta:
+        out.append("")
+        out.append(f"Command: `{meta.get('command')}`, {meta.get('date')}; hubaudit {meta.get('hubaudit')}, torch "
+                   f"{meta.get('torch')}, transformers {meta.get('transformers')}, {meta.get('threads')} thread(s).")
+    return "\n".join(out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["demo", "tiny"], default="demo")
@@ -169,8 +209,13 @@ def main() -> int:
     p.add_argument("--replay", metavar="STORE", default=None,
                    help="a results store holding the demo models' full audits: replay sequential audits over "
                         "--orders draw orders from it (no model is evaluated), instead of the two parts above")
+    p.add_argument("--replay-orders", type=int, default=None, help="draw orders per model in --replay (default --orders)")
     p.add_argument("--json", default=None)
+    p.add_argument("--tables", metavar="JSON", default=None, help="print the docs' tables from a saved --json and exit")
     args = p.parse_args()
+    if args.tables:
+        print(tables(json.loads(Path(args.tables).read_text())))
+        return 0
 
     import torch
 
@@ -180,15 +225,34 @@ def main() -> int:
 
     world_dir = Path(args.world) if args.world else ROOT / "hubaudit-demo" / ("world" if args.size == "demo" else "world-tiny")
     world = build_world(world_dir, size=args.size, progress=False, threads=args.threads)
+    import platform
+    import transformers
+
+    res: dict = {"meta": {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                          "hubaudit": hubaudit.__version__, "torch": torch.__version__,
+                          "transformers": transformers.__version__, "python": platform.python_version(),
+                          "threads": torch.get_num_threads(), "world": world.settings.get("precision")}}
+
+    def save(partial=None):
+        if args.json:
+            if partial is not None:
+                res["calibration_partial"] = partial
+            Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+
     print(f"hubaudit sequential benchmark: torch {torch.__version__}, threads {torch.get_num_threads()}, {args.size} "
           f"world {world_dir}; hubaudit {hubaudit.__version__}", flush=True)
-    res: dict = {}
     if args.replay:
-        print(f"Replay from {args.replay}, {args.orders} draw orders per model:")
+        ro = args.replay_orders or args.orders
+        print(f"Replay from {args.replay}, {ro} draw orders per model:")
         print("| model | full audit | sequential (labels over orders) | tokens (seq mean / full) | pair items drawn |")
         print("|---|---|---|---|---|")
-        res["replay"] = replay(world, Path(args.replay), DEMO_SPECS, args.orders)
-        args.skip_demo = args.skip_calibration = True
+        res["replay"] = replay(world, Path(args.replay), DEMO_SPECS, ro)
+        save()
+        full = sum(o["full_tokens"] for o in res["replay"].values())
+        seq = sum(o["tokens_mean"] for o in res["replay"].values())
+        print(f"| all three | | | {seq:,.0f} / {full:,} ({seq / full:.0%}) | |")
+        res["replay_total"] = {"sequential_tokens_mean": seq, "full_tokens": full}
+        args.skip_demo = True
     if not args.skip_demo:
         print("Demo world, full vs sequential (no store):")
         res["demo"] = demo_table(world, DEMO_SPECS)
@@ -204,13 +268,13 @@ def main() -> int:
     if not args.skip_calibration:
         work = world_dir.parent / "calibration"
         print(f"\nCalibration: {args.controls} negative controls x {args.orders} draw orders")
-        res["calibration"] = c = calibration(world, work, args.controls, args.orders, args.sigma, args.mix)
+        res["calibration"] = c = calibration(world, work, args.controls, args.orders, args.sigma, args.mix, dump=save)
+        res.pop("calibration_partial", None)
         ff = c["false_fragile"]["sequential"]
         print(f"\nFalse fragile, sequential: {ff['k']} of {ff['n']} (control, order) runs ({ff['k'] / max(1, ff['n']):.1%}, "
               f"95% interval {ff['ci'][0]:.1%} to {ff['ci'][1]:.1%}); full audit: {c['false_fragile']['full']['k']} of "
               f"{c['false_fragile']['full']['n']} controls; alpha 0.05")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+    save()
     return 0
 
 

@@ -257,6 +257,7 @@ def render_markdown(report: AuditReport) -> str:
         lines += ["", "TOFU forget quality (KS-test p-value of forget truth ratios vs the retrain model's, or the retain "
                   "model's logs given with --retain-logs; high = "
                   "indistinguishable from never trained): " + ", ".join(f"{spec_label(k)} {p:.3g}" for k, p in d["forget_quality"].items()) + "."]
+    lines += _sequential_lines(report)
     lines += _decoding_lines(report)
     lines += _artifact_lines(report)
     skipped = [c for c in report.cells if c.status != "ok"]
@@ -331,6 +332,26 @@ def _retained_cell(d: dict, spec: str) -> str:
         lo, hi = (ci.get(m) or {}).get("ci") or [None, None]
         out.append(f"{ret[m]:.0f}%" + (f" [{lo:.0f}, {hi:.0f}]" if lo is not None and hi is not None else ""))
     return " / ".join(out)
+
+
+def _sequential_lines(report: AuditReport) -> list[str]:
+    """A ``--sequential`` audit: how each (spec, forget metric) pair was decided, on how many items."""
+    seq = report.derived.get("sequential") or {}
+    pairs = seq.get("pairs") or {}
+    if not pairs:
+        return []
+    lines = ["", f"Sequential audit (items drawn in a random order, seed {seq.get('seed')}; each pair tested at level "
+             f"{seq.get('alpha')}/{seq.get('pairs_total')}): the items each decision used:", "",
+             "| spec | metric | decision | items used / available | mean change [anytime-valid interval] | "
+             "sign-test e-value | decided by |", "|---|---|---|---|---|---|---|"]
+    for spec, by_metric in pairs.items():
+        for m, p in by_metric.items():
+            cs = p.get("cs") or [None, None]
+            mean = "–" if p.get("mean") is None else f"{p['mean']:+.1f} [{cs[0]:+.1f}, {cs[1]:+.1f}]"
+            e = p.get("evalue")
+            lines.append(f"| {spec} | {label(m)} | {p.get('decision')} | {p.get('n')} / {p.get('population')} | {mean} | "
+                         f"{'–' if e is None else f'{e:.3g}'} | {p.get('decided_by') or '–'} |")
+    return lines
 
 
 def _changes_table(report: AuditReport) -> list[str]:

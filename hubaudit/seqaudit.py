@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 
@@ -27,15 +28,37 @@ from .attacks import FULL_PRECISION, get_attack
 from .errors import HubauditError
 from .metrics import METRICS, evaluate
 from .plan import Auditor, Cell, metric_key
-from .metrics.scores import label as score_label, verdict_keys
+from .metrics.scores import chance as chance_of, label as score_label, retained_keys, verdict_keys
 from .results import CellResult, Verdict
-from .sequential import PairTest, permutation, rounds
+from .sequential import BettingCS, PairTest, permutation
 from .verdict import MIN_ITEMS_ROBUST
 
 log = logging.getLogger("hubaudit")
 
-FIRST_ROUND = 8
-ROUND_FACTOR = 1.5  # rounds of 8, 12, 18, 27, 41, ... items: a clear case stops within half a round of its need
+FIRST_ROUND = 4  # a first look: nothing can be decided on 4 items, but it ranks the specs for the next round
+ROUND_FACTOR = 1.5  # then rounds grow by half: a clear case stops within half a round of its need
+RETAINED_SHARE = 0.8  # the not-unlearned rule's share (verdict.NOT_UNLEARNED_RETAINED / 100)
+
+
+def first_decisive(pairs: int, alpha: float, threshold: float) -> int:
+    """The fewest items on which a pair that regains +100 points on every item is called fragile, with
+    ``pairs`` pairs at family-wise ``alpha``: the second round, the first at which anything can be decided."""
+    t = PairTest("", "", threshold, alpha / max(1, pairs))
+    while t.decision == "open" and t.n < 1000:
+        t.update([100.0])
+    return t.n
+
+
+def schedule(total: int, second: int) -> list[int]:
+    """Cumulative items per round: ``FIRST_ROUND``, ``second``, then growing by ``ROUND_FACTOR``, to ``total``."""
+    out = [k for k in (FIRST_ROUND, second) if k < total]
+    k = second
+    while True:
+        k = max(k + 1, int(math.ceil(k * ROUND_FACTOR)))
+        if k >= total:
+            break
+        out.append(k)
+    return sorted(set(out)) + [total]
 
 
 @dataclass
@@ -44,6 +67,8 @@ class _Drawn:
 
     rows: list = field(default_factory=list)
     tokens: int = 0
+    asked: int = 0  # items asked for, to the end of their round: what the report shows (a full audit's stored
+    # cell may hold more, read for free; a sequential audit reports only the items it would have drawn)
 
 
 class _SpecModel:
@@ -100,8 +125,8 @@ class _SpecModel:
 class _Draws:
     """Per-item scores of the verdict's metrics, computed a round at a time in draw order."""
 
-    def __init__(self, auditor: Auditor, seed: int):
-        self.a, self.seed = auditor, seed
+    def __init__(self, auditor: Auditor, seed: int, second: int = 12):
+        self.a, self.seed, self.second = auditor, seed, second
         self.fs = auditor.fs
         self.data: dict[tuple, _Drawn] = {}
         self.orders: dict[str, list[int]] = {}
@@ -123,6 +148,7 @@ class _Draws:
         missing); None when the cell cannot be evaluated."""
         key = (plan.role, plan.source.identity, plan.text, metric.name)
         got = self.data.setdefault(key, _Drawn())
+        got.asked = max(got.asked, next(k for k in schedule(self.size(metric), self.second) if k >= n))
         if len(got.rows) >= n:
             return got.rows[:n]
         a = self.a
@@ -136,7 +162,7 @@ class _Draws:
             return got.rows[:n]
         part = self.part(metric)
         items = getattr(self.fs, part)
-        sched = [k for k in rounds(len(order), FIRST_ROUND, ROUND_FACTOR) if k > len(got.rows)]
+        sched = [k for k in schedule(len(order), self.second) if k > len(got.rows)]
         for b in sched:
             start = len(got.rows)
             idx = order[start:b]
@@ -186,9 +212,9 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
     seq_specs = [p for p in model_specs if get_attack(p.spec)[0].rows_request(get_attack(p.spec)[1]) is None]
     full_specs = [p for p in model_specs if p not in seq_specs]  # training attacks: every item, tested as drawn
     ref_fp = next((p for p in plans if p.role == "reference" and p.spec == FULL_PRECISION), None)
-    draws = _Draws(auditor, seed)
     K = len(model_specs) * len(vmetrics)
     alpha_each = alpha / K
+    draws = _Draws(auditor, seed, first_decisive(K, alpha, threshold))
     tests: dict[tuple[str, str], PairTest] = {}
     fp_model = _SpecModel(auditor, fp_plan)
     built: dict[str, _SpecModel] = {}
@@ -218,17 +244,24 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
         return [m for m in vmetrics if tests[(plan.text, m.name)].decision == "open"
                 and tests[(plan.text, m.name)].n < tests[(plan.text, m.name)].items]
 
-    # round by round, every spec with an open pair in turn (one quantized model in memory at a time: a spec's
-    # model is rebuilt in the next round unless it is the only one left open)
-    for n in rounds(max(draws.size(m) for m in vmetrics), FIRST_ROUND, ROUND_FACTOR):
+    def priority(plan):  # the spec closest to a fragile call first: its best open pair's lower end, then mean
+        ts = [tests[(plan.text, m.name)] for m in open_metrics(plan)]
+        return max(((t.cs.lower if t.n else -100.0, t.mean if t.n else 0.0) for t in ts), default=(-100.0, 0.0))
+
+    # round by round, every spec with an open pair in turn, the most promising first, and within a spec its
+    # pairs by mean change: the round stops at the first fragile pair (one quantized model in memory at a
+    # time: a spec's model is rebuilt in the next round unless it is the only one left open)
+    for n in schedule(max(draws.size(m) for m in vmetrics), draws.second):
         todo = [p for p in order_specs if open_metrics(p) and built[p.text].status == "ok"]
         if not todo or decided_fragile:
             break
+        todo.sort(key=priority, reverse=True)
         for plan in todo:
             if decided_fragile:
                 break
             spec_model = built[plan.text]
-            for m in open_metrics(plan):
+            for m in sorted(open_metrics(plan), key=lambda m: -tests[(plan.text, m.name)].mean
+                            if tests[(plan.text, m.name)].n else 0.0):
                 t = tests[(plan.text, m.name)]
                 n_m = min(n, t.items)
                 if plan in full_specs:
@@ -254,28 +287,60 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
                 t.update([a - b for a, b in zip(_scores(rows[t.n:n_m]), _scores(base[t.n:n_m]))])
                 if t.decision == "fragile":
                     decided_fragile = True
+                    break
             if len(todo) > 1 or decided_fragile:
                 spec_model.release()
     for sm in built.values():
         sm.release()
 
-    # the original at full precision, on the items the audited model's full precision was drawn to
-    n_fp = {m.name: len(draws.data.get(("model", fp_plan.source.identity, FULL_PRECISION, m.name), _Drawn()).rows)
-            for m in vmetrics}
+    # not-unlearned: the original at full precision, on the metrics the check compares (not the others), drawn
+    # round by round only until an anytime-valid interval says the model keeps less than 80% of it
+    rmetrics = [m for m in vmetrics if m.name in retained_keys()]
     ref_model = _SpecModel(auditor, ref_fp) if ref_fp is not None else None
-    if ref_fp is not None:
-        for m in vmetrics:
-            if n_fp[m.name]:
-                draws.upto(ref_fp, m, n_fp[m.name], ref_model)
+
+    fp_key = ("model", fp_plan.source.identity, FULL_PRECISION)
+    need: dict[str, int] = {}
+    for m in rmetrics if ref_fp is not None else []:  # the audited model's first, while it is in memory: at
+        # least MIN_ITEMS_ROBUST, on which the full audit's check (the not-unlearned guard) could still stand
+        have = draws.data.get((*fp_key, m.name), _Drawn()).asked
+        k = min(draws.size(m), max(have, MIN_ITEMS_ROBUST))
+        need[m.name] = next(x for x in schedule(draws.size(m), draws.second) if x >= k)  # a whole round
+        if need[m.name] > have:
+            draws.upto(fp_plan, m, need[m.name], fp_model)
+
+    def draw_original():
+        for m in rmetrics:
+            got = draws.data.get((*fp_key, m.name), _Drawn())
+            base = got.rows[:min(need[m.name], got.asked)]
+            if not base:
+                continue
+            c = chance_of(m.name)
+            cs = BettingCS(alpha / len(rmetrics), lo=-c - RETAINED_SHARE * (100 - c), hi=100 - c + RETAINED_SHARE * c)
+            for k in [k for k in schedule(draws.size(m), draws.second) if k < len(base)] + [len(base)]:
+                ref_rows = draws.upto(ref_fp, m, k, ref_model)
+                if ref_rows is None:
+                    break
+                cs.update([(a - c) - RETAINED_SHARE * (b - c) for a, b in
+                           zip(_scores(base[cs.n:k]), _scores(ref_rows[cs.n:k]))])
+                if cs.upper < 0:  # keeps less than 80% of the original, at every time with prob. >= 1 - a
+                    break
 
     # the cells of the report
     named = _named_spec(tests)
     cells: list[CellResult] = []
+    drawn_original = False
     for plan in plans:
         if plan.role == "reference" and plan.spec != FULL_PRECISION and not (all_metrics and others):
             continue  # the original's quantized cells give only "retained" at that precision
+        if plan.role != "model" and not drawn_original:
+            fp_plan.source.release()  # one model in memory at a time
+            if ref_fp is not None:
+                draw_original()
+            drawn_original = True
         is_model_cell = plan.role == "model"
-        want_other = others if (plan.spec == FULL_PRECISION or all_metrics or plan.text == named) else []
+        # metrics the verdict does not count: the audited model at full precision and on the named spec (the
+        # original's: none; every cell when the user named them with --metrics)
+        want_other = others if (all_metrics or (is_model_cell and (plan.spec == FULL_PRECISION or plan.text == named))) else []
         if plan.role == "retrain":
             cells.append(auditor.run_cell(plan))
             continue
@@ -296,7 +361,7 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
                 got = draws.data.get((plan.role, plan.source.identity, plan.text, m.name))
                 if got is None or not got.rows:
                     continue
-                n = tests[(plan.text, m.name)].n if (plan.text, m.name) in tests else len(got.rows)
+                n = tests[(plan.text, m.name)].n if (plan.text, m.name) in tests else got.asked
                 rows = got.rows[:n]
                 if not rows:
                     continue
@@ -321,13 +386,18 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
     for plan in {id(p.source): p for p in plans}.values():
         plan.source.release()
     record = {
-        "enabled": True, "seed": seed, "first_round": FIRST_ROUND, "round_factor": ROUND_FACTOR, "alpha": alpha, "pairs_total": K,
+        "enabled": True, "seed": seed, "first_round": FIRST_ROUND, "round_factor": ROUND_FACTOR,
+        "alpha": alpha, "pairs_total": K,
         "alpha_each": alpha_each,
         "method": ("per (spec, forget metric) pair: hedged-capital betting confidence sequence for the mean paired "
                    "change (Waudby-Smith & Ramdas 2023) and a mixture e-process for the sign "
                    "test, each at alpha / pairs (Bonferroni); fragile: the sequence's lower end >= threshold and "
                    "e-value >= pairs / alpha; not fragile: upper end < threshold on >= "
-                   f"{MIN_ITEMS_ROBUST} items; open at the end: the fixed-sample rule on every item"),
+                   f"{MIN_ITEMS_ROBUST} items; open at the end: the fixed-sample rule on every item; rounds of "
+                   f"{', '.join(map(str, schedule(10 ** 6, draws.second)[:4]))}, ... items; the original drawn "
+                   "only on the not-unlearned check's metrics, until the betting confidence sequence of (model - "
+                   f"chance) - {RETAINED_SHARE:g} (original - chance) lies below 0 (level alpha / metrics): "
+                   "derived.retained_ci.fp.<metric>.n says on how many items"),
         "pairs": {}, "items_available": {m.name: draws.size(m) for m in vmetrics},
         "seconds": time.perf_counter() - t0,
         "tokens_computed": sum(d.tokens for d in draws.data.values()),  # the verdict's metrics, this run
@@ -360,6 +430,65 @@ def _named_spec(tests: dict) -> str | None:
     return max(pool, key=lambda t: t.mean).spec
 
 
+def _fixed_sample_in_list_order(report, exhausted) -> None:
+    """A pair drawn to the end is decided by the full audit's fixed-sample rule: its bootstrap interval is
+    computed here on the items in the forget set's order, as the full audit computes it (a bootstrap with a
+    fixed seed resamples positions, so the draw order would move a borderline interval's end by a few hundredths
+    and, at the threshold, the label). The mean and the sign test do not depend on the order."""
+    from .stats import paired_change
+
+    by = {(c.role, c.spec): c for c in report.cells}
+    base = by.get(("model", FULL_PRECISION))
+    changes = report.derived.changes
+    for s, m, _ in exhausted:
+        cell, ch = by.get(("model", s)), (changes.get(s) or {}).get(m)
+        if base is None or cell is None or ch is None or _trained_items_of(cell, m):
+            continue
+        a = {r.get("index"): r.get("score") for r in cell.items.get(m) or []}
+        b = {r.get("index"): r.get("score") for r in base.items.get(m) or []}
+        if None in a or None in a.values() or set(a) != set(b) or len(a) != ch.get("n"):
+            continue
+        order = sorted(a)
+        ch["ci"] = list(paired_change([float(a[i]) for i in order], [float(b[i]) for i in order]).ci)
+
+
+def _trained_items_of(cell, metric) -> int:
+    from .verdict import _trained_items
+
+    return _trained_items(cell, metric)
+
+
+def _retained_on_drawn(report) -> None:
+    """Knowledge retained at full precision on the items both the audited model and the original drew (the
+    original stops once the not-unlearned question is decided, so it may have fewer): what the verdict's check
+    computes on equal item lists, here on the common prefix of the draw order."""
+    from .stats import bootstrap_ratio_interval
+
+    by = {(c.role, c.spec): c for c in report.cells}
+    cell, ref = by.get(("model", FULL_PRECISION)), by.get(("reference", FULL_PRECISION))
+    if cell is None or ref is None or cell.status != "ok" or ref.status != "ok":
+        return
+    d = report.derived
+    ci_all = d.retained_ci
+    for m in retained_keys():
+        a, b = cell.items.get(m) or [], ref.items.get(m) or []
+        if not a or not b or len(a) == len(b) or m in (ci_all.get(FULL_PRECISION) or {}):
+            continue
+        k = min(len(a), len(b))
+        if any(x.get("index") != y.get("index") for x, y in zip(a[:k], b[:k])):
+            continue  # not the same items
+        c = chance_of(m)
+        xa, xb = _scores(a[:k]), _scores(b[:k])
+        ci = bootstrap_ratio_interval([x - c for x in xa], [x - c for x in xb])
+        mb = sum(xb) / k
+        den = mb - c
+        ci_all.setdefault(FULL_PRECISION, {})[m] = {
+            "value": (sum(xa) / k - c) / den * 100 if den > 0 else None,
+            "ci": [x if math.isfinite(x) else None for x in ci], "n": k, "original": mb, "chance": c or None}
+        if mb:
+            d.retained.setdefault(FULL_PRECISION, {})[m] = sum(xa) / k / mb * 100
+
+
 def _fmt_ci(ci) -> str:
     return f"[{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci and ci[0] is not None else ""
 
@@ -368,6 +497,7 @@ def apply_sequential(report, record: dict) -> None:
     """Put the sequential record into ``report.derived["sequential"]`` and decide the label from the
     anytime-valid tests (see the module docstring); ``incomplete`` and ``not-unlearned`` stay as derived."""
     report.derived["sequential"] = record
+    _retained_on_drawn(report)
     v = report.verdict
     if not record.get("pairs") or v.label in ("incomplete", "not-unlearned"):
         return
@@ -406,6 +536,7 @@ def apply_sequential(report, record: dict) -> None:
                                  **common)
         return
     exhausted = [(s, m, t) for s, m, t in pairs if t["decision"] == "open"]
+    _fixed_sample_in_list_order(report, exhausted)
     for s, m, t in exhausted:  # every item drawn: the fixed-sample rule, as the full audit
         ch = (changes.get(s) or {}).get(m)
         if ch and ch["mean"] >= v.threshold and (ch.get("p_holm") or 1) < alpha and v.label == "fragile":

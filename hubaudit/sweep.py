@@ -496,6 +496,9 @@ def sweep(
         raise HubauditError(f"--card must be none or pr for a sweep, got {card}")
     if max_retries < 0:
         raise HubauditError(f"--max-retries must be >= 0, got {max_retries}")
+    if req.sequential:  # its cells are computed by workers, a whole cell each: no round-by-round draws yet
+        raise HubauditError("a sweep does not run sequential audits yet: run hubaudit audit MODEL --sequential for "
+                            "each model, or drop sequential")
     query, resolved = None, None
     if search is not None:
         if models:

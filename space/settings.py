@@ -62,6 +62,10 @@ WEBHOOK_SPECS = os.environ.get("HUBAUDIT_WEBHOOK_SPECS", "cast:bf16,rtn:8,rtn:4,
 WEBHOOK_FORGET = os.environ.get("HUBAUDIT_WEBHOOK_FORGET", "synthetic")
 WEBHOOK_THRESHOLD = float(os.environ.get("HUBAUDIT_WEBHOOK_THRESHOLD", "5"))
 MAX_MODEL_BYTES = int(os.environ["HUBAUDIT_SPACE_MAX_MODEL_BYTES"]) if os.environ.get("HUBAUDIT_SPACE_MAX_MODEL_BYTES") else None
+# queued audits run sequentially (``--sequential``: items drawn until the answer is known) when a job does not
+# say; off by default, as the CLI's: the fixed-sample audit stays the default until the sequential one is measured
+# on real models (docs/guide/sequential.md)
+SEQUENTIAL = os.environ.get("HUBAUDIT_SPACE_SEQUENTIAL") == "1"
 PAUSE_WORKER = os.environ.get("HUBAUDIT_SPACE_PAUSE_WORKER") == "1"  # tests: queue without running
 MAX_UPLOAD_BYTES = int(os.environ.get("HUBAUDIT_SPACE_MAX_UPLOAD_BYTES", str(20 << 20)))
 MAX_UPLOAD_ITEMS = int(os.environ.get("HUBAUDIT_SPACE_MAX_UPLOAD_ITEMS", "5000"))

@@ -10,7 +10,7 @@ from pathlib import Path
 from checks import InputError, check_size
 from publishing import publish_webhook_result
 from settings import (DATA, DEVICE, GRADIO_TEMP, JOB_TIMEOUT_S, MAX_DISK_BYTES, MAX_FORGET_ITEMS, POLL_SECONDS,
-                      RESULTS, downloads_dir, log, space_token, store, wake)
+                      RESULTS, SEQUENTIAL, downloads_dir, log, space_token, store, wake)
 from webhooks import only_card_changed, webhook_reference
 
 
@@ -69,12 +69,20 @@ def forget_source(inp: dict, job_dir: Path) -> str:
     return inp["forget"]
 
 
+def audit_request(inp: dict):
+    """A job's audit parameters: its specs and threshold; sequential when the job asks, else as the Space's
+    ``HUBAUDIT_SPACE_SEQUENTIAL`` setting says."""
+    from hubaudit.plan import AuditRequest
+
+    return AuditRequest(specs=inp["specs"], threshold=float(inp["threshold"]), device=DEVICE,
+                        sequential=bool(inp.get("sequential", SEQUENTIAL)))
+
+
 def run_job(job: dict) -> None:
     from hubaudit import HubauditError
     from hubaudit import audit as run_audit
     from hubaudit.forget import load_forget_set
     from hubaudit.metrics import resolve_metrics
-    from hubaudit.plan import AuditRequest
 
     jid, inp = job["id"], job["inputs"]
     job_dir = DATA / "jobs" / jid
@@ -82,8 +90,7 @@ def run_job(job: dict) -> None:
     token = space_token() if webhook else False  # visitors' audits read public repos only
     try:
         # the audit's parameters, checked before anything is fetched: the plan audit() makes its cells from
-        request = AuditRequest(specs=inp["specs"], threshold=float(inp["threshold"]), device=DEVICE,
-                               sequential=bool(inp.get("sequential")))  # a job may ask for a sequential audit
+        request = audit_request(inp)
         if webhook and only_card_changed(inp["repo"], inp.get("old_sha"), inp["sha"], token):
             store.finish(jid, "skipped", message="only the model card changed since the last audited commit")
             return

@@ -132,6 +132,7 @@ def test_sequential_audit_gives_the_full_label_on_fewer_items(tiny_world, tmp_pa
     fewer items and tokens; the retain-only model: robust both ways. The report says how many items each
     decision used, and reads back from JSON."""
     import hubaudit
+    from hubaudit.metrics.scores import retained_keys, verdict_keys
     from hubaudit.results import AuditReport
 
     def run(model, specs, **kw):
@@ -146,6 +147,13 @@ def test_sequential_audit_gives_the_full_label_on_fewer_items(tiny_world, tmp_pa
     assert decided and all(p["n"] < p["population"] for _, _, p in decided)
     assert seq.verdict.worst_spec == "rtn:4" and seq.verdict.n_items < full.verdict.n_items
     assert _tokens(seq) < _tokens(full) / 2, (_tokens(seq), _tokens(full))
+    # the original: only the metrics the not-unlearned check compares, and only until it is decided
+    ref = next(c for c in seq.cells if c.role == "reference" and c.spec == "fp")
+    assert set(ref.metrics) == set(retained_keys()) & set(verdict_keys()) & set(full.cells[0].metrics)
+    model_fp = next(c for c in seq.cells if c.role == "model" and c.spec == "fp")
+    assert all(ref.n_items[m] < model_fp.n_items[m] for m in ref.metrics), (ref.n_items, model_fp.n_items)
+    assert all(seq.derived["retained_ci"]["fp"][m]["n"] == ref.n_items[m] for m in ref.metrics)
+    assert not any(c.role == "reference" and c.spec != "fp" for c in seq.cells)
     back = AuditReport.from_json(json.loads(json.dumps(seq.to_json())))
     assert back.derived["sequential"]["pairs"] == json.loads(json.dumps(pairs))
 
@@ -153,6 +161,35 @@ def test_sequential_audit_gives_the_full_label_on_fewer_items(tiny_world, tmp_pa
     seq_r = run(tiny_world.retain_only, "rtn:8,rtn:4", sequential=True)
     assert full_r.verdict.label == seq_r.verdict.label == "robust", seq_r.verdict.summary
     assert _tokens(seq_r) < _tokens(full_r)  # the original's quantized cells are not evaluated
+
+
+@pytest.mark.slow
+def test_a_model_that_did_not_unlearn_is_still_not_unlearned_sequentially(tiny_world):
+    """The original audited against itself keeps everything: the sequential audit's not-unlearned check, which
+    draws the original only until it is decided, must not stop early on it."""
+    import hubaudit
+
+    kw = dict(reference=tiny_world.target, forget=tiny_world.forget_dir, specs="rtn:8", store=False, progress=False,
+              metrics="verbmem_f,knowmem_f")
+    full = hubaudit.audit(tiny_world.target, **kw)
+    seq = hubaudit.audit(tiny_world.target, sequential=True, **kw)
+    assert full.verdict.label == seq.verdict.label == "not-unlearned", seq.verdict.summary
+    ref = next(c for c in seq.cells if c.role == "reference" and c.spec == "fp")
+    model_fp = next(c for c in seq.cells if c.role == "model" and c.spec == "fp")
+    assert ref.n_items == model_fp.n_items  # never stopped early: drawn on every item the model was
+
+
+def test_the_second_round_is_the_first_where_a_clear_regain_can_be_decided():
+    from hubaudit.seqaudit import FIRST_ROUND, first_decisive, schedule
+
+    n = first_decisive(16, 0.05, 5.0)
+    rounds_ = schedule(112, n)
+    assert rounds_[:2] == [FIRST_ROUND, n] and rounds_[-1] == 112 and rounds_ == sorted(set(rounds_))
+    t = PairTest("rtn:4", "verbmem_f", 5.0, 0.05 / 16)
+    t.update([100.0] * (n - 1))
+    assert t.decision == "open"  # one item fewer: not yet
+    assert t.update([100.0]) == "fragile"
+    assert first_decisive(40, 0.05, 5.0) >= n  # more pairs, a stricter level: never earlier
 
 
 @pytest.mark.slow
@@ -176,3 +213,17 @@ def test_seed_without_sequential_is_a_user_error(capsys, random_world):
     code = main(["audit", str(random_world["model"]), "--seed", "3", "--no-reference"])
     assert code == 2
     assert "--sequential" in capsys.readouterr().err
+
+
+def test_report_md_says_how_many_items_each_decision_used(random_world, tmp_path):
+    from hubaudit.cli import main
+
+    out = tmp_path / "out"
+    assert main(["audit", str(random_world["model"]), "--no-reference", "--forget", str(random_world["forget"]),
+                 "--attacks", "rtn:8", "--metrics", "verbmem_f", "--sequential", "--seed", "2", "--no-store",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    pair = report["derived"]["sequential"]["pairs"]["rtn:8"]["verbmem_f"]
+    md = (out / "report.md").read_text()
+    assert "the items each decision used" in md and "seed 2" in md
+    assert f"| rtn:8 | VerbMem forget | {pair['decision']} | {pair['n']} / {pair['population']} |" in md

@@ -350,3 +350,11 @@ def test_a_job_id_from_the_url_is_never_rendered_as_markdown(app, job):
     req = SimpleNamespace(query_params={"job": job})
     assert not isinstance(app.load_job_from_url(req), str)  # gr.skip(): nothing put in the box
     assert app.load_job_from_url(SimpleNamespace(query_params={"job": "0123abcd4567"})) == "0123abcd4567"
+
+
+def test_queued_audits_run_sequentially_only_when_the_setting_or_the_job_asks(app, monkeypatch):
+    job = {"specs": "rtn:4", "threshold": "5"}
+    assert not app.worker.audit_request(job).sequential  # the fixed-sample audit stays the default
+    monkeypatch.setattr(app.worker, "SEQUENTIAL", True)  # HUBAUDIT_SPACE_SEQUENTIAL=1
+    assert app.worker.audit_request(job).sequential
+    assert not app.worker.audit_request({**job, "sequential": False}).sequential  # a job that says wins

@@ -273,3 +273,15 @@ def test_a_sweep_with_tofu_metrics_keys_their_prompts_by_the_models_tokenizer(tm
                 out=tmp_path / "out", use_ray=False, progress=False)
     (row,) = res.rows
     assert row.status == "ok", row.reason
+
+
+def test_a_sequential_sweep_is_refused_in_one_line_before_any_work(tmp_path):
+    from hubaudit import HubauditError
+    from hubaudit.plan import AuditRequest
+    from hubaudit.sweep import sweep
+
+    models = tmp_path / "models.txt"
+    models.write_text("org/a\n")
+    with pytest.raises(HubauditError, match="hubaudit audit MODEL --sequential"):
+        sweep(str(models), request=AuditRequest(sequential=True), out=tmp_path / "out", store=tmp_path / "s.sqlite")
+    assert not (tmp_path / "out").exists()
