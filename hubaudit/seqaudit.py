@@ -502,7 +502,12 @@ def apply_sequential(report, record: dict) -> None:
     if not record.get("pairs") or v.label in ("incomplete", "not-unlearned"):
         return
     tests, alpha = record["pairs_total"], record["alpha"]
-    pairs = [(s, m, t) for s, d in record["pairs"].items() for m, t in d.items()]
+    skip = (report.derived.get("statistics") or {}).get("not_counted") or {}  # metrics the original never knew
+    pairs = [(s, m, t) for s, d in record["pairs"].items() for m, t in d.items() if m not in skip]
+    for d in record["pairs"].values():
+        for m, t in d.items():
+            if m in skip:
+                t["decided_by"] = "not counted: " + skip[m]
     changes = report.derived.get("changes") or {}
     common = dict(threshold=v.threshold, alpha=alpha, tests=tests)
 
