@@ -63,16 +63,19 @@ def test_the_table_shows_each_models_retained_share_with_its_interval_and_verdic
             _record("npo_klr", "rtn:8", 30.0, "fragile"), _record("control", "fp", 5.0),
             _record("control", "rtn:8", 0.0, status="failed")]
     table = rw.render_table(recs)
-    row = next(line for line in table.splitlines() if line.startswith("| npo_klr |"))
+    knowmem = table[table.index("**KnowMem forget"):]  # VerbMem's table comes first; these records' ratios are KnowMem's
+    row = next(line for line in knowmem.splitlines() if line.startswith("| npo_klr |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    header = next(line for line in table.splitlines() if line.startswith("| model |"))
+    header = next(line for line in knowmem.splitlines() if line.startswith("| model |"))
     cols = [c.strip() for c in header.strip("|").split("|")]
     assert cols.index("rtn:8") < cols.index("rtn:4:g128")  # 8-bit columns first
     assert cells[cols.index("fp")] == "25% [15, 35]"
     assert cells[cols.index("rtn:4:g128")] == "80% [70, 90]"
     assert cells[-1] == "**fragile**"
-    control = next(line for line in table.splitlines() if line.startswith("| control |"))
+    control = next(line for line in knowmem.splitlines() if line.startswith("| control |"))
     assert "failed" in control
+    verbmem = next(line for line in table.splitlines() if line.startswith("| npo_klr |"))  # no ratio: the scores
+    assert "| 30.0 |" in verbmem
     # the paper's rows: NEWS NPO_KLR keeps 16.6 / 58.4 = 28% of VerbMem in full precision
     assert any(line.startswith("| NEWS | npo_klr | 28% /") for line in table.splitlines())
 
