@@ -116,7 +116,8 @@ def test_webhooks_secret_main_only_restart_and_publish(hub, tmp_path):
                         240, "the three jobs to finish")
         assert done
         ja, jb, jc = (app.job(j["job"]) for j in (a, b, c))
-        assert ja["state"] == "done" and ja["verdict"] in ("not-unlearned", "fragile", "robust", "inconclusive") and ja["cells_done"] == 4, ja
+        # random weights: the original knows nothing, so the verdict is incomplete, and it is still published
+        assert ja["state"] == "done" and ja["verdict"] == "incomplete" and ja["cells_done"] == 4, ja
         assert jb["state"] == "skipped" and "only the model card changed" in jb["message"], jb
         assert jc["state"] == "done" and jc["cells_done"] == 2, jc
 
