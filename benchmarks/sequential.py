@@ -111,49 +111,86 @@ def calibration(world, work: Path, controls: int, orders: int, sigma: float, mix
 
 def replay(world, store: Path, specs, orders: int) -> dict:
     """The demo's three models from a store that holds their full audits: the full audit (read back) and
-    sequential audits under ``orders`` draw orders (seeds), which read every item from the store. Tokens of a
-    sequential audit are estimated from the stored ones: each (cell, metric)'s full tokens x items drawn /
-    items in the set (the metrics it evaluates on every item: their full tokens)."""
-    import hubaudit
+    sequential audits under ``orders`` draw orders (seeds), which read every item from the store."""
     from hubaudit.demo.run import SUBJECTS
+
+    return replay_subjects([(name, getattr(world, attr), dict(reference=world.target, forget=world.forget_dir,
+                                                              specs=specs)) for name, attr, _ in SUBJECTS], store, orders)
+
+
+def zoo_subjects(cache: Path) -> list[tuple]:
+    """Every audit under a ``benchmarks/real_world.py`` cache (``CACHE/audits/NAME/report.json``), with the
+    parameters it ran with, in the zoo's order."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_world import _zoo_rank
+
+    out = []
+    for rp in sorted((cache / "audits").glob("*/report.json"), key=lambda p: _zoo_rank(p.parent.name)):
+        inp = json.loads(rp.read_text())["inputs"]
+        out.append((rp.parent.name, inp["model"]["path"], dict(
+            reference=(inp.get("reference") or {}).get("path") or False, forget=inp["forget"]["source"],
+            specs=",".join(inp["specs"]), metrics=",".join(inp["metrics"]))))
+    return out
+
+
+def replay_subjects(subjects: list[tuple], store: Path, orders: int) -> dict:
+    """``(name, model, audit keywords)`` whose full audits are in ``store``: each full audit (read back) and
+    sequential audits under ``orders`` draw orders (seeds), which read every item from the store, so each
+    order replays exactly what a sequential audit with that seed decides, at no model cost. Tokens of a
+    sequential audit are estimated from the stored ones: each (cell, metric)'s full tokens x items drawn /
+    items in the set (the metrics it evaluates on every item: their full tokens); seconds likewise from the
+    stored compute seconds (metrics, and quantization once per cell it evaluated)."""
+    import hubaudit
     from hubaudit.forget import load_forget_set
     from hubaudit.store import ResultStore
 
-    fs_hash = load_forget_set(world.forget_dir).content_hash()
     st = ResultStore(store)
     out = {}
-    for name, attr, _ in SUBJECTS:
-        kw = dict(reference=world.target, forget=world.forget_dir, specs=specs, store=st, progress=False)
-        full = hubaudit.audit(getattr(world, attr), **kw)
-        ids = {"model": full.inputs["model"]["identity"], "reference": full.inputs["reference"]["identity"]}
-        tok = {}
+    for name, model, kw in subjects:
+        kw = dict(kw, store=st, progress=False)
+        fs_hash = load_forget_set(kw["forget"]).content_hash()
+        full = hubaudit.audit(model, **kw)
+        ids = {"model": full.inputs["model"]["identity"]}
+        if full.inputs.get("reference"):
+            ids["reference"] = full.inputs["reference"]["identity"]
+        tok, quant = {}, {}
         for role, ident in ids.items():
             for _, spec, _, metric, _, rec in st.records(ident, fs_hash):
-                if metric != "_cell":
-                    tok[(role, spec, metric)] = (rec.get("tokens", 0), rec.get("n", 0))
+                if metric == "_cell":
+                    quant[(role, spec)] = rec.get("quantize_seconds") or 0.0
+                else:
+                    tok[(role, spec, metric)] = (rec.get("tokens", 0), rec.get("n", 0), rec.get("seconds") or 0.0)
         full_tokens = sum(c.tokens for c in full.cells)
+        cells = {(c.role, c.spec) for c in full.cells if c.status == "ok"}  # the store may hold other specs' too
+        full_seconds = (sum(t[2] for k, t in tok.items() if k[:2] in cells)
+                        + sum(q for k, q in quant.items() if k in cells))
         runs = []
         for seed in range(orders):
-            r = hubaudit.audit(getattr(world, attr), sequential=True, seed=seed, **kw)
-            est = 0.0
+            r = hubaudit.audit(model, sequential=True, seed=seed, **kw)
+            est = secs = 0.0
             for c in r.cells:
+                if c.status == "ok" and c.n_items:
+                    secs += quant.get((c.role, c.spec), 0.0)
                 for m, n in c.n_items.items():
-                    t, n_all = tok.get((c.role, c.spec, m), (0, 0))
+                    t, n_all, sec = tok.get((c.role, c.spec, m), (0, 0, 0.0))
                     est += t * (n / n_all if n_all else 1)
+                    secs += sec * (n / n_all if n_all else 1)
             pairs = r.derived["sequential"]["pairs"]
-            runs.append({"label": r.verdict.label, "tokens": est,
+            runs.append({"label": r.verdict.label, "tokens": est, "seconds": secs,
                          "pair_items": sum(p["n"] for d in pairs.values() for p in d.values()),
                          "pair_population": sum(p["population"] for d in pairs.values() for p in d.values())})
         labels = [x["label"] for x in runs]
-        out[name] = {"full": full.verdict.label, "full_tokens": full_tokens,
+        out[name] = {"full": full.verdict.label, "full_tokens": full_tokens, "full_seconds": round(full_seconds, 1),
                      "sequential": {lab: labels.count(lab) for lab in sorted(set(labels))},
                      "tokens_mean": sum(x["tokens"] for x in runs) / orders,
                      "tokens_max": max(x["tokens"] for x in runs),
-                     "pair_items_share": sum(x["pair_items"] for x in runs) / sum(x["pair_population"] for x in runs)}
+                     "seconds_mean": round(sum(x["seconds"] for x in runs) / orders, 1),
+                     "pair_items_share": sum(x["pair_items"] for x in runs) / max(1, sum(x["pair_population"] for x in runs))}
         o = out[name]
         print(f"| {name} | {o['full']} | {o['sequential']} | {o['tokens_mean']:,.0f} / {full_tokens:,} "
-              f"({o['tokens_mean'] / full_tokens:.0%}; worst order {o['tokens_max'] / full_tokens:.0%}) | "
-              f"{o['pair_items_share']:.0%} |", flush=True)
+              f"({o['tokens_mean'] / max(1, full_tokens):.0%}; worst order {o['tokens_max'] / max(1, full_tokens):.0%}) | "
+              f"{o['pair_items_share']:.0%} | {o['seconds_mean']:.0f} s / {full_seconds:.0f} s |", flush=True)
+    st.close()
     return out
 
 
@@ -162,16 +199,18 @@ def tables(res: dict) -> str:
     out = []
     meta = res.get("meta", {})
     if "replay" in res:
-        out += ["| model | full audit | sequential (labels over draw orders) | tokens, sequential / full | items of the pairs drawn |",
-                "|---|---|---|---|---|"]
+        secs = all("seconds_mean" in o for o in res["replay"].values())
+        out += ["| model | full audit | sequential (labels over draw orders) | tokens, sequential / full | items of the pairs drawn |"
+                + (" compute seconds, sequential / full |" if secs else ""), "|---|---|---|---|---|" + ("---|" if secs else "")]
         for name, o in res["replay"].items():
             labels = ", ".join(f"{k} x{v}" for k, v in o["sequential"].items())
             out.append(f"| {name} | {o['full']} | {labels} | {o['tokens_mean']:,.0f} / {o['full_tokens']:,} "
-                       f"({o['tokens_mean'] / o['full_tokens']:.0%}) | {o['pair_items_share']:.0%} |")
+                       f"({o['tokens_mean'] / o['full_tokens']:.0%}) | {o['pair_items_share']:.0%} |"
+                       + (f" {o['seconds_mean']:,.0f} / {o['full_seconds']:,.0f} |" if secs else ""))
         t = res.get("replay_total")
         if t:
-            out.append(f"| all three | | | {t['sequential_tokens_mean']:,.0f} / {t['full_tokens']:,} "
-                       f"({t['sequential_tokens_mean'] / t['full_tokens']:.0%}) | |")
+            out.append(f"| {'all three' if len(res['replay']) == 3 else 'all'} | | | {t['sequential_tokens_mean']:,.0f} / "
+                       f"{t['full_tokens']:,} ({t['sequential_tokens_mean'] / t['full_tokens']:.0%}) | |" + (" |" if secs else ""))
         out.append("")
     c = res.get("calibration") or res.get("calibration_partial")
     if c:
@@ -210,6 +249,9 @@ def main() -> int:
                    help="a results store holding the demo models' full audits: replay sequential audits over "
                         "--orders draw orders from it (no model is evaluated), instead of the two parts above")
     p.add_argument("--replay-orders", type=int, default=None, help="draw orders per model in --replay (default --orders)")
+    p.add_argument("--real", metavar="CACHE", default=None,
+                   help="a benchmarks/real_world.py cache (~/.cache/hubaudit-bench/real_world-medium): replay sequential "
+                        "audits of every real-LLM zoo model from its store (--replay-orders orders each) and exit")
     p.add_argument("--json", default=None)
     p.add_argument("--tables", metavar="JSON", default=None, help="print the docs' tables from a saved --json and exit")
     args = p.parse_args()
@@ -222,6 +264,29 @@ def main() -> int:
     import hubaudit
     from hubaudit.demo.run import DEMO_SPECS
     from hubaudit.demo.world import build_world
+
+    if args.real:
+        import platform
+        import transformers
+
+        cache = Path(args.real).expanduser()
+        ro = args.replay_orders or args.orders
+        print(f"Real-LLM zoo {cache}, replayed from its store, {ro} draw orders per model:")
+        print("| model | full audit | sequential (labels over orders) | tokens (seq mean / full) | pair items drawn | "
+              "compute seconds (seq / full) |")
+        print("|---|---|---|---|---|---|")
+        res = {"meta": {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                        "hubaudit": hubaudit.__version__, "torch": torch.__version__,
+                        "transformers": transformers.__version__, "python": platform.python_version(),
+                        "threads": torch.get_num_threads(), "zoo": str(cache)}}
+        res["replay"] = replay_subjects(zoo_subjects(cache), cache / "store.sqlite", ro)
+        full = sum(o["full_tokens"] for o in res["replay"].values())
+        seq = sum(o["tokens_mean"] for o in res["replay"].values())
+        res["replay_total"] = {"sequential_tokens_mean": seq, "full_tokens": full}
+        print(f"| all | | | {seq:,.0f} / {full:,} ({seq / full:.0%}) | | |")
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+        return 0
 
     world_dir = Path(args.world) if args.world else ROOT / "hubaudit-demo" / ("world" if args.size == "demo" else "world-tiny")
     world = build_world(world_dir, size=args.size, progress=False, threads=args.threads)

@@ -182,6 +182,10 @@ def _sweep_parsers(sub) -> None:
     s.add_argument("--attacks", "--backends", dest="attacks", metavar="SPEC,...", default=None,
                    help="attack specs, as for `hubaudit audit` (default: cast:bf16,rtn:8,rtn:4,rtn:4:g128; "
                         "--backends: the older name)")
+    s.add_argument("--sequential", action="store_true",
+                   help="each model's audit draws its items in rounds and stops once an anytime-valid test decides it "
+                        "(as hubaudit audit --sequential; one worker per model)")
+    s.add_argument("--seed", type=int, default=None, metavar="N", help="the --sequential draw order's seed (default 0)")
     s.add_argument("--threshold", type=float, default=None, metavar="X", help="points regained for fragile (default 5)")
     s.add_argument("--alpha", type=float, default=None, metavar="A", help="family-wise error level (default 0.05)")
     s.add_argument("--metrics", metavar="NAME,...", default=None, help="metrics (default: all the forget set supports)")
@@ -225,7 +229,9 @@ def audit_request(args, **extra):
     else; an option not given keeps the request's own default."""
     from .plan import AuditRequest
 
-    given = dict(specs=args.attacks, threshold=args.threshold, alpha=args.alpha, metrics=args.metrics,
+    if args.seed is not None and not args.sequential:
+        raise HubauditError("--seed orders the items of a --sequential audit; add --sequential or drop --seed")
+    given = dict(sequential=args.sequential or None, seed=args.seed, specs=args.attacks, threshold=args.threshold, alpha=args.alpha, metrics=args.metrics,
                  auc_retrain=args.auc_retrain, fresh=args.fresh, device=args.device, dtype=args.dtype,
                  batch_size=args.batch_size, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
                  control=getattr(args, "control", None), **extra)
@@ -384,10 +390,7 @@ def cmd_audit(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise HubauditError(f"--batch-size must be at least 1, got {args.batch_size}")
     fail_on = parse_fail_on(args.fail_on)
-    if args.seed is not None and not args.sequential:
-        raise HubauditError("--seed orders the items of a --sequential audit; add --sequential or drop --seed")
     request = audit_request(args, memory_check=not args.no_memory_check, all_files=args.all_files,
-                            sequential=args.sequential or None, seed=args.seed,
                             metric_config=MetricConfig(chat_template=not args.no_chat_template,
                                                        system_prompt=args.system_prompt, date_string=args.date_string,
                                                        plain_prompt=args.plain_prompt, mcq_bos=args.mcq_bos))

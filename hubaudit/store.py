@@ -110,12 +110,14 @@ class ResultStore:
                 (model, spec, forget, metric, metric_key, time.time(), json.dumps(record)),
             )
 
-    def records(self, model: str, forget: str) -> list[tuple]:
-        """Every stored row of one model on one forget set, as ``put``'s arguments (a sweep hands them to the
-        worker that computes the model's missing cells)."""
+    def records(self, model: str, forget: str | None) -> list[tuple]:
+        """Every stored row of one model on one forget set (``None``: on every set, the rounds of a sequential
+        audit included), as ``put``'s arguments (a sweep hands them to the worker that computes the model's
+        missing cells)."""
         with self._errors("read"):
-            rows = self._db.execute("SELECT model, spec, forget, metric, metric_key, record FROM results "
-                                    "WHERE model=? AND forget=?", (model, forget)).fetchall()
+            query = "SELECT model, spec, forget, metric, metric_key, record FROM results WHERE model=?"
+            args = (model,) if forget is None else (model, forget)
+            rows = self._db.execute(query + ("" if forget is None else " AND forget=?"), args).fetchall()
         out = []
         for *key, record in rows:
             try:

@@ -381,6 +381,44 @@ class CellWorker:
                 src.release()
 
 
+class AuditWorker(CellWorker):
+    """A sweep's ``--sequential`` unit of work: one model's whole sequential audit (:mod:`hubaudit.seqaudit`),
+    its original's draws included, in one process (on Ray: one actor per model), since its rounds decide which
+    items and specs the next round needs. Like :class:`CellWorker` it never writes the results store: it starts
+    from what the driver's store has of both models (every forget set: a round's items are stored as their own)
+    and returns the records it made."""
+
+    def __init__(self, load: str, identity: str, device: str, fs, metrics: list[str], cfg: MetricConfig,
+                 batch_size: int | None = None, allow_pickle: bool = False, trust_remote_code: bool = False,
+                 known: list[tuple] = (), dtype: str = "auto", token: str | None = None, *, specs: list,
+                 reference: tuple | None, threshold: float, alpha: float, seed: int, all_metrics: bool):
+        super().__init__(load, identity, device, fs, metrics, cfg, batch_size, allow_pickle, trust_remote_code,
+                         known, dtype, token)
+        self.specs, self.reference, self.all_metrics = specs, reference, all_metrics
+        self.threshold, self.alpha, self.seed = threshold, alpha, seed
+
+    def audit(self) -> dict:
+        """``{"cells": [CellResult], "sequential": record, "chat_template": ..., "records": [...], "pid": ...}``."""
+        from .plan import plan_cells
+        from .seqaudit import run_sequential
+
+        self.src = self._open(self.load, self.identity)
+        ref = None
+        if self.reference is not None:
+            load, identity, public = self.reference
+            ref = self.src if identity == self.identity else self._open(load, identity, False if public else None)
+            self._ref = (identity, ref)
+        metrics = resolve_metrics(self.metric_names, self.fs)
+        self.store.new = []
+        cells, record = run_sequential(self.auditor, plan_cells(self.specs, metrics, model=self.src, reference=ref),
+                                       threshold=self.threshold, alpha=self.alpha, seed=self.seed,
+                                       all_metrics=self.all_metrics)
+        chat = chat_template_used(self.src, self.auditor.cfg, metrics)
+        records, self.store.new = self.store.new, []
+        self.release()
+        return {"cells": cells, "sequential": record, "chat_template": chat, "records": records, "pid": os.getpid()}
+
+
 # -- the sweep -------------------------------------------------------------------------------------------
 
 
@@ -496,9 +534,6 @@ def sweep(
         raise HubauditError(f"--card must be none or pr for a sweep, got {card}")
     if max_retries < 0:
         raise HubauditError(f"--max-retries must be >= 0, got {max_retries}")
-    if req.sequential:  # its cells are computed by workers, a whole cell each: no round-by-round draws yet
-        raise HubauditError("a sweep does not run sequential audits yet: run hubaudit audit MODEL --sequential for "
-                            "each model, or drop sequential")
     query, resolved = None, None
     if search is not None:
         if models:
@@ -543,7 +578,7 @@ def sweep(
         (out / "sweep.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         if dry_run:
             return SweepResult(run.rows, out, run.stats)
-        if run.todo and ray is None and use_ray is not False:  # a local Ray, only when there is work
+        if run.has_work and ray is None and use_ray is not False:  # a local Ray, only when there is work
             ray, started_ray = _start_ray(None, num_cpus, token)
             if ray is None:
                 print(f"hubaudit: {SCALE_OUT}", file=sys.stderr)
@@ -589,6 +624,7 @@ class _Sweep:
         self.audits: list[dict] = []  # per row: model, reference (PlannedModel), fs, metrics, reference_note
         self.cells: dict[tuple, CellResult] = {}  # (identity, fs hash, spec) -> finished cell
         self.todo: dict[tuple, dict] = {}  # (identity, fs hash) -> {"model": PlannedModel, "fs":, "specs": [typed]}
+        self.audit_todo: list[dict] = []  # --sequential: the audits (of self.audits) a worker runs whole
         self._lookups: dict[str, Auditor] = {}
         self.stats = {"models": 0, "cells": 0, "reused_cells": 0, "computed_cells": 0, "error_cells": 0,
                       "skipped_cells": 0, "worker_restarts": 0, "workers": 0}
@@ -642,9 +678,15 @@ class _Sweep:
                 if ref is None:  # ablate:direction without an original: this line cannot be audited
                     check_reference_specs(self.specs)
                 ctl_text = e.control if e.control is not None else self.request.control
+                if self.request.sequential and ctl_text not in (None, "none"):
+                    raise HubauditError("--sequential does not calibrate against a control yet: give this line's "
+                                        "control as none, or drop --sequential")
                 ctl = None if ctl_text in (None, "none") else self._planned(str(ctl_text), models)
                 audit.update(model=m, reference=ref, control=ctl, fs=fs, fs_hash=fs_hash, metrics=metric_names,
                              note=note)
+                if self.request.sequential:  # one worker runs the whole audit, round by round
+                    self.audit_todo.append(audit)
+                    continue
                 for who in [m] + [x for x in (ref, ctl) if x is not None]:
                     for spec in self._specs_of(who is m):
                         self._need(who, fs, fs_hash, metric_names, spec, ref)
@@ -712,21 +754,103 @@ class _Sweep:
         return (m.load, m.identity, self.device, t["fs"], t["metrics"], self.cfg, self.request.batch_size,
                 self.request.allow_pickle, self.request.trust_remote_code, known, self.dtype)
 
+    @property
+    def has_work(self) -> bool:
+        return bool(self.todo or self.audit_todo)
+
     def execute(self) -> None:
-        total = sum(len(t["specs"]) for t in self.todo.values())
+        total = sum(len(t["specs"]) for t in self.todo.values()) + len(self.audit_todo)
         bar = None
         if self.progress and total:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total, desc="sweep", unit="cell")
+            bar = tqdm(total=total, desc="sweep", unit="model" if self.audit_todo else "cell")
         try:
-            if self.ray is None:
+            if self.audit_todo:
+                self._run_audits(bar)
+            elif self.ray is None:
                 self._run_here(bar)
             else:
                 self._run_ray(bar)
         finally:
             if bar:
                 bar.close()
+
+    # -- --sequential: a worker per audit --
+    def _audit_worker(self, a: dict) -> tuple[tuple, dict]:
+        m, ref = a["model"], a["reference"]
+        known = [] if self.fresh else [r for who in {m.identity, *([ref.identity] if ref else [])}
+                                        for r in self.store.records(who, None)]
+        args = (m.load, m.identity, self.device, a["fs"], a["metrics"], self.cfg, self.request.batch_size,
+                self.request.allow_pickle, self.request.trust_remote_code, known, self.dtype)
+        kw = dict(specs=self.specs, reference=None if ref is None else (ref.load, ref.identity, ref.public),
+                  threshold=self.request.threshold, alpha=self.request.alpha, seed=self.request.seed,
+                  all_metrics=self.request.metrics is not None)
+        return args, kw
+
+    def _audit_done(self, a: dict, res: dict) -> None:
+        for rec in res["records"]:
+            self.store.put(*rec)
+        a["result"] = res
+        cells = res["cells"]
+        self.stats["cells"] += len(cells)
+        self.stats["computed_cells"] += sum(1 for c in cells if c.status == "ok" and not c.reused)
+        self.stats["reused_cells"] += sum(1 for c in cells if c.reused)
+        self.stats["error_cells"] += sum(1 for c in cells if c.status == "error")
+        self.stats["skipped_cells"] += sum(1 for c in cells if c.status == "skipped")
+        self.stats["sequential_tokens"] = self.stats.get("sequential_tokens", 0) + res["sequential"].get("tokens_computed", 0)
+
+    def _run_audits(self, bar) -> None:
+        if self.ray is None:
+            for a in self.audit_todo:
+                if bar:
+                    bar.set_postfix_str(a["model"].name)
+                args, kw = self._audit_worker(a)
+                try:
+                    worker = AuditWorker(*args, token=False if a["model"].public else self.token, **kw)
+                    self._audit_done(a, worker.audit())
+                except HubauditError as e:
+                    a["row"].status, a["row"].reason = "error", str(e)
+                except Exception as e:  # noqa: BLE001 - one model failing must not end the sweep
+                    log.debug("sweep audit failed", exc_info=True)
+                    a["row"].status, a["row"].reason = "error", f"{type(e).__name__}: {e}"
+                self.stats["workers"] += 1
+                if bar:
+                    bar.update(1)
+            return
+        ray = self.ray
+        remote = ray.remote(AuditWorker)
+        pending: dict = {}
+        actors = []
+        for a in self.audit_todo:
+            args, kw = self._audit_worker(a)
+            m, ref = a["model"], a["reference"]
+            memory = m.memory_bytes() + (ref.memory_bytes() if ref is not None and ref.identity != m.identity else 0)
+            actor = remote.options(num_cpus=self.cpus, num_gpus=self.gpus, memory=memory, max_restarts=self.max_retries,
+                                   max_task_retries=self.max_retries).remote(
+                *args, **({"token": False} if m.public else {}), **kw)
+            actors.append(actor)
+            self.stats["workers"] += 1
+            pending[actor.audit.remote()] = a
+        try:
+            while pending:
+                (ref_, *_), _ = ray.wait(list(pending), num_returns=1)
+                a = pending.pop(ref_)
+                try:
+                    self._audit_done(a, ray.get(ref_))
+                except ray.exceptions.RayTaskError as e:
+                    cause = getattr(e, "cause", None)
+                    lines = str(cause if cause is not None else e).strip().splitlines()
+                    a["row"].status, a["row"].reason = "error", lines[-1] if lines else type(e).__name__
+                except ray.exceptions.RayError as e:
+                    a["row"].status, a["row"].reason = "error", (
+                        f"the worker died {self.max_retries + 1} times ({type(e).__name__}); out of memory? see the Ray logs")
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix_str(a["model"].name)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
 
     def _run_here(self, bar) -> None:
         for (ident, fs_hash), t in self.todo.items():
@@ -827,8 +951,9 @@ class _Sweep:
             if row.status == "error":
                 continue
             m, ref, ctl, fs, fs_hash = a["model"], a["reference"], a.get("control"), a["fs"], a["fs_hash"]
-            cells = []
-            for role, who in (("model", m), ("reference", ref), ("control", ctl)):
+            seq = a.get("result")
+            cells = [] if seq is None else seq["cells"]
+            for role, who in (("model", m), ("reference", ref), ("control", ctl)) if seq is None else ():
                 if who is None:
                     continue
                 for spec in self._specs_of(role == "model"):
@@ -843,9 +968,13 @@ class _Sweep:
                                   specs=[str(s) for s in self.specs], threshold=self.request.threshold,
                                   alpha=self.request.alpha, auc_retrain=self.request.auc_retrain,
                                   store=self.store, fresh=self.fresh, reference_note=a["note"],
-                                  chat_template=(self.store.get(m.identity, FULL_PRECISION, fs_hash, *_chat_key(self.cfg))
-                                                 or {}).get("value"),
+                                  chat_template=seq["chat_template"] if seq is not None else
+                                  (self.store.get(m.identity, FULL_PRECISION, fs_hash, *_chat_key(self.cfg)) or {}).get("value"),
                                   started=time.perf_counter(), ctl=ctl)
+            if seq is not None:
+                from .seqaudit import apply_sequential
+
+                apply_sequential(report, seq["sequential"])
             name = f"{m.repo_id}@{m.revision[:8]}" if m.repo_id else f"{Path(m.name).name}@{m.identity.split(':')[-1][:8]}"
             if ctl is not None:  # one model, calibrated against two controls (or none): two reports
                 name += f"@control-{ctl.identity.split(':')[-1][:8]}"

@@ -200,6 +200,14 @@ def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retr
     return derived, verdict
 
 
+def knows(original, chance) -> bool:
+    """The one rule for "the original knows this metric": it scores at least ``MIN_ORIGINAL`` points above
+    chance (``chance``: None or 0 for ROUGE-type metrics). The not-unlearned check compares only such metrics,
+    the regain test skips the others (:func:`never_known`), and ``hubaudit unlearn`` steers and floors only by
+    them."""
+    return isinstance(original, (int, float)) and original - (chance or 0) >= MIN_ORIGINAL
+
+
 def never_known(ref_fp: CellResult | None, verdict_metrics) -> dict[str, str]:
     """The verdict's metrics the original never knew: ``{metric: why}`` for each one on which the original
     (full precision) scores less than ``MIN_ORIGINAL`` points above chance. A "regain" there is not knowledge
@@ -211,7 +219,7 @@ def never_known(ref_fp: CellResult | None, verdict_metrics) -> dict[str, str]:
     out = {}
     for m in verdict_metrics:
         v = ref_fp.metrics.get(m)
-        if isinstance(v, (int, float)) and v - (chance_of(m) or 0) < MIN_ORIGINAL:
+        if isinstance(v, (int, float)) and not knows(v, chance_of(m)):
             out[m] = (f"the original scores {v:.1f} on {label(m)}, less than {MIN_ORIGINAL:g} points above chance: "
                       "nothing to forget, so a rise there is not knowledge coming back")
     return out
@@ -300,7 +308,7 @@ def _verdict(pairs, regained, retained_ci, has_ref, threshold, alpha, kinds, by_
     largest = max(pairs, key=lambda x: x[2].mean)
     # 1. did it unlearn at all? (only with the original to compare against)
     kept = [(m, r) for m, r in (retained_ci.get(FULL_PRECISION) or {}).items()
-            if m in verdict_metrics and r["original"] - (r["chance"] or 0) >= MIN_ORIGINAL
+            if m in verdict_metrics and knows(r["original"], r["chance"])
             and r["ci"][0] is not None and r["ci"][0] >= NOT_UNLEARNED_RETAINED]
     if kept:
         m, r = max(kept, key=lambda x: x[1]["ci"][0])

@@ -279,13 +279,34 @@ def test_a_sweep_with_tofu_metrics_keys_their_prompts_by_the_models_tokenizer(tm
     assert row.status == "ok", row.reason
 
 
-def test_a_sequential_sweep_is_refused_in_one_line_before_any_work(tmp_path):
-    from hubaudit import HubauditError
-    from hubaudit.plan import AuditRequest
+@pytest.mark.slow
+def test_a_sequential_sweep_gives_each_models_sequential_audit(tiny_world, tmp_path):
+    """``sweep --sequential``: every model's whole sequential audit runs in one worker (on Ray, then in this
+    process): labels, decisions and items drawn equal ``hubaudit audit --sequential``'s; a rerun reads every
+    round from the store and computes nothing; a line that names a control is an error row (not yet
+    calibrated sequentially) and the sweep goes on."""
+    import hubaudit
     from hubaudit.sweep import sweep
 
     models = tmp_path / "models.txt"
-    models.write_text("org/a\n")
-    with pytest.raises(HubauditError, match="hubaudit audit MODEL --sequential"):
-        sweep(str(models), request=AuditRequest(sequential=True), out=tmp_path / "out", store=tmp_path / "s.sqlite")
-    assert not (tmp_path / "out").exists()
+    models.write_text(f"{tiny_world.constructed} {tiny_world.target}\n{tiny_world.retain_only} {tiny_world.target}\n"
+                      f"{tiny_world.unlearned} {tiny_world.target} - {tiny_world.retain_only}\n")
+    kw = dict(forget=str(tiny_world.forget_dir), specs="rtn:8,rtn:4", sequential=True, progress=False)
+    first = sweep(models, store=tmp_path / "store.sqlite", out=tmp_path / "out", num_cpus=2, **kw)
+    again = sweep(models, store=tmp_path / "store.sqlite", out=tmp_path / "again", use_ray=False, **kw)
+    alone = {m: hubaudit.audit(m, reference=tiny_world.target, store=False, **kw)  # computed afresh
+             for m in (tiny_world.constructed, tiny_world.retain_only)}
+    for res in (first, again):
+        constructed, retain_only, with_control = res.rows
+        assert with_control.status == "error" and "--sequential does not calibrate against a control" in with_control.reason
+        for row, model, label in ((constructed, tiny_world.constructed, "fragile"),
+                                  (retain_only, tiny_world.retain_only, "robust")):
+            assert row.status == "ok", row.reason
+            assert row.report.verdict.label == alone[model].verdict.label == label, row.report.verdict.summary
+            assert row.report.derived["sequential"]["pairs"] == alone[model].derived["sequential"]["pairs"]
+            assert [(c.role, c.spec, c.n_items) for c in row.report.cells] == [(c.role, c.spec, c.n_items)
+                                                                               for c in alone[model].cells]
+    assert first.stats["sequential_tokens"] > 0 and first.stats["computed_cells"] > 0
+    assert again.stats["sequential_tokens"] == 0  # every round of both models read from the store
+    board = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "fragile" in board and "robust" in board

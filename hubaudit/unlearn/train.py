@@ -271,10 +271,10 @@ def choose_controls(fs, before: dict[str, float], stop_metric: str | None = None
     Raises:
         UnlearnError: the original knows none of the forget metrics (or not the one asked for).
     """
-    from ..audit import MIN_ORIGINAL
+    from ..verdict import MIN_ORIGINAL, knows as knows_above_chance
 
     def knows(m):
-        return before.get(m) is not None and before[m] - chance_level(fs, m) >= MIN_ORIGINAL
+        return knows_above_chance(before.get(m), chance_level(fs, m))
 
     def score(m):
         c = chance_level(fs, m)
