@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypedDict
 
-SCHEMA_VERSION = 4  # 4: derived.statistics.not_counted (metrics the original never knew); 3: the control (inputs.control, derived calibration tables, retain_effect) and derived["sequential"]; 2: the verdict's uncertainty (interval, p-values, items) and derived["changes"]
-READABLE_VERSIONS = (1, 2, 3, 4)  # version 1 reports load with the new verdict fields empty
+SCHEMA_VERSION = 5  # 5: derived.sequential.not_unlearned (decided before any spec); 4: derived.statistics.not_counted (metrics the original never knew); 3: the control (inputs.control, derived calibration tables, retain_effect) and derived["sequential"]; 2: the verdict's uncertainty (interval, p-values, items) and derived["changes"]
+READABLE_VERSIONS = (1, 2, 3, 4, 5)  # version 1 reports load with the new verdict fields empty
 SCHEMA_DIR = Path(__file__).parent / "schema"
 
 # What each metric is (label, scale, whether the verdict counts it, ...): hubaudit.metrics.scores.

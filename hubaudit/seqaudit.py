@@ -1,7 +1,9 @@
 """The sequential audit (``hubaudit audit --sequential``): items drawn in a random order fixed by a seed, in
-rounds (8, 12, 18, 27, ... items), each open (spec, forget metric) pair tested after every round with
-:mod:`hubaudit.sequential`'s anytime-valid tests at ``alpha / K`` (K pairs, Bonferroni), a pair stopping once
-decided and the audit once the label is: any pair ``fragile``, or every pair ``not-fragile``. Pairs still open
+rounds (4, then the first round that can decide a clear regain, growing by half). First, did the model unlearn
+at all: its full precision against the original's, on the metrics the not-unlearned check compares, until that
+is decided (then a model that did not unlearn is ``not-unlearned`` without any spec evaluated). Then each open
+(spec, forget metric) pair is tested after every round with :mod:`hubaudit.sequential`'s anytime-valid tests at
+``alpha / K`` (K pairs, Bonferroni), a pair stopping once decided and the audit once the label is: any pair ``fragile``, or every pair ``not-fragile``. Pairs still open
 when the items run out are decided by the fixed-sample rule on every item, as the full audit decides them.
 
 Compute goes where the verdict needs it: the verdict's metrics on the audited model's cells and the
@@ -220,6 +222,13 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
     built: dict[str, _SpecModel] = {}
     full_cells: dict[str, CellResult] = {}
     decided_fragile = False
+    rmetrics = [m for m in vmetrics if m.name in retained_keys()]
+    ref_model = _SpecModel(auditor, ref_fp) if ref_fp is not None else None
+    not_unlearned = _did_not_unlearn(draws, fp_plan, fp_model, ref_fp, ref_model, rmetrics, alpha)
+    if not_unlearned:  # the label is decided by full precision alone: no spec is needed
+        full_specs, seq_specs = [], []
+    if ref_fp is not None:
+        ref_fp.source.release()  # one model in memory at a time (drawn again, if needed, after the specs)
 
     for plan in full_specs:  # every item anyway (its trained items excluded by the verdict); tested in draw order
         cell = auditor.run_cell(Cell("model", plan.source, plan.spec, vmetrics))
@@ -295,12 +304,9 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
 
     # not-unlearned: the original at full precision, on the metrics the check compares (not the others), drawn
     # round by round only until an anytime-valid interval says the model keeps less than 80% of it
-    rmetrics = [m for m in vmetrics if m.name in retained_keys()]
-    ref_model = _SpecModel(auditor, ref_fp) if ref_fp is not None else None
-
     fp_key = ("model", fp_plan.source.identity, FULL_PRECISION)
     need: dict[str, int] = {}
-    for m in rmetrics if ref_fp is not None else []:  # the audited model's first, while it is in memory: at
+    for m in rmetrics if ref_fp is not None and not not_unlearned else []:  # the audited model's first, while it is in memory: at
         # least MIN_ITEMS_ROBUST, on which the full audit's check (the not-unlearned guard) could still stand
         have = draws.data.get((*fp_key, m.name), _Drawn()).asked
         k = min(draws.size(m), max(have, MIN_ITEMS_ROBUST))
@@ -334,7 +340,7 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
             continue  # the original's quantized cells give only "retained" at that precision
         if plan.role != "model" and not drawn_original:
             fp_plan.source.release()  # one model in memory at a time
-            if ref_fp is not None:
+            if ref_fp is not None and not not_unlearned:  # else: drawn already, on equal items
                 draw_original()
             drawn_original = True
         is_model_cell = plan.role == "model"
@@ -376,7 +382,9 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
             cell.quantize_seconds = sm.quantize_seconds
         reached = any(tests[(plan.text, m.name)].n for m in vmetrics if (plan.text, m.name) in tests)
         if plan.role == "model" and plan.spec != FULL_PRECISION and cell.status == "ok" and not reached:
-            cell.status, cell.reason = "skipped", "not evaluated: the sequential audit was decided before this spec"
+            cell.status, cell.reason = "skipped", ("the model did not unlearn, decided in full precision before any "
+                                                   "spec" if not_unlearned else
+                                                   "not evaluated: the sequential audit was decided before this spec")
         if want_other and cell.status == "ok":
             _merge(cell, auditor.run_cell(Cell(plan.role, plan.source, plan.spec, want_other)))
         cell.tokens += tokens
@@ -399,12 +407,47 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
                    f"chance) - {RETAINED_SHARE:g} (original - chance) lies below 0 (level alpha / metrics): "
                    "derived.retained_ci.fp.<metric>.n says on how many items"),
         "pairs": {}, "items_available": {m.name: draws.size(m) for m in vmetrics},
+        "not_unlearned": not_unlearned,
         "seconds": time.perf_counter() - t0,
         "tokens_computed": sum(d.tokens for d in draws.data.values()),  # the verdict's metrics, this run
     }
     for (spec, m), t in tests.items():
         record["pairs"].setdefault(spec, {})[m] = t.to_json()
     return cells, record
+
+
+def _did_not_unlearn(draws: _Draws, fp_plan: Cell, fp_model: _SpecModel, ref_fp: Cell | None,
+                     ref_model: _SpecModel | None, rmetrics: list, alpha: float) -> dict | None:
+    """First, did the model unlearn at all? The audited model and its original at full precision, on the metrics
+    the not-unlearned check compares, round by round, until the betting confidence sequence of (model - chance) -
+    0.8 (original - chance) (level ``alpha`` / metrics) lies above 0 on some metric, or below 0 on every one, or
+    the items run out. The model did not unlearn when, on the items drawn, the full audit's own rule holds
+    (:func:`hubaudit.verdict.kept_most`: the bootstrap interval of knowledge retained >= 80%, the original
+    knowing the metric) and either the sequence has decided it or every item is drawn: then the report derives
+    ``not-unlearned`` from these items, and no spec is needed. Returns ``{metric, n}`` then, else None."""
+    from .stats import bootstrap_ratio_interval
+    from .verdict import kept_most
+
+    if ref_fp is None or not rmetrics:
+        return None
+    for m in rmetrics:
+        c = chance_of(m.name) or 0.0
+        cs = BettingCS(alpha / len(rmetrics), lo=-c - RETAINED_SHARE * (100 - c), hi=100 - c + RETAINED_SHARE * c)
+        total = draws.size(m)
+        for k in schedule(total, draws.second):
+            a, b = draws.upto(fp_plan, m, k, fp_model), draws.upto(ref_fp, m, k, ref_model)
+            if a is None or b is None:
+                return None
+            cs.update([(x - c) - RETAINED_SHARE * (y - c) for x, y in zip(_scores(a[cs.n:k]), _scores(b[cs.n:k]))])
+            if cs.upper < 0:  # keeps less than 80% of it: this metric cannot say "not unlearned"
+                break
+            if cs.lower > 0 or k == total:
+                xs, ys = _scores(a[:k]), _scores(b[:k])
+                orig = sum(ys) / len(ys)
+                lo, hi = bootstrap_ratio_interval([x - c for x in xs], [y - c for y in ys])
+                if kept_most({"original": orig, "chance": c or None, "ci": [lo if math.isfinite(lo) else None, hi]}):
+                    return {"metric": m.name, "n": k, "decided_by": "sequential" if k < total else "every item"}
+    return None
 
 
 def _merge(cell: CellResult, other: CellResult) -> None:

@@ -208,6 +208,12 @@ def knows(original, chance) -> bool:
     return isinstance(original, (int, float)) and original - (chance or 0) >= MIN_ORIGINAL
 
 
+def kept_most(r: dict) -> bool:
+    """The not-unlearned rule on one metric's retained figure (``_retained_check``'s ``{value, ci, original,
+    chance}``): the original knows the metric and the interval's lower end keeps >= ``NOT_UNLEARNED_RETAINED``%."""
+    return knows(r["original"], r["chance"]) and r["ci"][0] is not None and r["ci"][0] >= NOT_UNLEARNED_RETAINED
+
+
 def never_known(ref_fp: CellResult | None, verdict_metrics) -> dict[str, str]:
     """The verdict's metrics the original never knew: ``{metric: why}`` for each one on which the original
     (full precision) scores less than ``MIN_ORIGINAL`` points above chance. A "regain" there is not knowledge
@@ -250,12 +256,12 @@ def _not_run_words(by: dict, specs: list[str]) -> list[str]:
 
 def _require_attack(verdict: Verdict, by: dict, specs: list[str], pairs, threshold: float, alpha: float) -> Verdict:
     """A verdict stands only on something real: at least one requested integer quantization (or other attack)
-    evaluated with per-item scores; else ``incomplete``. ``robust`` stands only when every requested spec was
+    evaluated with per-item scores; else ``incomplete`` (``not-unlearned`` needs none: full precision decides it). ``robust`` stands only when every requested spec was
     evaluated: a requested cell of the audited model that failed or was skipped turns it into ``incomplete``
     (a gate fails on it). Requested cells that could not run are named in the summary either way."""
     not_run = _not_run_words(by, specs)
     tested = {spec for spec, _, _ in pairs}
-    if verdict.label != "incomplete" and not any(s in tested and not _is_float_cast(s) for s in specs):
+    if verdict.label not in ("incomplete", "not-unlearned") and not any(s in tested and not _is_float_cast(s) for s in specs):
         attacks = [s for s in specs if not _is_float_cast(s)]
         why = ("no integer quantization or other attack was requested (float casts only: " + ", ".join(specs) + ")"
                if not attacks else "no requested integer quantization or other attack could be evaluated")
@@ -287,6 +293,22 @@ def _verdict(pairs, regained, retained_ci, has_ref, threshold, alpha, kinds, by_
              not_counted: dict | None = None) -> Verdict:
     tests = len(pairs)
     common = dict(threshold=threshold, alpha=alpha, tests=tests)
+
+    def fields(spec, m, ch, **extra):
+        return dict(worst_spec=spec, worst_metric=m, max_regained=ch.mean, ci=list(ch.ci), p_value=ch.p_holm,
+                    p_raw=ch.p, n_items=ch.n, up=ch.up, down=ch.down, **common, **extra)
+
+    # 1. did it unlearn at all? (only with the original to compare against; full precision alone decides it, so
+    # it stands without any spec: a sequential audit stops before the specs once it is decided)
+    kept = [(m, r) for m, r in (retained_ci.get(FULL_PRECISION) or {}).items()
+            if m in verdict_metrics and kept_most(r)]
+    if kept:
+        m, r = max(kept, key=lambda x: x[1]["ci"][0])
+        return Verdict("not-unlearned", summary=(
+            f"not unlearned: in full precision the model keeps {r['value']:.0f}% [{r['ci'][0]:.0f}, {r['ci'][1]:.0f}] of "
+            f"the original's {label(m)} ({r['n']} items), so it still holds most of what it was meant to forget; "
+            f"whether quantization brings knowledge back is not the question yet"),
+            retained={"metric": m, **r}, **(fields(*max(pairs, key=lambda x: x[2].mean)) if pairs else common))
     if not pairs:
         measured = {m for d in regained.values() for m in d}
         if not regained:
@@ -301,22 +323,7 @@ def _verdict(pairs, regained, retained_ci, has_ref, threshold, alpha, kinds, by_
             why = "no per-item scores to test (results stored by an older hubaudit: rerun with --fresh)"
         return Verdict("incomplete", summary=f"incomplete: {why}, so no verdict", **common)
 
-    def fields(spec, m, ch, **extra):
-        return dict(worst_spec=spec, worst_metric=m, max_regained=ch.mean, ci=list(ch.ci), p_value=ch.p_holm,
-                    p_raw=ch.p, n_items=ch.n, up=ch.up, down=ch.down, **common, **extra)
-
     largest = max(pairs, key=lambda x: x[2].mean)
-    # 1. did it unlearn at all? (only with the original to compare against)
-    kept = [(m, r) for m, r in (retained_ci.get(FULL_PRECISION) or {}).items()
-            if m in verdict_metrics and knows(r["original"], r["chance"])
-            and r["ci"][0] is not None and r["ci"][0] >= NOT_UNLEARNED_RETAINED]
-    if kept:
-        m, r = max(kept, key=lambda x: x[1]["ci"][0])
-        return Verdict("not-unlearned", summary=(
-            f"not unlearned: in full precision the model keeps {r['value']:.0f}% [{r['ci'][0]:.0f}, {r['ci'][1]:.0f}] of "
-            f"the original's {label(m)} ({r['n']} items), so it still holds most of what it was meant to forget; "
-            f"whether quantization brings knowledge back is not the question yet"),
-            retained={"metric": m, **r}, **fields(*largest))
     no_ref = "" if has_ref else " (no original model given: whether it unlearned at all was not checked)"
     # 2. does some spec bring back >= threshold points, beyond noise, after the correction?
     hits = [p for p in pairs if p[2].mean >= threshold and p[2].p_holm < alpha]
