@@ -253,14 +253,20 @@ def cmd_sweep(args) -> int:
         card=args.card, dry_run=args.dry_run, progress=not args.quiet,
     )
     if args.dry_run:
-        print(f"Plan: {res.out / 'sweep.json'} ({len(res.rows)} models, {res.stats['cells']} cells, "
-              f"{res.stats['reused_cells']} already in the store)")
+        print(f"Plan: {res.out / 'sweep.json'} ({len(res.rows)} models, "
+              + ("sequential: each model's cells and items are decided round by round)" if args.sequential else
+                 f"{res.stats['cells']} cells, {res.stats['reused_cells']} already in the store)"))
         return EXIT_OK
     st = res.stats
     print((res.out / "leaderboard.md").read_text(encoding="utf-8"))
-    print(f"{st['models']} models, {st['cells']} cells: {st['computed_cells']} computed, {st['reused_cells']} from the "
-          f"store, {st['error_cells']} failed, {st['skipped_cells']} skipped (attack unavailable here); {st['worker_restarts']} "
-          f"worker restarts; {st['seconds']:.0f} s")
+    if args.sequential:
+        print(f"{st['models']} models, sequential: {st['cells']} cells, {st['computed_cells']} evaluated (on the items "
+              f"drawn), {st['skipped_cells']} not needed or unavailable, {st['error_cells']} failed; "
+              f"{st.get('sequential_tokens', 0):,} tokens of the verdict's metrics computed; {st['seconds']:.0f} s")
+    else:
+        print(f"{st['models']} models, {st['cells']} cells: {st['computed_cells']} computed, {st['reused_cells']} from the "
+              f"store, {st['error_cells']} failed, {st['skipped_cells']} skipped (attack unavailable here); "
+              f"{st['worker_restarts']} worker restarts; {st['seconds']:.0f} s")
     print(f"Leaderboard: {res.out / 'leaderboard.md'}, {res.out / 'leaderboard.parquet'}; reports in {res.out / 'reports'}")
     return EXIT_OK
 

@@ -3,8 +3,9 @@ rounds (4, then the first round that can decide a clear regain, growing by half)
 at all: its full precision against the original's, on the metrics the not-unlearned check compares, until that
 is decided (then a model that did not unlearn is ``not-unlearned`` without any spec evaluated). Then each open
 (spec, forget metric) pair is tested after every round with :mod:`hubaudit.sequential`'s anytime-valid tests at
-``alpha / K`` (K pairs, Bonferroni), a pair stopping once decided and the audit once the label is: any pair ``fragile``, or every pair ``not-fragile``. Pairs still open
-when the items run out are decided by the fixed-sample rule on every item, as the full audit decides them.
+``alpha / K`` (K pairs, Bonferroni), a pair stopping once decided and the audit once the label is: any pair
+``fragile``, or every pair ``not-fragile``. Pairs still open when the items run out are decided by the
+fixed-sample rule on every item, as the full audit decides them.
 
 Compute goes where the verdict needs it: the verdict's metrics on the audited model's cells and the
 original's full-precision cell (the not-unlearned check), item by item as drawn; the metrics the verdict does
@@ -214,8 +215,7 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
     seq_specs = [p for p in model_specs if get_attack(p.spec)[0].rows_request(get_attack(p.spec)[1]) is None]
     full_specs = [p for p in model_specs if p not in seq_specs]  # training attacks: every item, tested as drawn
     ref_fp = next((p for p in plans if p.role == "reference" and p.spec == FULL_PRECISION), None)
-    K = len(model_specs) * len(vmetrics)
-    alpha_each = alpha / K
+    K = len(model_specs) * len(vmetrics)  # until the metrics the original never knew are known (below)
     draws = _Draws(auditor, seed, first_decisive(K, alpha, threshold))
     tests: dict[tuple[str, str], PairTest] = {}
     fp_model = _SpecModel(auditor, fp_plan)
@@ -227,16 +227,26 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
     not_unlearned = _did_not_unlearn(draws, fp_plan, fp_model, ref_fp, ref_model, rmetrics, alpha)
     if not_unlearned:  # the label is decided by full precision alone: no spec is needed
         full_specs, seq_specs = [], []
+    # a metric the original never knew is not tested (verdict.never_known), exactly as in the full audit: its
+    # pairs are not drawn at all
+    unknown = (_never_known(draws, ref_fp, ref_model, vmetrics, rmetrics, alpha) if ref_fp is not None
+               and not not_unlearned else {})
+    tested = [m for m in vmetrics if m.name not in unknown]
+    if not tested:  # nothing to test: the full audit says incomplete too
+        full_specs, seq_specs = [], []
+    K = max(1, len(model_specs) * len(tested))
+    alpha_each = alpha / K
+    draws.second = first_decisive(K, alpha, threshold)  # fewer pairs tested: a clear regain is decided sooner
     if ref_fp is not None:
         ref_fp.source.release()  # one model in memory at a time (drawn again, if needed, after the specs)
 
     for plan in full_specs:  # every item anyway (its trained items excluded by the verdict); tested in draw order
-        cell = auditor.run_cell(Cell("model", plan.source, plan.spec, vmetrics))
+        cell = auditor.run_cell(Cell("model", plan.source, plan.spec, tested))
         full_cells[plan.text] = cell
     order_specs = [*seq_specs, *full_specs]
     for plan in order_specs:
         built[plan.text] = _SpecModel(auditor, plan)
-        for m in vmetrics:
+        for m in tested:
             k = 0
             if plan in full_specs and full_cells[plan.text].status == "ok":
                 from .verdict import _trained_items
@@ -250,7 +260,7 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
             tests[(plan.text, m.name)].items = draws.size(m) - k
 
     def open_metrics(plan):
-        return [m for m in vmetrics if tests[(plan.text, m.name)].decision == "open"
+        return [m for m in tested if tests[(plan.text, m.name)].decision == "open"
                 and tests[(plan.text, m.name)].n < tests[(plan.text, m.name)].items]
 
     def priority(plan):  # the spec closest to a fragile call first: its best open pair's lower end, then mean
@@ -306,8 +316,8 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
     # round by round only until an anytime-valid interval says the model keeps less than 80% of it
     fp_key = ("model", fp_plan.source.identity, FULL_PRECISION)
     need: dict[str, int] = {}
-    for m in rmetrics if ref_fp is not None and not not_unlearned else []:  # the audited model's first, while it is in memory: at
-        # least MIN_ITEMS_ROBUST, on which the full audit's check (the not-unlearned guard) could still stand
+    for m in rmetrics if ref_fp is not None and not not_unlearned else []:  # the audited model's first, while it
+        # is in memory: at least MIN_ITEMS_ROBUST, on which the full audit's check (the not-unlearned guard) could still stand
         have = draws.data.get((*fp_key, m.name), _Drawn()).asked
         k = min(draws.size(m), max(have, MIN_ITEMS_ROBUST))
         need[m.name] = next(x for x in schedule(draws.size(m), draws.second) if x >= k)  # a whole round
@@ -450,6 +460,40 @@ def _did_not_unlearn(draws: _Draws, fp_plan: Cell, fp_model: _SpecModel, ref_fp:
     return None
 
 
+def _never_known(draws: _Draws, ref_fp: Cell, ref_model: _SpecModel, vmetrics: list, rmetrics: list,
+                 alpha: float) -> dict:
+    """The verdict's metrics the original never knew (:func:`hubaudit.verdict.knows` false), ``{metric: its
+    score}``, from the original's full-precision items: those the not-unlearned check drew (its metrics); for
+    the others, round by round until the betting confidence sequence of the original's mean (level alpha /
+    metrics) lies wholly above or below ``MIN_ORIGINAL`` points above chance, or every item is drawn. The
+    decision is the drawn items' mean, which the report's original cell holds, so its ``not_counted`` agrees."""
+    from .verdict import MIN_ORIGINAL, knows
+
+    out = {}
+    for m in vmetrics:
+        c = chance_of(m.name) or 0.0
+        got = draws.data.get((ref_fp.role, ref_fp.source.identity, ref_fp.text, m.name))
+        have = len(got.rows) if got is not None else 0
+        if m in rmetrics and have:
+            rows = got.rows
+        else:
+            cs = BettingCS(alpha / len(vmetrics), lo=0.0, hi=100.0)
+            rows = None
+            for k in schedule(draws.size(m), draws.second):
+                rows = draws.upto(ref_fp, m, k, ref_model)
+                if not rows:
+                    break
+                cs.update(_scores(rows[cs.n:k]))
+                if cs.lower >= c + MIN_ORIGINAL or cs.upper < c + MIN_ORIGINAL:
+                    break
+        if not rows:
+            continue
+        v = sum(_scores(rows)) / len(rows)
+        if not knows(v, c):
+            out[m.name] = v
+    return out
+
+
 def _merge(cell: CellResult, other: CellResult) -> None:
     """``other``'s metrics (the ones the verdict does not count, computed on every item) into ``cell``."""
     if other.status != "ok":
@@ -542,6 +586,9 @@ def apply_sequential(report, record: dict) -> None:
     report.derived["sequential"] = record
     _retained_on_drawn(report)
     v = report.verdict
+    if v.label == "not-unlearned" and record.get("not_unlearned"):  # one line for the specs skipped on purpose
+        v.summary = v.summary.split("; not evaluated: ")[0] + (
+            "; decided in full precision before any spec (sequential audit), so no spec was evaluated")
     if not record.get("pairs") or v.label in ("incomplete", "not-unlearned"):
         return
     tests, alpha = record["pairs_total"], record["alpha"]

@@ -256,12 +256,13 @@ def _not_run_words(by: dict, specs: list[str]) -> list[str]:
 
 def _require_attack(verdict: Verdict, by: dict, specs: list[str], pairs, threshold: float, alpha: float) -> Verdict:
     """A verdict stands only on something real: at least one requested integer quantization (or other attack)
-    evaluated with per-item scores; else ``incomplete`` (``not-unlearned`` needs none: full precision decides it). ``robust`` stands only when every requested spec was
-    evaluated: a requested cell of the audited model that failed or was skipped turns it into ``incomplete``
+    evaluated with per-item scores; else ``incomplete`` (``not-unlearned`` needs none: full precision decides it).
+    ``robust`` stands only when every requested spec was evaluated: a requested cell of the audited model that failed or was skipped turns it into ``incomplete``
     (a gate fails on it). Requested cells that could not run are named in the summary either way."""
     not_run = _not_run_words(by, specs)
     tested = {spec for spec, _, _ in pairs}
-    if verdict.label not in ("incomplete", "not-unlearned") and not any(s in tested and not _is_float_cast(s) for s in specs):
+    if verdict.label not in ("incomplete", "not-unlearned") and not any(s in tested and not _is_float_cast(s)
+                                                                         for s in specs):
         attacks = [s for s in specs if not _is_float_cast(s)]
         why = ("no integer quantization or other attack was requested (float casts only: " + ", ".join(specs) + ")"
                if not attacks else "no requested integer quantization or other attack could be evaluated")

@@ -180,6 +180,8 @@ def test_a_model_that_did_not_unlearn_is_still_not_unlearned_sequentially(tiny_w
     # decided in full precision first, so no spec is evaluated: the model alone says it did not unlearn
     assert seq.derived["sequential"]["not_unlearned"]["metric"] in ref.n_items
     assert [c.status for c in seq.cells if c.role == "model" and c.spec != "fp"] == ["skipped"]
+    assert seq.verdict.summary.endswith("decided in full precision before any spec (sequential audit), so no spec "
+                                        "was evaluated"), seq.verdict.summary
     assert _tokens(seq) < _tokens(full) / 2, (_tokens(seq), _tokens(full))
 
 

@@ -240,6 +240,21 @@ def test_models_file_and_search_errors(tmp_path, capsys):
     assert "--search: 'stars=5' is not one of" in capsys.readouterr().err
     assert main(["sweep", str(bad), "--search", "tag=x"]) == 2
     assert "not both" in capsys.readouterr().err
+    assert main(["sweep", str(empty), "--seed", "3"]) == 2  # a seed orders a sequential sweep's draws only
+    assert "add --sequential or drop --seed" in capsys.readouterr().err
+
+
+def test_a_sequential_sweeps_plan_names_no_cells(world, tmp_path, capsys):
+    """--dry-run --sequential: the models are pinned and the plan written; the cells are not counted in
+    advance (a sequential audit decides them round by round)."""
+    from hubaudit.cli import main
+
+    out = tmp_path / "plan"
+    assert main(["sweep", str(world["models"]), "--forget", str(world["forget"]), "--sequential", "--dry-run",
+                 "--no-ray", "--out", str(out), "--store", str(tmp_path / "s.sqlite")]) == 0
+    assert "3 models, sequential: each model's cells and items are decided round by round" in capsys.readouterr().out
+    plan = json.loads((out / "sweep.json").read_text())
+    assert [m["status"] for m in plan["models"]] == ["pending"] * 3
 
 
 def test_models_file_lines():
