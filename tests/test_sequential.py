@@ -147,12 +147,18 @@ def test_sequential_audit_gives_the_full_label_on_fewer_items(tiny_world, tmp_pa
     assert decided and all(p["n"] < p["population"] for _, _, p in decided)
     assert seq.verdict.worst_spec == "rtn:4" and seq.verdict.n_items < full.verdict.n_items
     assert _tokens(seq) < _tokens(full) / 2, (_tokens(seq), _tokens(full))
-    # the original: only the metrics the not-unlearned check compares, and only until it is decided
+    # the original: only the verdict's metrics (not KnowMem retain or MIA); those the not-unlearned check
+    # compares until it is decided, the others until it is clear that the original knew them
     ref = next(c for c in seq.cells if c.role == "reference" and c.spec == "fp")
-    assert set(ref.metrics) == set(retained_keys()) & set(verdict_keys()) & set(full.cells[0].metrics)
+    full_ref = next(c for c in full.cells if c.role == "reference" and c.spec == "fp")
+    assert set(ref.metrics) == set(verdict_keys()) & set(full.cells[0].metrics)
+    checked = set(retained_keys()) & set(ref.metrics)
     model_fp = next(c for c in seq.cells if c.role == "model" and c.spec == "fp")
-    assert all(ref.n_items[m] < model_fp.n_items[m] for m in ref.metrics), (ref.n_items, model_fp.n_items)
-    assert all(seq.derived["retained_ci"]["fp"][m]["n"] == ref.n_items[m] for m in ref.metrics)
+    assert checked and all(ref.n_items[m] < model_fp.n_items[m] for m in checked), (ref.n_items, model_fp.n_items)
+    assert all(seq.derived["retained_ci"]["fp"][m]["n"] == ref.n_items[m] for m in checked)
+    assert all(ref.n_items[m] < full_ref.n_items[m] for m in ref.metrics), (ref.n_items, full_ref.n_items)
+    assert not seq.derived["statistics"].get("not_counted")  # the original knew every one, as in the full audit
+    assert not full.derived["statistics"].get("not_counted")
     assert not any(c.role == "reference" and c.spec != "fp" for c in seq.cells)
     back = AuditReport.from_json(json.loads(json.dumps(seq.to_json())))
     assert back.derived["sequential"]["pairs"] == json.loads(json.dumps(pairs))
@@ -233,3 +239,20 @@ def test_report_md_says_how_many_items_each_decision_used(random_world, tmp_path
     md = (out / "report.md").read_text()
     assert "the items each decision used" in md and "seed 2" in md
     assert f"| rtn:8 | VerbMem forget | {pair['decision']} | {pair['n']} / {pair['population']} |" in md
+
+
+def test_a_metric_the_original_never_knew_is_not_tested_sequentially_either(random_world):
+    """A random original knows nothing: the full audit tests no metric (incomplete, every one not counted);
+    the sequential audit decides the same from the original's items and draws no spec pair at all."""
+    import hubaudit
+
+    kw = dict(reference=random_world["reference"], forget=random_world["forget"], specs="rtn:8", store=False,
+              progress=False, metrics="verbmem_f,es_f")
+    full = hubaudit.audit(random_world["model"], **kw)
+    seq = hubaudit.audit(random_world["model"], sequential=True, **kw)
+    assert full.verdict.label == seq.verdict.label == "incomplete", seq.verdict.summary
+    assert set(seq.derived["statistics"]["not_counted"]) == set(full.derived["statistics"]["not_counted"]) == {
+        "verbmem_f", "es_f"}
+    assert not any(p["n"] for d in seq.derived["sequential"]["pairs"].values() for p in d.values())
+    spec = next(c for c in seq.cells if c.role == "model" and c.spec == "rtn:8")
+    assert not spec.n_items  # no item of the spec was evaluated
