@@ -820,8 +820,7 @@ class _Sweep:
             return
         ray = self.ray
         remote = ray.remote(AuditWorker)
-        pending: dict = {}
-        actors = []
+        pending: dict = {}  # object ref -> (audit, its actor)
         for a in self.audit_todo:
             args, kw = self._audit_worker(a)
             m, ref = a["model"], a["reference"]
@@ -829,13 +828,12 @@ class _Sweep:
             actor = remote.options(num_cpus=self.cpus, num_gpus=self.gpus, memory=memory, max_restarts=self.max_retries,
                                    max_task_retries=self.max_retries).remote(
                 *args, **({"token": False} if m.public else {}), **kw)
-            actors.append(actor)
             self.stats["workers"] += 1
-            pending[actor.audit.remote()] = a
+            pending[actor.audit.remote()] = (a, actor)
         try:
             while pending:
                 (ref_, *_), _ = ray.wait(list(pending), num_returns=1)
-                a = pending.pop(ref_)
+                a, actor = pending.pop(ref_)
                 try:
                     self._audit_done(a, ray.get(ref_))
                 except ray.exceptions.RayTaskError as e:
@@ -845,11 +843,12 @@ class _Sweep:
                 except ray.exceptions.RayError as e:
                     a["row"].status, a["row"].reason = "error", (
                         f"the worker died {self.max_retries + 1} times ({type(e).__name__}); out of memory? see the Ray logs")
+                ray.kill(actor)  # its one audit is done: free its resources for a model still waiting
                 if bar:
                     bar.update(1)
                     bar.set_postfix_str(a["model"].name)
-        finally:
-            for actor in actors:
+        finally:  # interrupted: no worker outlives the sweep
+            for _, actor in pending.values():
                 ray.kill(actor)
 
     def _run_here(self, bar) -> None:

@@ -307,7 +307,8 @@ def test_a_sequential_sweep_gives_each_models_sequential_audit(tiny_world, tmp_p
     models.write_text(f"{tiny_world.constructed} {tiny_world.target}\n{tiny_world.retain_only} {tiny_world.target}\n"
                       f"{tiny_world.unlearned} {tiny_world.target} - {tiny_world.retain_only}\n")
     kw = dict(forget=str(tiny_world.forget_dir), specs="rtn:8,rtn:4", sequential=True, progress=False)
-    first = sweep(models, store=tmp_path / "store.sqlite", out=tmp_path / "out", num_cpus=2, **kw)
+    # one CPU: the second model's worker waits for the first's to finish and free it
+    first = sweep(models, store=tmp_path / "store.sqlite", out=tmp_path / "out", num_cpus=1, **kw)
     again = sweep(models, store=tmp_path / "store.sqlite", out=tmp_path / "again", use_ray=False, **kw)
     alone = {m: hubaudit.audit(m, reference=tiny_world.target, store=False, **kw)  # computed afresh
              for m in (tiny_world.constructed, tiny_world.retain_only)}
