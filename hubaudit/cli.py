@@ -231,8 +231,8 @@ def audit_request(args, **extra):
 
     if args.seed is not None and not args.sequential:
         raise HubauditError("--seed orders the items of a --sequential audit; add --sequential or drop --seed")
-    given = dict(sequential=args.sequential or None, seed=args.seed, specs=args.attacks, threshold=args.threshold, alpha=args.alpha, metrics=args.metrics,
-                 auc_retrain=args.auc_retrain, fresh=args.fresh, device=args.device, dtype=args.dtype,
+    given = dict(sequential=args.sequential or None, seed=args.seed, specs=args.attacks, threshold=args.threshold,
+                 alpha=args.alpha, metrics=args.metrics, auc_retrain=args.auc_retrain, fresh=args.fresh, device=args.device, dtype=args.dtype,
                  batch_size=args.batch_size, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
                  control=getattr(args, "control", None), **extra)
     return AuditRequest(**{k: v for k, v in given.items() if v is not None})

@@ -317,7 +317,8 @@ def run_sequential(auditor: Auditor, plans: list[Cell], *, threshold: float, alp
     fp_key = ("model", fp_plan.source.identity, FULL_PRECISION)
     need: dict[str, int] = {}
     for m in rmetrics if ref_fp is not None and not not_unlearned else []:  # the audited model's first, while it
-        # is in memory: at least MIN_ITEMS_ROBUST, on which the full audit's check (the not-unlearned guard) could still stand
+        # is in memory: at least MIN_ITEMS_ROBUST, on which the full audit's check (the not-unlearned guard) could
+        # still stand
         have = draws.data.get((*fp_key, m.name), _Drawn()).asked
         k = min(draws.size(m), max(have, MIN_ITEMS_ROBUST))
         need[m.name] = next(x for x in schedule(draws.size(m), draws.second) if x >= k)  # a whole round
@@ -435,8 +436,7 @@ def _did_not_unlearn(draws: _Draws, fp_plan: Cell, fp_model: _SpecModel, ref_fp:
     (:func:`hubaudit.verdict.kept_most`: the bootstrap interval of knowledge retained >= 80%, the original
     knowing the metric) and either the sequence has decided it or every item is drawn: then the report derives
     ``not-unlearned`` from these items, and no spec is needed. Returns ``{metric, n}`` then, else None."""
-    from .stats import bootstrap_ratio_interval
-    from .verdict import kept_most
+    from .verdict import kept_most, retained_figure
 
     if ref_fp is None or not rmetrics:
         return None
@@ -452,10 +452,7 @@ def _did_not_unlearn(draws: _Draws, fp_plan: Cell, fp_model: _SpecModel, ref_fp:
             if cs.upper < 0:  # keeps less than 80% of it: this metric cannot say "not unlearned"
                 break
             if cs.lower > 0 or k == total:
-                xs, ys = _scores(a[:k]), _scores(b[:k])
-                orig = sum(ys) / len(ys)
-                lo, hi = bootstrap_ratio_interval([x - c for x in xs], [y - c for y in ys])
-                if kept_most({"original": orig, "chance": c or None, "ci": [lo if math.isfinite(lo) else None, hi]}):
+                if kept_most(retained_figure(_scores(a[:k]), _scores(b[:k]), c)):
                     return {"metric": m.name, "n": k, "decided_by": "sequential" if k < total else "every item"}
     return None
 
@@ -549,7 +546,7 @@ def _retained_on_drawn(report) -> None:
     """Knowledge retained at full precision on the items both the audited model and the original drew (the
     original stops once the not-unlearned question is decided, so it may have fewer): what the verdict's check
     computes on equal item lists, here on the common prefix of the draw order."""
-    from .stats import bootstrap_ratio_interval
+    from .verdict import retained_figure
 
     by = {(c.role, c.spec): c for c in report.cells}
     cell, ref = by.get(("model", FULL_PRECISION)), by.get(("reference", FULL_PRECISION))
@@ -564,14 +561,9 @@ def _retained_on_drawn(report) -> None:
         k = min(len(a), len(b))
         if any(x.get("index") != y.get("index") for x, y in zip(a[:k], b[:k])):
             continue  # not the same items
-        c = chance_of(m)
         xa, xb = _scores(a[:k]), _scores(b[:k])
-        ci = bootstrap_ratio_interval([x - c for x in xa], [x - c for x in xb])
-        mb = sum(xb) / k
-        den = mb - c
-        ci_all.setdefault(FULL_PRECISION, {})[m] = {
-            "value": (sum(xa) / k - c) / den * 100 if den > 0 else None,
-            "ci": [x if math.isfinite(x) else None for x in ci], "n": k, "original": mb, "chance": c or None}
+        ci_all.setdefault(FULL_PRECISION, {})[m] = r = retained_figure(xa, xb, chance_of(m))
+        mb = r["original"]
         if mb:
             d.retained.setdefault(FULL_PRECISION, {})[m] = sum(xa) / k / mb * 100
 

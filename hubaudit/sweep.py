@@ -834,15 +834,11 @@ class _Sweep:
             while pending:
                 (ref_, *_), _ = ray.wait(list(pending), num_returns=1)
                 a, actor = pending.pop(ref_)
-                try:
-                    self._audit_done(a, ray.get(ref_))
-                except ray.exceptions.RayTaskError as e:
-                    cause = getattr(e, "cause", None)
-                    lines = str(cause if cause is not None else e).strip().splitlines()
-                    a["row"].status, a["row"].reason = "error", lines[-1] if lines else type(e).__name__
-                except ray.exceptions.RayError as e:
-                    a["row"].status, a["row"].reason = "error", (
-                        f"the worker died {self.max_retries + 1} times ({type(e).__name__}); out of memory? see the Ray logs")
+                res, why = self._ray_result(ref_)
+                if why is None:
+                    self._audit_done(a, res)
+                else:
+                    a["row"].status, a["row"].reason = "error", why
                 ray.kill(actor)  # its one audit is done: free its resources for a model still waiting
                 if bar:
                     bar.update(1)
@@ -909,6 +905,20 @@ class _Sweep:
         memory += sum(r.memory_bytes() for r in refs.values())
         return {"num_cpus": self.cpus, "num_gpus": self.gpus, "memory": memory}
 
+    def _ray_result(self, ref) -> tuple:
+        """``(value, None)`` of a finished Ray call, or ``(None, why)`` in one line: the call's own error (a model
+        that cannot load, ...), or its worker dead more often than ``max_retries``."""
+        ray = self.ray
+        try:
+            return ray.get(ref), None
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            lines = str(cause if cause is not None else e).strip().splitlines()
+            return None, lines[-1] if lines else type(e).__name__
+        except ray.exceptions.RayError as e:
+            return None, (f"the worker died {self.max_retries + 1} times ({type(e).__name__}); out of memory? see the "
+                          "Ray logs")
+
     def _collect(self, pending: dict, actors: dict, bar) -> None:
         ray = self.ray
         while pending:
@@ -921,17 +931,12 @@ class _Sweep:
                 except ray.exceptions.RayError:
                     pass  # its cells say what happened
                 continue
-            try:
-                res = ray.get(ref)
+            res, why = self._ray_result(ref)
+            if why is None:
                 actors[group][2].add(res["pid"])
                 self._record(key, res)
-            except ray.exceptions.RayTaskError as e:  # the cell's own error (a model that cannot load, ...)
-                cause = getattr(e, "cause", None)
-                lines = str(cause if cause is not None else e).strip().splitlines()
-                self._failed(key, lines[-1] if lines else type(e).__name__)
-            except ray.exceptions.RayError as e:  # the worker died more often than max_retries
-                self._failed(key, f"the worker died {self.max_retries + 1} times ({type(e).__name__}); "
-                                  "out of memory? see the Ray logs")
+            else:
+                self._failed(key, why)
             if bar:
                 bar.update(1)
                 bar.set_postfix_str(f"{self.todo[group]['model'].name} {key[2]}")

@@ -89,13 +89,21 @@ def _retained_check(by: dict) -> dict:
             a, b = _scores(cell, m), _scores(ref, m)
             if m not in cell.metrics or not ref.metrics.get(m) or a is None or b is None or len(a) != len(b):
                 continue
-            chance = chance_of(m)
-            ci = bootstrap_ratio_interval([x - chance for x in a], [x - chance for x in b])
-            den = ref.metrics[m] - chance
-            value = (cell.metrics[m] - chance) / den * 100 if den > 0 else None
-            out.setdefault(spec, {})[m] = {"value": value, "ci": [x if math.isfinite(x) else None for x in ci],
-                                           "n": len(a), "original": ref.metrics[m], "chance": chance or None}
+            out.setdefault(spec, {})[m] = retained_figure(a, b, chance_of(m), cell.metrics[m], ref.metrics[m])
     return out
+
+
+def retained_figure(model: list[float], original: list[float], chance: float | None, model_mean: float | None = None,
+                    original_mean: float | None = None) -> dict:
+    """Knowledge retained on paired items (above chance): ``{value, ci, n, original, chance}``, the value in % of
+    the original (None when the original is not above chance) with its paired bootstrap interval. The means
+    default to the items'."""
+    c = chance or 0.0
+    ma = sum(model) / len(model) if model_mean is None else model_mean
+    mb = sum(original) / len(original) if original_mean is None else original_mean
+    ci = bootstrap_ratio_interval([x - c for x in model], [x - c for x in original])
+    return {"value": (ma - c) / (mb - c) * 100 if mb - c > 0 else None,
+            "ci": [x if math.isfinite(x) else None for x in ci], "n": len(model), "original": mb, "chance": chance or None}
 
 
 def derive(cells: list[CellResult], specs: list[str], threshold: float, auc_retrain: float,
@@ -257,8 +265,8 @@ def _not_run_words(by: dict, specs: list[str]) -> list[str]:
 def _require_attack(verdict: Verdict, by: dict, specs: list[str], pairs, threshold: float, alpha: float) -> Verdict:
     """A verdict stands only on something real: at least one requested integer quantization (or other attack)
     evaluated with per-item scores; else ``incomplete`` (``not-unlearned`` needs none: full precision decides it).
-    ``robust`` stands only when every requested spec was evaluated: a requested cell of the audited model that failed or was skipped turns it into ``incomplete``
-    (a gate fails on it). Requested cells that could not run are named in the summary either way."""
+    ``robust`` stands only when every requested spec was evaluated: a requested cell of the audited model that
+    failed or was skipped turns it into ``incomplete`` (a gate fails on it). Requested cells that could not run are named in the summary either way."""
     not_run = _not_run_words(by, specs)
     tested = {spec for spec, _, _ in pairs}
     if verdict.label not in ("incomplete", "not-unlearned") and not any(s in tested and not _is_float_cast(s)
